@@ -1,0 +1,1 @@
+"""Tool-execution environments (imported as `rlvr.envs`). Imports neither torch nor Ray."""

@@ -1,0 +1,1 @@
+"""Verifiable reward functions and per-call credit (imported as `rlvr.rewards`). Imports neither torch nor Ray."""

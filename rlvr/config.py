@@ -1,0 +1,190 @@
+"""The typed config tree: YAML plus `a.b=c` overrides, unknown keys rejected with a suggestion.
+
+    cfg = load_config("configs/smoke.yaml", ["learner.lr=1e-4", "algorithm.beta=0.01"])
+
+Every field has a default; a YAML file and the overrides only name what differs. Errors are one line
+per problem and name the key, e.g. `learner.lr: Input should be a valid number (got 'fast')` or
+`unknown key 'learner.learning_rate' (did you mean 'learner.lr'?)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    rank: int = Field(16, ge=1)
+    alpha: float = 32.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"  # PEFT's "all-linear": every linear projection but the head
+
+
+class ModelConfig(_Section):
+    name: str = "smollm2-135m-instruct"  # built-in offline name, local directory, or hub id
+    init_adapter: str | None = None  # a PEFT adapter dir to start the policy from (e.g. the SFT result)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class DataConfig(_Section):
+    source: str = "synthetic"  # where training tasks come from
+    tasks_per_step: int = Field(8, ge=1)
+    # shape of synthetic trajectories (source=synthetic): used by the smoke run and the benchmarks
+    synthetic_prompt_tokens: int = Field(256, ge=1)
+    synthetic_completion_tokens: int = Field(64, ge=1)
+
+
+class RolloutConfig(_Section):
+    group_size: int = Field(8, ge=1)  # G: trajectories per task
+    temperature: float = Field(1.0, gt=0.0)  # the learner divides its logits by the same temperature
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1)  # per turn
+
+
+class AlgorithmConfig(_Section):
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    loss: Literal["grpo", "gspo", "cispo"] = "grpo"
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    # PPO-style ratio bounds [1 - clip_low, 1 + clip_high]; clip_high > clip_low is DAPO's clip-higher.
+    # cispo clips its (detached) IS weight to the same range: MiniMax-M1/ScaleRL use clip_low=1, clip_high=4.
+    clip_low: float = Field(0.2, ge=0.0)
+    clip_high: float = Field(0.28, ge=0.0)
+    std_eps: float = Field(1e-6, gt=0.0)  # grpo: A = (r - mean) / (std + eps)
+    filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
+    credit_weight: float = 1.0  # w in A_token = A_outcome + w * A_call, on the tokens of each tool call
+    # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
+    loss_norm_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _norm_tokens(self) -> AlgorithmConfig:
+        if self.aggregation == "seq-mean-token-sum-norm" and self.loss_norm_tokens is None:
+            raise ValueError(
+                "algorithm.loss_norm_tokens must be set for aggregation=seq-mean-token-sum-norm "
+                "(Dr.GRPO uses the maximum completion length)"
+            )
+        return self
+
+
+class LearnerConfig(_Section):
+    lr: float = Field(2e-5, gt=0.0)  # LoRA wants ~10x the full fine-tuning rate
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    epochs: int = Field(1, ge=1)  # K inner passes over each batch (K > 1 computes old log-probs first)
+    micro_batch_tokens: int = Field(4096, ge=16)  # tokens packed into one micro-batch (no padding)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
+    device: str = "auto"  # auto: cuda when present, else cpu
+
+
+class LoggingConfig(_Section):
+    wandb: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online only with WANDB_API_KEY
+    project: str = "rlvr"
+    log_every: int = Field(1, ge=1)
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(0, ge=0)  # save every N steps; 0 = only the final adapter
+    keep: int = Field(2, ge=1)
+
+
+class RayConfig(_Section):
+    enabled: bool = False  # false: everything runs in this process, so a debugger works
+    address: str = ""  # "" starts a local Ray bound to 127.0.0.1; "auto" joins the submitting cluster
+
+
+class Config(_Section):
+    name: str = "run"
+    seed: int = 0
+    steps: int = Field(100, ge=1)
+    output_dir: str = "runs"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from an optional YAML file and `a.b=c` overrides (values parsed as YAML)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else raw)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_describe(err) for err in e.errors())) from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    dotted = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        known = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        prefix = ".".join(loc[:-1] + [close[0]]) if close else None
+        hint = f" (did you mean '{prefix}'?)" if close else f" (valid keys: {', '.join(known)})"
+        return f"unknown key '{dotted}'{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" or not dotted:
+        return f"{dotted}: {msg}" if dotted else msg
+    return f"{dotted}: {msg} (got {err.get('input')!r})"
+
+
+def _section_at(path: list[str]) -> type[BaseModel] | None:
+    section: type[BaseModel] = Config
+    for part in path:
+        field = section.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        section = annotation
+    return section

@@ -1,0 +1,256 @@
+"""The learner: a LoRA policy, its per-token log-probs, and one optimiser step over a Batch.
+
+Micro-batches are packed: the trajectories of a micro-batch are concatenated into one row whose
+position ids restart at each trajectory, so attention stays within a trajectory and no compute is spent
+on padding. Losses are normalised by whole-batch counts (algorithms.BatchCounts), so the gradients
+accumulated over micro-batches equal the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.checkpoint import checkpoint
+
+from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
+from rlvr.config import Config, LearnerConfig
+from rlvr.contract import Batch, Trajectory
+from rlvr.models import add_lora, bf16_supported, load_model
+
+# Rows of the LM head computed at once: bounds the transient float32 logits to LOGIT_CHUNK x vocab.
+LOGIT_CHUNK = 1024
+STATE_FILE = "learner_state.pt"
+
+
+@dataclass
+class MicroBatch:
+    """Trajectories packed into one row. Shapes: L = packed length, n = completion tokens, b = trajectories."""
+
+    input_ids: Tensor  # (1, L)
+    position_ids: Tensor  # (1, L), restarting at 0 for every trajectory
+    logit_index: Tensor  # (n,) row positions whose logits predict the completion tokens
+    targets: Tensor  # (n,) completion token ids
+    lengths: list[int]  # completion length of each of the b trajectories
+    mask: Tensor  # (b, T) loss mask, zero-padded
+    advantages: Tensor  # (b, T)
+    behaviour_logp: Tensor  # (b, T)
+    old_logp: Tensor | None = None  # (b, T), filled before the first update when epochs > 1
+    ref_logp: Tensor | None = None  # (b, T), filled when beta > 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+
+def pack(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group item indices into bins of at most `max_tokens` (first-fit decreasing; an item longer than
+    `max_tokens` gets a bin of its own). Returns the bins, each a list of indices in input order."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(max_tokens - lengths[i])
+    return [sorted(b) for b in bins]
+
+
+def make_micro_batch(trajectories: list[Trajectory], advantages: list[list[float]], device) -> MicroBatch:
+    ids, positions, logit_index, targets, lengths = [], [], [], [], []
+    offset = 0
+    for t in trajectories:
+        seq = t.prompt_ids + t.completion_ids
+        ids.extend(seq)
+        positions.extend(range(len(seq)))
+        start = offset + len(t.prompt_ids) - 1  # logits at position p predict token p + 1
+        logit_index.extend(range(start, start + len(t.completion_ids)))
+        targets.extend(t.completion_ids)
+        lengths.append(len(t.completion_ids))
+        offset += len(seq)
+
+    def padded(rows, dtype):
+        return pad_sequence([torch.tensor(r, dtype=dtype) for r in rows], batch_first=True).to(device)
+
+    return MicroBatch(
+        input_ids=torch.tensor([ids], device=device),
+        position_ids=torch.tensor([positions], device=device),
+        logit_index=torch.tensor(logit_index, device=device),
+        targets=torch.tensor(targets, device=device),
+        lengths=lengths,
+        mask=padded([t.loss_mask for t in trajectories], torch.float32),
+        advantages=padded(advantages, torch.float32),
+        behaviour_logp=padded([t.logprobs for t in trajectories], torch.float32),
+    )
+
+
+class Learner:
+    """Holds the LoRA policy and its optimiser; turns Batches into optimiser steps."""
+
+    def __init__(self, model, cfg: LearnerConfig, spec: ObjectiveSpec, *, temperature: float = 1.0,
+                 total_steps: int = 1, norm_tokens: int | None = None):
+        from transformers import get_scheduler
+
+        self.model = model
+        self.cfg = cfg
+        self.spec = spec
+        self.temperature = temperature
+        self.norm_tokens = norm_tokens
+        self.device = next(model.parameters()).device
+        self.bf16 = _use_bf16(cfg.precision, self.device)
+        base = model.get_base_model()
+        self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=total_steps * cfg.epochs)
+        self.steps_done = 0
+
+    # ---------------------------------------------------------------------------------------------
+    # log-probs
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def _chunk_logprobs(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Selective log-softmax of one chunk: (c, H), (c,) -> (c,), float32, logits / temperature."""
+        with self._autocast():
+            logits = self.lm_head(hidden)
+        logits = logits.float() / self.temperature
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+    def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True) -> Tensor:
+        """Per-token log-probs of the completion tokens, (b, T) zero-padded; differentiable when grad is on.
+
+        With adapter=False the LoRA adapter is disabled: the base model is the KL reference, no second copy.
+        """
+        with nullcontext() if adapter else self.model.disable_adapter():
+            with self._autocast():
+                hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
+                                      use_cache=False).last_hidden_state[0]
+            hidden = hidden[mb.logit_index]
+            pieces = []
+            for s in range(0, hidden.shape[0], LOGIT_CHUNK):
+                h, y = hidden[s : s + LOGIT_CHUNK], mb.targets[s : s + LOGIT_CHUNK]
+                # recompute the chunk's logits in backward instead of keeping (n, vocab) floats alive
+                pieces.append(checkpoint(self._chunk_logprobs, h, y, use_reentrant=False)
+                              if torch.is_grad_enabled() else self._chunk_logprobs(h, y))
+        flat = torch.cat(pieces)
+        return pad_sequence(list(flat.split(mb.lengths)), batch_first=True)
+
+    def micro_batches(self, batch: Batch) -> list[MicroBatch]:
+        lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in batch.trajectories]
+        return [
+            make_micro_batch([batch.trajectories[i] for i in idx], [batch.advantages[i] for i in idx], self.device)
+            for idx in pack(lengths, self.cfg.micro_batch_tokens)
+        ]
+
+    # ---------------------------------------------------------------------------------------------
+    # the update
+
+    def batch_counts(self, batch: Batch) -> BatchCounts:
+        sampled = [t.num_sampled_tokens for t in batch.trajectories]
+        return BatchCounts(tokens=sum(sampled), sequences=sum(n > 0 for n in sampled), norm_tokens=self.norm_tokens)
+
+    def backward(self, micro: list[MicroBatch], counts: BatchCounts) -> dict[str, float]:
+        """Accumulate the full-batch gradient over the micro-batches; returns summed loss and metrics."""
+        totals: dict[str, float] = {"loss": 0.0}
+        for mb in micro:
+            logp = self.completion_logprobs(mb)
+            loss, metrics = policy_objective(self.spec, counts, logp, mb.advantages, mb.mask, mb.old_logp,
+                                             mb.ref_logp, mb.behaviour_logp)
+            loss.backward()
+            totals["loss"] += loss.item()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v.item()
+        return totals
+
+    @torch.no_grad()
+    def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
+        for mb in micro:
+            if self.spec.beta > 0:
+                mb.ref_logp = self.completion_logprobs(mb, adapter=False)
+            if self.cfg.epochs > 1:  # with one epoch the old policy is the current one: logp.detach()
+                mb.old_logp = self.completion_logprobs(mb)
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """K epochs of one optimiser step each over the whole batch. Returns metrics of the last epoch."""
+        start = time.perf_counter()
+        micro = self.micro_batches(batch)
+        counts = self.batch_counts(batch)
+        self._fill_fixed_logprobs(micro)
+        self.model.train()  # LoRA dropout, if configured
+        for _ in range(self.cfg.epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            totals = self.backward(micro, counts)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)
+            self.optimizer.step()
+            self.scheduler.step()
+        self.model.eval()
+        self.steps_done += 1
+        elapsed = time.perf_counter() - start
+        metrics = {"loss": totals.pop("loss")}
+        metrics.update({k: v / max(counts.tokens, 1) for k, v in totals.items()})  # token means
+        metrics.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
+                       tokens=batch.num_tokens, sampled_tokens=counts.tokens, micro_batches=len(micro),
+                       step_s=elapsed, tokens_per_s=batch.num_tokens / elapsed)
+        return {f"learner/{k}": float(v) for k, v in metrics.items()}
+
+    # ---------------------------------------------------------------------------------------------
+    # persistence
+
+    def save(self, path: str | Path, *, with_state: bool = True) -> None:
+        """The adapter in standard PEFT format (PeftModel.from_pretrained, vLLM), plus optimiser state."""
+        path = Path(path)
+        self.model.save_pretrained(path)
+        if with_state:
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "steps_done": self.steps_done}, path / STATE_FILE)
+
+    def load(self, path: str | Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
+        state = torch.load(path / STATE_FILE, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps_done = state["steps_done"]
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "auto":
+        return bf16_supported(device)
+    return precision == "bf16"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_learner(cfg: Config) -> Learner:
+    """Load the base model, attach the LoRA adapter, and wrap both in a Learner."""
+    device = resolve_device(cfg.learner.device)
+    # frozen base weights in the compute dtype (half the memory, no per-step casts); LoRA stays float32
+    dtype = torch.bfloat16 if _use_bf16(cfg.learner.precision, device) else torch.float32
+    model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora, cfg.model.init_adapter)
+    algo = cfg.algorithm
+    spec = ObjectiveSpec(loss=algo.loss, aggregation=algo.aggregation, clip_low=algo.clip_low,
+                         clip_high=algo.clip_high, beta=algo.beta, kl_estimator=algo.kl_estimator,
+                         tis_cap=algo.tis_cap)
+    return Learner(model, cfg.learner, spec, temperature=cfg.rollout.temperature, total_steps=cfg.steps,
+                   norm_tokens=algo.loss_norm_tokens)
