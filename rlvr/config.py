@@ -169,14 +169,26 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         section = _section_at(loc[:-1])
         known = list(section.model_fields) if section else []
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
-        prefix = ".".join(loc[:-1] + [close[0]]) if close else None
-        hint = f" (did you mean '{prefix}'?)" if close else f" (valid keys: {', '.join(known)})"
+        close = _suggest(loc[-1], known)
+        hint = f" (did you mean '{'.'.join(loc[:-1] + [close])}'?)" if close else f" (valid keys: {', '.join(known)})"
         return f"unknown key '{dotted}'{hint}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" or not dotted:
         return f"{dotted}: {msg}" if dotted else msg
     return f"{dotted}: {msg} (got {err.get('input')!r})"
+
+
+def _suggest(name: str, known: list[str]) -> str | None:
+    """The valid key the user most likely meant: a near spelling, a prefix, or an abbreviation (lr)."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    initials = "".join(word[0] for word in name.split("_") if word)
+    for key in known:
+        if len(name) >= 3 and (key.startswith(name) or name.startswith(key)) or key == initials:
+            return key
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.4)
+    return close[0] if close else None
 
 
 def _section_at(path: list[str]) -> type[BaseModel] | None:

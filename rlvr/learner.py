@@ -1,8 +1,8 @@
 """The learner: a LoRA policy, its per-token log-probs, and one optimiser step over a Batch.
 
-Micro-batches are packed: the trajectories of a micro-batch are concatenated into one row whose
-position ids restart at each trajectory, so attention stays within a trajectory and no compute is spent
-on padding. Losses are normalised by whole-batch counts (algorithms.BatchCounts), so the gradients
+Micro-batches are packed: trajectories are concatenated into rows as long as the longest trajectory,
+with position ids restarting at each trajectory so attention stays within it (transformers builds the
+block-diagonal mask from the position ids); only the tail of a row that no trajectory fits is padding. Losses are normalised by whole-batch counts (algorithms.BatchCounts), so the gradients
 accumulated over micro-batches equal the full-batch gradient.
 """
 
@@ -31,12 +31,13 @@ STATE_FILE = "learner_state.pt"
 
 @dataclass
 class MicroBatch:
-    """Trajectories packed into one row. Shapes: L = packed length, n = completion tokens, b = trajectories."""
+    """Trajectories packed into rows. Shapes: R rows of length L, n completion tokens, b trajectories."""
 
-    input_ids: Tensor  # (1, L)
-    position_ids: Tensor  # (1, L), restarting at 0 for every trajectory
-    logit_index: Tensor  # (n,) row positions whose logits predict the completion tokens
+    input_ids: Tensor  # (R, L)
+    position_ids: Tensor  # (R, L), restarting at 0 for every trajectory (and for the padding at a row's end)
+    logit_index: Tensor  # (n,) flat positions (row * L + col) whose logits predict the completion tokens
     targets: Tensor  # (n,) completion token ids
+    indices: list[int]  # batch index of each of the b trajectories, in the order of the (b, T) tensors
     lengths: list[int]  # completion length of each of the b trajectories
     mask: Tensor  # (b, T) loss mask, zero-padded
     advantages: Tensor  # (b, T)
@@ -46,12 +47,12 @@ class MicroBatch:
 
     @property
     def num_tokens(self) -> int:
-        return self.input_ids.shape[1]
+        return self.input_ids.numel()
 
 
-def pack(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Group item indices into bins of at most `max_tokens` (first-fit decreasing; an item longer than
-    `max_tokens` gets a bin of its own). Returns the bins, each a list of indices in input order."""
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Group item indices into bins of at most `capacity` (first-fit decreasing; an item longer than
+    `capacity` gets a bin of its own). Returns the bins, each a list of indices in input order."""
     bins: list[list[int]] = []
     room: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -62,35 +63,59 @@ def pack(lengths: list[int], max_tokens: int) -> list[list[int]]:
                 break
         else:
             bins.append([i])
-            room.append(max_tokens - lengths[i])
+            room.append(capacity - lengths[i])
     return [sorted(b) for b in bins]
 
 
-def make_micro_batch(trajectories: list[Trajectory], advantages: list[list[float]], device) -> MicroBatch:
-    ids, positions, logit_index, targets, lengths = [], [], [], [], []
-    offset = 0
-    for t in trajectories:
-        seq = t.prompt_ids + t.completion_ids
-        ids.extend(seq)
-        positions.extend(range(len(seq)))
-        start = offset + len(t.prompt_ids) - 1  # logits at position p predict token p + 1
-        logit_index.extend(range(start, start + len(t.completion_ids)))
-        targets.extend(t.completion_ids)
-        lengths.append(len(t.completion_ids))
-        offset += len(seq)
+def plan_micro_batches(lengths: list[int], micro_batch_tokens: int) -> list[list[list[int]]]:
+    """Trajectory indices -> micro-batches of rows.
 
-    def padded(rows, dtype):
-        return pad_sequence([torch.tensor(r, dtype=dtype) for r in rows], batch_first=True).to(device)
+    Rows are as long as the longest trajectory: attention cost grows with the square of the row length,
+    so short trajectories share a row instead of the batch becoming one long row. A micro-batch holds
+    as many rows as fit in `micro_batch_tokens` (at least one).
+    """
+    row_length = max(lengths)
+    rows = pack(lengths, row_length)
+    rows.sort(key=lambda r: -sum(lengths[i] for i in r))
+    per_micro = max(1, micro_batch_tokens // row_length)
+    return [rows[i : i + per_micro] for i in range(0, len(rows), per_micro)]
+
+
+def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
+    """Pack the trajectories `rows` (lists of batch indices) into one micro-batch."""
+    trajectories = batch.trajectories
+    width = max(sum(len(trajectories[i].prompt_ids) + len(trajectories[i].completion_ids) for i in row)
+                for row in rows)
+    ids, positions, logit_index, targets, lengths, flat = [], [], [], [], [], []
+    for r, row in enumerate(rows):
+        offset = r * width
+        for t in (trajectories[i] for i in row):
+            seq = t.prompt_ids + t.completion_ids
+            ids.extend(seq)
+            positions.extend(range(len(seq)))
+            start = offset + len(t.prompt_ids) - 1  # logits at position p predict token p + 1
+            logit_index.extend(range(start, start + len(t.completion_ids)))
+            targets.extend(t.completion_ids)
+            lengths.append(len(t.completion_ids))
+            flat.append(t)
+            offset += len(seq)
+        pad = (r + 1) * width - offset
+        ids.extend([0] * pad)
+        positions.extend(range(pad))  # the padding is a sequence of its own: nothing attends to it
+
+    def padded(values, dtype):
+        return pad_sequence([torch.tensor(v, dtype=dtype) for v in values], batch_first=True).to(device)
 
     return MicroBatch(
-        input_ids=torch.tensor([ids], device=device),
-        position_ids=torch.tensor([positions], device=device),
+        input_ids=torch.tensor(ids, device=device).view(len(rows), width),
+        position_ids=torch.tensor(positions, device=device).view(len(rows), width),
         logit_index=torch.tensor(logit_index, device=device),
         targets=torch.tensor(targets, device=device),
+        indices=[i for row in rows for i in row],
         lengths=lengths,
-        mask=padded([t.loss_mask for t in trajectories], torch.float32),
-        advantages=padded(advantages, torch.float32),
-        behaviour_logp=padded([t.logprobs for t in trajectories], torch.float32),
+        mask=padded([t.loss_mask for t in flat], torch.float32),
+        advantages=padded([batch.advantages[i] for row in rows for i in row], torch.float32),
+        behaviour_logp=padded([t.logprobs for t in flat], torch.float32),
     )
 
 
@@ -138,8 +163,8 @@ class Learner:
         with nullcontext() if adapter else self.model.disable_adapter():
             with self._autocast():
                 hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
-                                      use_cache=False).last_hidden_state[0]
-            hidden = hidden[mb.logit_index]
+                                      use_cache=False).last_hidden_state
+            hidden = hidden.flatten(0, 1)[mb.logit_index]
             pieces = []
             for s in range(0, hidden.shape[0], LOGIT_CHUNK):
                 h, y = hidden[s : s + LOGIT_CHUNK], mb.targets[s : s + LOGIT_CHUNK]
@@ -151,10 +176,8 @@ class Learner:
 
     def micro_batches(self, batch: Batch) -> list[MicroBatch]:
         lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in batch.trajectories]
-        return [
-            make_micro_batch([batch.trajectories[i] for i in idx], [batch.advantages[i] for i in idx], self.device)
-            for idx in pack(lengths, self.cfg.micro_batch_tokens)
-        ]
+        return [make_micro_batch(batch, rows, self.device)
+                for rows in plan_micro_batches(lengths, self.cfg.micro_batch_tokens)]
 
     # ---------------------------------------------------------------------------------------------
     # the update

@@ -1,0 +1,155 @@
+"""The learner on a tiny random llama with the real SmolLM2 tokenizer, in float32 for exactness."""
+
+import pytest
+import torch
+
+from rlvr.algorithms import ObjectiveSpec
+from rlvr.batch import make_batch
+from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
+from rlvr.learner import Learner, pack, plan_micro_batches
+from rlvr.models import add_lora, load_model
+from rlvr.synthetic import synthetic_groups
+
+
+def _policy(name="tiny-random-llama", seed=0):
+    model = add_lora(load_model(name, dtype=torch.float32), LoraConfig(rank=4, alpha=8))
+    torch.manual_seed(seed)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter matter so gradients reach every weight
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _learner(model, spec=ObjectiveSpec(), **cfg):
+    cfg = LearnerConfig(precision="fp32", **cfg)
+    return Learner(model, cfg, spec, temperature=0.7, total_steps=10, norm_tokens=64)
+
+
+def _batch(num_groups=3, group_size=4, turns=2, seed=0, vocab=1000):
+    groups = synthetic_groups(num_groups, group_size, prompt_tokens=24, completion_tokens=40, vocab_size=vocab,
+                              turns=turns, seed=seed)
+    return make_batch(groups, AlgorithmConfig())[0]
+
+
+def test_pack_respects_the_budget_and_keeps_every_item():
+    lengths = [50, 30, 30, 20, 90, 120]
+    bins = pack(lengths, capacity=100)
+    assert sorted(i for b in bins for i in b) == list(range(6))
+    for b in bins:
+        assert sum(lengths[i] for i in b) <= 100 or len(b) == 1
+    assert [5] in bins  # longer than the budget: alone
+
+
+def test_rows_are_as_long_as_the_longest_trajectory():
+    lengths = [120, 60, 50, 40, 30, 20, 100]
+    plan = plan_micro_batches(lengths, micro_batch_tokens=250)
+    rows = [row for micro in plan for row in micro]
+    assert sorted(i for row in rows for i in row) == list(range(7))
+    assert all(sum(lengths[i] for i in row) <= 120 for row in rows)
+    assert len(rows) == 4 and all(len(micro) <= 2 for micro in plan)  # 250 // 120 = 2 rows per micro-batch
+
+
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-qwen2"])
+def test_packed_logprobs_equal_one_sequence_at_a_time(name):
+    model = _policy(name)
+    learner = _learner(model, micro_batch_tokens=10_000)
+    batch = _batch()
+    [mb] = learner.micro_batches(batch)  # everything packed into one row
+    with torch.no_grad():
+        packed = learner.completion_logprobs(mb)
+        assert sorted(mb.indices) == list(range(len(batch.trajectories))) and mb.input_ids.shape[0] > 1
+        for i, t in zip(range(len(mb.indices)), (batch.trajectories[j] for j in mb.indices)):
+            ids = torch.tensor([t.prompt_ids + t.completion_ids])
+            logits = model(input_ids=ids).logits[0, len(t.prompt_ids) - 1 : -1].float() / 0.7
+            expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t.completion_ids)[:, None])[:, 0]
+            torch.testing.assert_close(packed[i, : len(t.completion_ids)], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("loss", ["grpo", "gspo", "cispo"])
+def test_micro_batch_gradients_equal_full_batch_gradient(loss, aggregation):
+    batch = _batch()
+    spec = ObjectiveSpec(loss=loss, aggregation=aggregation, beta=0.05)
+    grads = []
+    for budget in (10_000, 150):  # one micro-batch vs several
+        model = _policy()
+        learner = _learner(model, spec, micro_batch_tokens=budget)
+        micro = learner.micro_batches(batch)
+        learner._fill_fixed_logprobs(micro)
+        learner.backward(micro, learner.batch_counts(batch))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        assert (len(micro) == 1) == (budget == 10_000)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for n in grads[0]:
+        assert grads[0][n].abs().sum() > 0, n
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-6, rtol=1e-4)
+
+
+def test_reference_logprobs_are_the_base_model_without_a_copy():
+    model = _policy()
+    learner = _learner(model)
+    [mb] = learner.micro_batches(_batch(num_groups=1, group_size=2))
+    base = load_model("tiny-random-llama", dtype=torch.float32)
+    base_learner = _learner(add_lora(base, LoraConfig(rank=4)))  # fresh LoRA: B = 0, same as the base
+    with torch.no_grad():
+        ref = learner.completion_logprobs(mb, adapter=False)
+        policy = learner.completion_logprobs(mb)
+        torch.testing.assert_close(ref, base_learner.completion_logprobs(mb), atol=1e-5, rtol=1e-5)
+    assert (ref - policy).abs().max() > 1e-3
+
+
+def test_step_improves_the_objective_and_runs_k_epochs():
+    batch = _batch(seed=3)
+    model = _policy()
+    learner = _learner(model, ObjectiveSpec(beta=0.01), lr=5e-3, epochs=2, micro_batch_tokens=300)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def objective():  # sum_t A_t log pi(y_t): what the policy gradient pushes up
+        with torch.no_grad():
+            return sum((learner.completion_logprobs(mb) * mb.advantages * mb.mask).sum().item()
+                       for mb in learner.micro_batches(batch))
+
+    start = objective()
+    for _ in range(5):
+        last = learner.step(batch)
+    assert objective() > start + 1.0
+    assert learner.steps_done == 5 and learner.scheduler.last_epoch == 10  # K=2 optimiser steps per step
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+    assert 0 <= last["learner/clip_frac"] <= 1 and last["learner/kl"] >= 0
+    assert last["learner/tokens"] == batch.num_tokens
+
+
+def test_save_is_standard_peft_and_load_restores_the_optimizer(tmp_path):
+    from peft import PeftModel
+
+    batch = _batch(num_groups=1)
+    learner = _learner(_policy(), lr=1e-3)
+    learner.step(batch)
+    learner.save(tmp_path / "adapter")
+    [mb] = learner.micro_batches(batch)
+    with torch.no_grad():
+        expected = learner.completion_logprobs(mb)
+        reloaded = PeftModel.from_pretrained(load_model("tiny-random-llama", dtype=torch.float32), tmp_path / "adapter",
+                                             is_trainable=True)
+        torch.testing.assert_close(_learner(reloaded).completion_logprobs(mb), expected)
+
+    other = _learner(_policy(seed=1), lr=1e-3)
+    other.load(tmp_path / "adapter")
+    assert other.steps_done == 1
+    with torch.no_grad():
+        torch.testing.assert_close(other.completion_logprobs(mb), expected)
+    a, b = learner.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+
+
+def test_bf16_autocast_matches_fp32_loosely():
+    model = _policy()
+    batch = _batch(num_groups=1, group_size=2)
+    fp32 = _learner(model)
+    bf16 = Learner(model, LearnerConfig(precision="bf16"), ObjectiveSpec(), temperature=0.7)
+    [mb] = fp32.micro_batches(batch)
+    with torch.no_grad():
+        a, b = fp32.completion_logprobs(mb), bf16.completion_logprobs(mb)
+    assert a.dtype == b.dtype == torch.float32  # log-probs always in float32
+    assert (a - b).abs().mean() < 0.05
