@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.checkpoint import checkpoint
 
 from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
 from rlvr.config import Config, LearnerConfig
@@ -25,8 +24,48 @@ from rlvr.contract import Batch, Trajectory
 from rlvr.models import add_lora, bf16_supported, load_model
 
 # Rows of the LM head computed at once: bounds the transient float32 logits to LOGIT_CHUNK x vocab.
-LOGIT_CHUNK = 1024
+LOGIT_CHUNK = 512
 STATE_FILE = "learner_state.pt"
+
+
+class LinearLogprob(torch.autograd.Function):
+    """log softmax(h W^T / T)[y] for each row, without keeping any (n, vocab) tensor alive.
+
+    Forward and backward both walk the rows in chunks of LOGIT_CHUNK and recompute the chunk's logits
+    (one extra head matmul) instead of saving them; the softmax is taken in float32 whatever the
+    compute dtype. Shapes: hidden (n, H), weight (V, H), targets (n,) -> (n,) float32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
+        w = weight.to(hidden.dtype)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for s in range(0, hidden.shape[0], LOGIT_CHUNK):
+            logits = (hidden[s : s + LOGIT_CHUNK] @ w.T).float().div_(temperature)
+            lse[s : s + LOGIT_CHUNK] = torch.logsumexp(logits, -1)
+            out[s : s + LOGIT_CHUNK] = logits.gather(-1, targets[s : s + LOGIT_CHUNK, None])[:, 0]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature = temperature
+        return out - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        w = weight.to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for s in range(0, hidden.shape[0], LOGIT_CHUNK):
+            h, g = hidden[s : s + LOGIT_CHUNK], grad_out[s : s + LOGIT_CHUNK, None]
+            # d/dlogits of (logit_y - lse) is onehot(y) - softmax, all divided by the temperature
+            grad_logits = (h @ w.T).float().div_(ctx.temperature).sub_(lse[s : s + LOGIT_CHUNK, None]).exp_()
+            grad_logits.mul_(-g).scatter_add_(-1, targets[s : s + LOGIT_CHUNK, None], g)
+            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[s : s + LOGIT_CHUNK] = grad_logits @ w
+            if grad_weight is not None:
+                grad_weight += grad_logits.T.float() @ h.float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
 
 
 @dataclass
@@ -34,7 +73,7 @@ class MicroBatch:
     """Trajectories packed into rows. Shapes: R rows of length L, n completion tokens, b trajectories."""
 
     input_ids: Tensor  # (R, L)
-    position_ids: Tensor  # (R, L), restarting at 0 for every trajectory (and for the padding at a row's end)
+    position_ids: Tensor  # (R, L), restarting at 0 for every trajectory
     logit_index: Tensor  # (n,) flat positions (row * L + col) whose logits predict the completion tokens
     targets: Tensor  # (n,) completion token ids
     indices: list[int]  # batch index of each of the b trajectories, in the order of the (b, T) tensors
@@ -99,9 +138,11 @@ def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
             lengths.append(len(t.completion_ids))
             flat.append(t)
             offset += len(seq)
+        # Pad the row's tail as a continuation of its last trajectory: causal attention keeps real tokens
+        # from seeing it, and a row holding one trajectory then needs no mask (SDPA's fast causal path).
         pad = (r + 1) * width - offset
         ids.extend([0] * pad)
-        positions.extend(range(pad))  # the padding is a sequence of its own: nothing attends to it
+        positions.extend(range(positions[-1] + 1, positions[-1] + 1 + pad))
 
     def padded(values, dtype):
         return pad_sequence([torch.tensor(v, dtype=dtype) for v in values], batch_first=True).to(device)
@@ -135,6 +176,12 @@ class Learner:
         self.bf16 = _use_bf16(cfg.precision, self.device)
         base = model.get_base_model()
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
+        if self.lm_head.bias is not None:
+            raise ValueError("models whose LM head has a bias are not supported")
+        if self.bf16:  # let autocast run the LoRA matmuls in bf16 instead of PEFT casting activations to fp32
+            for module in model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
@@ -148,13 +195,6 @@ class Learner:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
-    def _chunk_logprobs(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """Selective log-softmax of one chunk: (c, H), (c,) -> (c,), float32, logits / temperature."""
-        with self._autocast():
-            logits = self.lm_head(hidden)
-        logits = logits.float() / self.temperature
-        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
-
     def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True) -> Tensor:
         """Per-token log-probs of the completion tokens, (b, T) zero-padded; differentiable when grad is on.
 
@@ -165,13 +205,7 @@ class Learner:
                 hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
                                       use_cache=False).last_hidden_state
             hidden = hidden.flatten(0, 1)[mb.logit_index]
-            pieces = []
-            for s in range(0, hidden.shape[0], LOGIT_CHUNK):
-                h, y = hidden[s : s + LOGIT_CHUNK], mb.targets[s : s + LOGIT_CHUNK]
-                # recompute the chunk's logits in backward instead of keeping (n, vocab) floats alive
-                pieces.append(checkpoint(self._chunk_logprobs, h, y, use_reentrant=False)
-                              if torch.is_grad_enabled() else self._chunk_logprobs(h, y))
-        flat = torch.cat(pieces)
+            flat = LinearLogprob.apply(hidden, self.lm_head.weight, mb.targets, self.temperature)
         return pad_sequence(list(flat.split(mb.lengths)), batch_first=True)
 
     def micro_batches(self, batch: Batch) -> list[MicroBatch]:
