@@ -173,3 +173,71 @@ def render_tools_in_system_prompt(messages: list[Message], tools: list[dict[str,
         else:
             out.append({"role": m["role"], "content": m.get("content") or ""})
     return [{"role": "system", "content": system}, *out]
+
+
+class ChatRenderer:
+    """Turns messages into token ids through the tokenizer's chat template, token-in/token-out.
+
+    `prompt_ids` renders the opening messages once. After that a trajectory only ever grows by the ids
+    the engine sampled and by `tool_suffix_ids`: the template's rendering of the tool results, taken as
+    the difference between rendering a dummy conversation with and without them. The whole transcript
+    is never re-tokenised (decode -> encode is not a bijection); `render_ids` exists to measure drift.
+    """
+
+    def __init__(self, tokenizer, format: str = "hermes"):
+        if format not in FORMATS:
+            raise ValueError(f"unknown tool-call format {format!r}; choose one of {', '.join(FORMATS)}")
+        self.tokenizer = tokenizer
+        self.format = format
+        self.native_tools = template_supports_tools(tokenizer)
+        if not self.native_tools and format != "hermes":
+            raise ValueError(f"the chat template has no tool support; its fallback format is hermes, not {format}")
+        self.turn_end_ids = _turn_end_ids(tokenizer)
+
+    def _messages(self, messages: list[Message], tools: list[dict[str, Any]]) -> tuple[list[Message], Any]:
+        if self.native_tools:
+            return messages, tools
+        return render_tools_in_system_prompt(messages, tools), None
+
+    def render_ids(self, messages: list[Message], tools: list[dict[str, Any]], *, generation_prompt: bool) -> list[int]:
+        msgs, native = self._messages(messages, tools)
+        text = self.tokenizer.apply_chat_template(msgs, tools=native, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
+        return self.render_ids(messages, tools, generation_prompt=True)
+
+    def tool_suffix_ids(self, tool_messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
+        """The ids that follow an assistant turn's end token when `tool_messages` answer it, up to and
+        including the next assistant header."""
+        dummy = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        before = self.render_ids(dummy, tools, generation_prompt=False)
+        after = self.render_ids(dummy + tool_messages, tools, generation_prompt=True)
+        # the model stops at the turn-end token; what the template puts after it ("\n") belongs to the suffix
+        ends = [i for i, t in enumerate(before) if t in self.turn_end_ids]
+        if not ends:
+            raise ValueError("the chat template does not end assistant turns with an end-of-turn token")
+        cut = ends[-1] + 1
+        if after[:cut] != before[:cut]:
+            raise ValueError("the chat template rewrites earlier turns when tool results are appended; "
+                             "token-in/token-out rollouts need an append-only template")
+        return after[cut:]
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of sampled ids, without the turn-end token."""
+        if ids and ids[-1] in self.turn_end_ids:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _turn_end_ids(tokenizer) -> set[int]:
+    """Tokens that end an assistant turn: the ones the template writes after an assistant message."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                                         tokenize=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    special = set(tokenizer.all_special_ids)
+    tail = [t for t in ids[ids.index(tokenizer.encode("y", add_special_tokens=False)[-1]) + 1 :] if t in special]
+    if not tail:
+        raise ValueError("cannot find the end-of-turn token of the chat template")
+    return {tail[0]} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())

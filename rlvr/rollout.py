@@ -1,0 +1,149 @@
+"""The agent loop: G trajectories per task, multi-turn, token-in/token-out, concurrently.
+
+One trajectory:
+    prompt_ids = render(opening messages + tool schemas)
+    repeat up to max_turns:
+        sampled = engine.generate(prompt_ids + completion)      -> loss_mask 1, behaviour log-probs
+        calls = parse_tool_calls(decode(sampled))
+        no calls -> final answer, stop;   hit the token budget -> max_tokens
+        results = env.step(calls)                                -> each call bounded by its timeout
+        completion += template suffix of the tool messages       -> loss_mask 0, log-prob 0.0
+The next input is always the previous ids + the sampled ids + the tool-result ids; the transcript is
+never re-tokenised. After each turn the ids are compared with a full re-render of the messages and a
+mismatch is counted as drift (`strict=True` raises instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+from rlvr.chat import ChatRenderer, parse_tool_calls
+from rlvr.contract import Group, Message, Task, ToolCall, Trajectory
+from rlvr.engine import Engine, SamplingParams
+from rlvr.envs.base import ToolEnv
+
+
+class TokenDriftError(RuntimeError):
+    """In strict mode: the token stream differs from a full re-render of the conversation."""
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    group_size: int = 8
+    max_turns: int = 4
+    max_new_tokens: int = 256  # per turn
+    max_total_tokens: int = 1024  # completion tokens of a whole trajectory, tool results included
+    temperature: float = 1.0
+    top_p: float = 1.0
+    tool_timeout_s: float = 10.0
+    strict: bool = False  # raise on token drift instead of counting it
+
+
+def trajectory_seed(seed: int, task_id: str, index: int) -> int:
+    """A stable per-trajectory seed (Python's hash() is salted per process, crc32 is not)."""
+    return zlib.crc32(f"{seed}/{task_id}/{index}".encode())
+
+
+async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: ChatRenderer,
+                             make_env: Callable[[Task, int], ToolEnv], settings: RolloutSettings, *,
+                             seed: int = 0, policy_version: int = 0) -> Trajectory:
+    traj_seed = trajectory_seed(seed, task.id, index)
+    env = make_env(task, traj_seed)
+    try:
+        messages, tools = env.reset()
+        prompt_ids = renderer.prompt_ids(messages, tools)
+        completion: list[int] = []
+        mask: list[int] = []
+        logprobs: list[float] = []
+        calls_made: list[ToolCall] = []
+        final_answer, finish, drift, turns = None, "max_turns", 0, 0
+        for turn in range(settings.max_turns):
+            budget = min(settings.max_new_tokens, settings.max_total_tokens - len(completion))
+            if budget <= 0:
+                finish = "max_tokens"
+                break
+            params = SamplingParams(max_tokens=budget, temperature=settings.temperature, top_p=settings.top_p,
+                                    seed=traj_seed + turn)
+            out = await engine.generate(prompt_ids + completion, params)
+            start = len(completion)
+            completion += out.token_ids
+            mask += [1] * len(out.token_ids)
+            logprobs += out.logprobs
+            turns = turn + 1
+            text = renderer.decode(out.token_ids)
+            content, calls = parse_tool_calls(text, renderer.format, tools=env.tool_names)
+            _set_spans(calls, text, out.token_ids, start, renderer)
+            messages.append({"role": "assistant", "content": text})
+            if out.finish_reason == "length":
+                finish = "max_tokens"
+                break
+            if not calls:
+                final_answer, finish = content, "stop"
+                break
+            result = await env.step(calls)
+            calls_made += calls
+            tool_messages: list[Message] = [{"role": "tool", "name": c.name or "", "content": c.result or ""}
+                                            for c in calls]
+            suffix = renderer.tool_suffix_ids(tool_messages, tools)
+            if len(completion) + len(suffix) >= settings.max_total_tokens:
+                finish = "max_tokens"  # no room left to read the results and answer
+                break
+            completion += suffix
+            mask += [0] * len(suffix)
+            logprobs += [0.0] * len(suffix)
+            messages += tool_messages
+            if renderer.render_ids(messages, tools, generation_prompt=True) != prompt_ids + completion:
+                drift += 1
+                if settings.strict:
+                    raise TokenDriftError(f"task {task.id} trajectory {index} turn {turn + 1}: token ids differ "
+                                          "from a full re-render of the conversation")
+            if result.done:
+                finish = "stop"
+                break
+        return Trajectory(
+            id=f"{task.id}/{index}", task_id=task.id, group_id=task.id, policy_version=policy_version,
+            prompt_ids=prompt_ids, completion_ids=completion, loss_mask=mask, logprobs=logprobs,
+            tool_calls=calls_made, messages=messages, final_answer=final_answer, final_state=env.final_state(),
+            turns=turns, finish_reason=finish, metrics={"token_drift_turns": float(drift)},
+        )
+    finally:
+        env.close()
+
+
+def _set_spans(calls: list[ToolCall], text: str, ids: list[int], offset: int, renderer: ChatRenderer) -> None:
+    """Token span [start, end) of each call inside the completion, from the characters of its raw text."""
+    if not calls:
+        return
+    ends = []  # character length of the decoded prefix after each token
+    for k in range(1, len(ids) + 1):
+        ends.append(len(renderer.decode(ids[:k])))
+    search_from = 0
+    for call in calls:
+        begin = text.find(call.raw, search_from) if call.raw else -1
+        if begin < 0:
+            continue
+        stop = begin + len(call.raw)
+        search_from = stop
+        first = next(k for k, e in enumerate(ends) if e > begin)
+        last = next((k for k, e in enumerate(ends) if e >= stop), len(ids) - 1)
+        call.span = (offset + first, offset + last + 1)
+
+
+async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make_env: Callable[[Task, int], ToolEnv],
+                        settings: RolloutSettings, *, seed: int = 0, policy_version: int = 0) -> Group:
+    trajectories = await asyncio.gather(*(
+        rollout_trajectory(task, i, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version)
+        for i in range(settings.group_size)))
+    return Group(id=task.id, task=task, trajectories=list(trajectories))
+
+
+async def rollout_groups(tasks: list[Task], engine: Engine, renderer: ChatRenderer,
+                         make_env: Callable[[Task, int], ToolEnv], settings: RolloutSettings, *,
+                         seed: int = 0, policy_version: int = 0) -> list[Group]:
+    """All tasks' groups concurrently: while some trajectories wait on tools, others generate."""
+    return list(await asyncio.gather(*(
+        rollout_group(t, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version)
+        for t in tasks)))

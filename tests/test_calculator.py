@@ -1,0 +1,99 @@
+import asyncio
+import re
+import time
+
+import pytest
+
+from rlvr.contract import Task, ToolCall, ToolCallError
+from rlvr.envs.base import ToolEnv, tool
+from rlvr.envs.calculator import TEMPLATES, CalculationError, CalculatorEnv, calculator_tasks, evaluate
+
+
+@pytest.mark.parametrize("expr, value", [
+    ("2 + 3 * 4", 14), ("(1234 + 56) * 7", 9030), ("10 / 4", 2.5), ("10 / 5", 2), ("-3 ** 2", -9),
+    ("2^10", 1024), ("1,234 * 2", 2468), ("17 // 5 % 3", 0), ("1.5 * 4", 6),
+])
+def test_evaluate(expr, value):
+    assert evaluate(expr) == value
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("1 / 0", "division by zero"), ("9 ** 9 ** 9", "exponent"), ("__import__('os')", "unsupported syntax"),
+    ("x + 1", "unknown name 'x'"), ("2 +", "syntax error"), ("", "empty"), ("10 ** 20", "too large"),
+    ("(-8) ** 0.5", "no real finite value"), ("1" * 300, "longer than"), ("[1]", "unsupported syntax"),
+])
+def test_bad_expressions_say_what_is_wrong(expr, message):
+    with pytest.raises(CalculationError, match=message):
+        evaluate(expr)
+
+
+def test_tasks_are_deterministic_integer_and_families_are_disjoint():
+    a, b = calculator_tasks(20, seed=3), calculator_tasks(20, seed=3)
+    assert a == b and a != calculator_tasks(20, seed=4)
+    assert all(isinstance(t.answer, int) for t in a)
+    def pattern(template):
+        text = re.escape(template.text)
+        for slot in ("a", "b", "c", "item"):
+            text = text.replace(re.escape("{" + slot + "}"), r"\S+")
+        return re.compile(text)
+
+    train_patterns = [pattern(t) for t in TEMPLATES["train"]]
+    assert all(any(p.fullmatch(t.prompt) for p in train_patterns) for t in calculator_tasks(50, family="train"))
+    held = calculator_tasks(200, family="heldout", split="test")
+    assert not any(p.fullmatch(h.prompt) for h in held for p in train_patterns)
+    assert held[0].id.startswith("calculator-test-")
+
+
+def _run(env, calls):
+    return asyncio.run(env.step(calls))
+
+
+def test_env_reset_and_step():
+    task = calculator_tasks(1)[0]
+    env = CalculatorEnv(task)
+    messages, tools = env.reset()
+    assert messages[-1] == {"role": "user", "content": task.prompt}
+    assert tools[0]["function"]["name"] == "calculate"
+    assert tools[0]["function"]["parameters"]["required"] == ["expression"]
+    calls = [ToolCall(name="calculate", arguments={"expression": "6 * 7"}),
+             ToolCall(name="calculate", arguments={"expression": "1/0"}),
+             ToolCall(name="calculate", arguments={"expr": "1"}),
+             ToolCall(name="calculate", arguments={"expression": 12}),
+             ToolCall(name="search", arguments={}),
+             ToolCall(raw="{bad", error=ToolCallError.parse, result="could not parse")]
+    result = _run(env, calls)
+    assert result.results[0] == "42" and calls[0].error is None and calls[0].latency_s >= 0
+    assert calls[1].error == ToolCallError.raised and "division by zero" in calls[1].result
+    assert calls[2].error == ToolCallError.bad_arguments and "unknown argument(s) expr" in calls[2].result
+    assert calls[3].error == ToolCallError.bad_arguments and "must be str" in calls[3].result
+    assert calls[4].error == ToolCallError.unknown_tool
+    assert calls[5].result == "could not parse"
+
+
+class _SlowEnv(ToolEnv):
+    @tool
+    def sleep(self, seconds: float) -> str:
+        """Sleep.
+
+        Args:
+            seconds: how long
+        """
+        time.sleep(seconds)
+        return "woke"
+
+    @tool
+    def crash(self) -> str:
+        """Raise."""
+        raise RuntimeError("tool blew up")
+
+
+def test_hung_and_crashing_tools_become_error_results_concurrently():
+    env = _SlowEnv(Task(id="t", env="slow", prompt="p"), tool_timeout_s=0.3)
+    calls = [ToolCall(name="sleep", arguments={"seconds": 5}), ToolCall(name="crash"),
+             ToolCall(name="sleep", arguments={"seconds": 0.01})]
+    start = time.perf_counter()
+    _run(env, calls)
+    assert time.perf_counter() - start < 2
+    assert calls[0].error == ToolCallError.timeout and "timed out after 0.3 s" in calls[0].result
+    assert calls[1].error == ToolCallError.raised and "RuntimeError: tool blew up" in calls[1].result
+    assert calls[2].result == "woke"

