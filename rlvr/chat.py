@@ -160,6 +160,18 @@ def template_supports_tools(tokenizer) -> bool:
     return "rlvr_probe_tool" in text
 
 
+def detect_tool_format(tokenizer) -> str:
+    """The tool-call format the chat template teaches (hermes for templates without tool support)."""
+    if not template_supports_tools(tokenizer):
+        return "hermes"
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template)
+    for marker, format in (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3"),
+                           ('"parameters"', "llama3")):
+        if marker in template:
+            return format
+    raise ValueError("cannot tell the tool-call format from the chat template; set rollout.tool_format")
+
+
 def render_tools_in_system_prompt(messages: list[Message], tools: list[dict[str, Any]]) -> list[Message]:
     """The hermes fallback for templates without tool support: tool schemas go into the system message,
     assistant tool calls stay as the text the model wrote, and tool results become user turns."""
@@ -184,12 +196,13 @@ class ChatRenderer:
     is never re-tokenised (decode -> encode is not a bijection); `render_ids` exists to measure drift.
     """
 
-    def __init__(self, tokenizer, format: str = "hermes"):
+    def __init__(self, tokenizer, format: str = "auto"):
+        self.native_tools = template_supports_tools(tokenizer)
+        format = detect_tool_format(tokenizer) if format == "auto" else format
         if format not in FORMATS:
             raise ValueError(f"unknown tool-call format {format!r}; choose one of {', '.join(FORMATS)}")
         self.tokenizer = tokenizer
         self.format = format
-        self.native_tools = template_supports_tools(tokenizer)
         if not self.native_tools and format != "hermes":
             raise ValueError(f"the chat template has no tool support; its fallback format is hermes, not {format}")
         self.turn_end_ids = _turn_end_ids(tokenizer)

@@ -47,10 +47,16 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
+    engine: Literal["hf", "vllm"] = "hf"
     group_size: int = Field(8, ge=1)  # G: trajectories per task
-    temperature: float = Field(1.0, gt=0.0)  # the learner divides its logits by the same temperature
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, ge=0.0)  # 0 = greedy; the learner divides its logits by the same value
+    top_p: float = Field(1.0, gt=0.0, le=1.0)  # < 1 biases the learner's ratios (it sees the full softmax)
     max_new_tokens: int = Field(256, ge=1)  # per turn
+    max_turns: int = Field(4, ge=1)
+    max_total_tokens: int = Field(1024, ge=1)  # completion tokens of a trajectory, tool results included
+    tool_timeout_s: float = Field(10.0, gt=0.0)  # per tool call
+    tool_format: Literal["auto", "hermes", "llama3", "mistral"] = "auto"  # auto: read from the chat template
+    strict_tokens: bool = False  # raise when the token stream drifts from a full re-render (else count it)
 
 
 class AlgorithmConfig(_Section):

@@ -39,7 +39,7 @@ class Completion:
 class Engine(Protocol):
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion: ...
 
-    def set_adapter(self, adapter_dir: str | None, version: int) -> None: ...
+    async def set_adapter(self, adapter_dir: str | None, version: int) -> None: ...
 
 
 @dataclass
@@ -173,14 +173,13 @@ class HFEngine:
                     if not r.future.done():
                         r.future.set_result(result)
 
-    def set_adapter(self, adapter_dir: str | None, version: int) -> None:
+    async def set_adapter(self, adapter_dir: str | None, version: int) -> None:
         """Load the adapter weights saved in `adapter_dir` (PEFT format) into the engine's model."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         if adapter_dir is None:
-            return
+            raise ValueError("HFEngine serves its model's adapter; disable it on the model to sample the base")
         state = load_file(f"{adapter_dir}/adapter_model.safetensors", device=str(self.device))
-        with self._lock:
+        with self._lock:  # not while a batch is generating
             set_peft_model_state_dict(self.model, state)
-        self.version = version

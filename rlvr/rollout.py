@@ -10,17 +10,17 @@ One trajectory:
         completion += template suffix of the tool messages       -> loss_mask 0, log-prob 0.0
 The next input is always the previous ids + the sampled ids + the tool-result ids; the transcript is
 never re-tokenised. After each turn the ids are compared with a full re-render of the messages and a
-mismatch is counted as drift (`strict=True` raises instead).
+mismatch is counted as drift (`strict_tokens=True` raises instead).
 """
 
 from __future__ import annotations
 
 import asyncio
 import zlib
-from dataclasses import dataclass
 from typing import Callable
 
 from rlvr.chat import ChatRenderer, parse_tool_calls
+from rlvr.config import RolloutConfig
 from rlvr.contract import Group, Message, Task, ToolCall, Trajectory
 from rlvr.engine import Engine, SamplingParams
 from rlvr.envs.base import ToolEnv
@@ -30,28 +30,18 @@ class TokenDriftError(RuntimeError):
     """In strict mode: the token stream differs from a full re-render of the conversation."""
 
 
-@dataclass(frozen=True)
-class RolloutSettings:
-    group_size: int = 8
-    max_turns: int = 4
-    max_new_tokens: int = 256  # per turn
-    max_total_tokens: int = 1024  # completion tokens of a whole trajectory, tool results included
-    temperature: float = 1.0
-    top_p: float = 1.0
-    tool_timeout_s: float = 10.0
-    strict: bool = False  # raise on token drift instead of counting it
-
-
 def trajectory_seed(seed: int, task_id: str, index: int) -> int:
     """A stable per-trajectory seed (Python's hash() is salted per process, crc32 is not)."""
     return zlib.crc32(f"{seed}/{task_id}/{index}".encode())
 
 
 async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: ChatRenderer,
-                             make_env: Callable[[Task, int], ToolEnv], settings: RolloutSettings, *,
+                             make_env: Callable[..., ToolEnv], settings: RolloutConfig, *,
                              seed: int = 0, policy_version: int = 0) -> Trajectory:
+    """Trajectory `index` of `task`'s group. `make_env(task, seed=, tool_timeout_s=)` builds its env
+    (an env class fits)."""
     traj_seed = trajectory_seed(seed, task.id, index)
-    env = make_env(task, traj_seed)
+    env = make_env(task, seed=traj_seed, tool_timeout_s=settings.tool_timeout_s)
     try:
         messages, tools = env.reset()
         prompt_ids = renderer.prompt_ids(messages, tools)
@@ -97,7 +87,7 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
             messages += tool_messages
             if renderer.render_ids(messages, tools, generation_prompt=True) != prompt_ids + completion:
                 drift += 1
-                if settings.strict:
+                if settings.strict_tokens:
                     raise TokenDriftError(f"task {task.id} trajectory {index} turn {turn + 1}: token ids differ "
                                           "from a full re-render of the conversation")
             if result.done:
@@ -132,8 +122,8 @@ def _set_spans(calls: list[ToolCall], text: str, ids: list[int], offset: int, re
         call.span = (offset + first, offset + last + 1)
 
 
-async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make_env: Callable[[Task, int], ToolEnv],
-                        settings: RolloutSettings, *, seed: int = 0, policy_version: int = 0) -> Group:
+async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make_env: Callable[..., ToolEnv],
+                        settings: RolloutConfig, *, seed: int = 0, policy_version: int = 0) -> Group:
     trajectories = await asyncio.gather(*(
         rollout_trajectory(task, i, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version)
         for i in range(settings.group_size)))
@@ -141,7 +131,7 @@ async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make
 
 
 async def rollout_groups(tasks: list[Task], engine: Engine, renderer: ChatRenderer,
-                         make_env: Callable[[Task, int], ToolEnv], settings: RolloutSettings, *,
+                         make_env: Callable[..., ToolEnv], settings: RolloutConfig, *,
                          seed: int = 0, policy_version: int = 0) -> list[Group]:
     """All tasks' groups concurrently: while some trajectories wait on tools, others generate."""
     return list(await asyncio.gather(*(

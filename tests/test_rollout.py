@@ -11,7 +11,8 @@ from rlvr.contract import ToolCallError
 from rlvr.engine import Completion, HFEngine
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
 from rlvr.models import load_model, load_tokenizer
-from rlvr.rollout import RolloutSettings, rollout_groups, rollout_trajectory
+from rlvr.config import RolloutConfig
+from rlvr.rollout import rollout_groups, rollout_trajectory
 
 SCRIPT = [
     '<tool_call>\n{"name": "calculate", "arguments": {"expression": "1234 * 7"}}\n</tool_call>',
@@ -52,8 +53,8 @@ def test_multi_turn_token_exactness_masks_and_spans(name):
     [end_id] = renderer.turn_end_ids
     engine = ScriptedEngine(tokenizer, end_id, SCRIPT)
     task = calculator_tasks(1)[0]
-    settings = RolloutSettings(group_size=1, max_turns=6, strict=True)
-    t = asyncio.run(rollout_trajectory(task, 0, engine, renderer, lambda tk, s: CalculatorEnv(tk), settings))
+    settings = RolloutConfig(group_size=1, max_turns=6, strict_tokens=True)
+    t = asyncio.run(rollout_trajectory(task, 0, engine, renderer, CalculatorEnv, settings))
 
     assert t.turns == 4 and t.finish_reason == "stop" and t.final_answer == "The answer is 8643."
     assert t.metrics["token_drift_turns"] == 0
@@ -84,15 +85,15 @@ def test_budget_ends_the_trajectory():
     renderer = ChatRenderer(tokenizer)
     [end_id] = renderer.turn_end_ids
     task = calculator_tasks(1)[0]
-    env = lambda tk, s: CalculatorEnv(tk)  # noqa: E731
+    env = CalculatorEnv  # noqa: E731
     t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, SCRIPT), renderer, env,
-                                       RolloutSettings(max_turns=2)))
+                                       RolloutConfig(max_turns=2)))
     assert t.finish_reason == "max_turns" and t.turns == 2 and t.final_answer is None
     t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, SCRIPT), renderer, env,
-                                       RolloutSettings(max_new_tokens=10)))
+                                       RolloutConfig(max_new_tokens=10)))
     assert t.finish_reason == "max_tokens" and len(t.completion_ids) == 10 and all(t.loss_mask)
     t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, SCRIPT), renderer, env,
-                                       RolloutSettings(max_total_tokens=60)))
+                                       RolloutConfig(max_total_tokens=60)))
     assert t.finish_reason == "max_tokens" and len(t.completion_ids) <= 60
 
 
@@ -100,12 +101,12 @@ def test_real_engine_rollouts_are_reproducible_given_a_seed():
     tokenizer = load_tokenizer("tiny-random-llama")
     model = load_model("tiny-random-llama", dtype=torch.float32)
     renderer = ChatRenderer(tokenizer)
-    settings = RolloutSettings(group_size=3, max_turns=2, max_new_tokens=8, temperature=1.0)
+    settings = RolloutConfig(group_size=3, max_turns=2, max_new_tokens=8, temperature=1.0)
     tasks = calculator_tasks(2)
 
     def run(seed):
         engine = HFEngine(model, tokenizer, stop_ids=renderer.turn_end_ids)
-        return asyncio.run(rollout_groups(tasks, engine, renderer, lambda tk, s: CalculatorEnv(tk), settings,
+        return asyncio.run(rollout_groups(tasks, engine, renderer, CalculatorEnv, settings,
                                           seed=seed))
 
     first, again, other = run(1), run(1), run(2)

