@@ -52,6 +52,7 @@ class ToolCall(_Strict):
     arguments: dict[str, Any] = Field(default_factory=dict)
     raw: str = ""  # the exact text the model produced for this call
     span: tuple[int, int] | None = None  # [start, end) token indices into Trajectory.completion_ids
+    turn: int | None = None  # the assistant turn (0-based) that made the call
     result: str | None = None  # what the environment answered (an error message when `error` is set)
     error: ToolCallError | None = None
     latency_s: float | None = None
@@ -74,6 +75,7 @@ class Trajectory(_Strict):
     task_id: str
     group_id: str
     policy_version: int = 0
+    seed: int = 0  # the trajectory's own seed (sampling and env), for replay
     prompt_ids: list[int]
     completion_ids: list[int]
     loss_mask: list[int]

@@ -27,6 +27,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple[str, ...] = ()  # stop strings, kept in the output (the stop tokens are always honoured)
 
 
 @dataclass
@@ -77,6 +78,10 @@ class _SeededSampler:
         return scores
 
 
+def _batch_key(params: SamplingParams) -> tuple:
+    return params.temperature, params.top_p, params.stop
+
+
 def _top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     """Keep the smallest set of tokens whose probability reaches top_p (always at least the top one)."""
     sorted_logits, order = logits.sort(-1, descending=True)
@@ -110,35 +115,47 @@ class HFEngine:
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Completion]:
-        """Generate for `prompts` in one `generate` call. All params must share temperature and top_p."""
+        """Generate for `prompts` in one `generate` call. All params must share temperature, top_p and stop
+        strings (HF applies stop strings to the whole batch)."""
         from transformers import GenerationConfig
 
         first = params[0]
-        if any((p.temperature, p.top_p) != (first.temperature, first.top_p) for p in params):
-            raise ValueError("one batch needs one temperature and top_p")
+        if any(_batch_key(p) != _batch_key(first) for p in params):
+            raise ValueError("one batch needs one temperature, top_p and set of stop strings")
         width = max(len(p) for p in prompts)
         input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         sampler = _SeededSampler([p.seed for p in params], first.temperature, first.top_p, self.device)
         max_new = max(p.max_tokens for p in params)
+        stop_strings = list(first.stop)
         config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.pad_id)
+                                  pad_token_id=self.pad_id, stop_strings=stop_strings or None)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with self._lock, autocast:
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                      logits_processor=[sampler], use_cache=True)
+                                      logits_processor=[sampler], use_cache=True,
+                                      tokenizer=self.tokenizer if stop_strings else None)
         new = out[:, width:].tolist()
         logprobs = torch.stack(sampler.logprobs, 1).tolist()
         completions = []
         for ids, lps, p in zip(new, logprobs, params):
-            ids, lps = ids[: p.max_tokens], lps[: p.max_tokens]
-            stop = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
-            if stop is None:
-                completions.append(Completion(ids, lps, "length"))
+            end = self._stop_index(ids[: p.max_tokens], p.stop)
+            if end is None:
+                completions.append(Completion(ids[: p.max_tokens], lps[: p.max_tokens], "length"))
             else:
-                completions.append(Completion(ids[: stop + 1], lps[: stop + 1], "stop"))
+                completions.append(Completion(ids[: end + 1], lps[: end + 1], "stop"))
         self.tokens_generated += sum(len(c.token_ids) for c in completions)
         return completions
+
+    def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
+        """Index of the token that ends the completion (a stop token, or the end of a stop string)."""
+        end = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
+        if stop:  # generate pads a row after its stop string; find where the string ended
+            limit = len(ids) if end is None else end
+            for i in range(limit):
+                if any(s in self.tokenizer.decode(ids[: i + 1]) for s in stop):
+                    return i
+        return end
 
     # -- async API with batching ---------------------------------------------------------------------
 
@@ -158,8 +175,8 @@ class HFEngine:
             self._wakeup.clear()
             await asyncio.sleep(0)  # let every trajectory that is ready submit before the batch closes
             while self._queue:
-                key = (self._queue[0].params.temperature, self._queue[0].params.top_p)
-                batch = [r for r in self._queue if (r.params.temperature, r.params.top_p) == key][: self.max_batch]
+                key = _batch_key(self._queue[0].params)
+                batch = [r for r in self._queue if _batch_key(r.params) == key][: self.max_batch]
                 self._queue = [r for r in self._queue if r not in batch]
                 try:
                     results = await loop.run_in_executor(None, self.generate_batch, [r.prompt_ids for r in batch],

@@ -21,7 +21,7 @@ from typing import Callable
 
 from rlvr.chat import ChatRenderer, parse_tool_calls
 from rlvr.config import RolloutConfig
-from rlvr.contract import Group, Message, Task, ToolCall, Trajectory
+from rlvr.contract import Group, Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.engine import Engine, SamplingParams
 from rlvr.envs.base import ToolEnv
 
@@ -65,6 +65,8 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
             turns = turn + 1
             text = renderer.decode(out.token_ids)
             content, calls = parse_tool_calls(text, renderer.format, tools=env.tool_names)
+            for call in calls:
+                call.turn = turn
             _set_spans(calls, text, out.token_ids, start, renderer)
             messages.append({"role": "assistant", "content": text})
             if out.finish_reason == "length":
@@ -94,7 +96,7 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
                 finish = "stop"
                 break
         return Trajectory(
-            id=f"{task.id}/{index}", task_id=task.id, group_id=task.id, policy_version=policy_version,
+            id=f"{task.id}/{index}", task_id=task.id, group_id=task.id, policy_version=policy_version, seed=traj_seed,
             prompt_ids=prompt_ids, completion_ids=completion, loss_mask=mask, logprobs=logprobs,
             tool_calls=calls_made, messages=messages, final_answer=final_answer, final_state=env.final_state(),
             turns=turns, finish_reason=finish, metrics={"token_drift_turns": float(drift)},
@@ -120,6 +122,30 @@ def _set_spans(calls: list[ToolCall], text: str, ids: list[int], offset: int, re
         first = next(k for k, e in enumerate(ends) if e > begin)
         last = next((k for k, e in enumerate(ends) if e >= stop), len(ids) - 1)
         call.span = (offset + first, offset + last + 1)
+
+
+async def replay_tool_calls(trajectory: Trajectory, task: Task, make_env: Callable[..., ToolEnv],
+                            tool_timeout_s: float = 10.0) -> list[ToolCall]:
+    """Re-execute a recorded trajectory's tool calls, turn by turn, against a fresh env built with the
+    trajectory's seed. Returns the re-derived calls; their `result`s should equal the recorded ones."""
+    env = make_env(task, seed=trajectory.seed, tool_timeout_s=tool_timeout_s)
+    try:
+        env.reset()
+        replayed: list[ToolCall] = []
+        for turn in sorted({c.turn for c in trajectory.tool_calls if c.turn is not None}):
+            calls = [_as_parsed(c) for c in trajectory.tool_calls if c.turn == turn]
+            await env.step(calls)
+            replayed += calls
+        return replayed
+    finally:
+        env.close()
+
+
+def _as_parsed(call: ToolCall) -> ToolCall:
+    """The call as the parser left it: a parse error stays, everything the env filled in goes."""
+    if call.error == ToolCallError.parse:
+        return call.model_copy()
+    return call.model_copy(update={"result": None, "error": None, "latency_s": None})
 
 
 async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make_env: Callable[..., ToolEnv],

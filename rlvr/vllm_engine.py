@@ -59,7 +59,8 @@ class VLLMEngine:
         sampling = VLLMSampling(
             n=1, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
             seed=params.seed, logprobs=0, stop_token_ids=self.stop_ids, ignore_eos=not self.stop_ids,
-            skip_special_tokens=False, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+            stop=list(params.stop), include_stop_str_in_output=True,
+            skip_special_tokens=False, detokenize=bool(params.stop), output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
         async for out in self.engine.generate({"prompt_token_ids": list(prompt_ids)}, sampling,
@@ -69,8 +70,7 @@ class VLLMEngine:
         ids = list(result.token_ids)
         logprobs = [step[token].logprob for step, token in zip(result.logprobs, ids)]
         self.tokens_generated += len(ids)
-        stopped = result.finish_reason == "stop" and bool(ids) and ids[-1] in self.stop_ids
-        return Completion(ids, logprobs, "stop" if stopped else "length")
+        return Completion(ids, logprobs, "stop" if result.finish_reason == "stop" else "length")
 
     async def set_adapter(self, adapter_dir: str | None, version: int) -> None:
         """Serve the PEFT adapter in `adapter_dir` as policy `version` (None: the base model)."""

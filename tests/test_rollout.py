@@ -8,7 +8,7 @@ import torch
 
 from rlvr.chat import ChatRenderer
 from rlvr.contract import ToolCallError
-from rlvr.engine import Completion, HFEngine
+from rlvr.engine import Completion, HFEngine, SamplingParams
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
 from rlvr.models import load_model, load_tokenizer
 from rlvr.config import RolloutConfig
@@ -117,3 +117,39 @@ def test_real_engine_rollouts_are_reproducible_given_a_seed():
         for t in group.trajectories:
             assert t.finish_reason in ("max_tokens", "stop", "max_turns") and t.completion_ids
             assert all(lp < 0 for lp, m in zip(t.logprobs, t.loss_mask) if m)
+
+
+def test_recorded_tool_calls_replay_to_the_same_results(tmp_path):
+    from rlvr.contract import Trajectory, dump_jsonl, load_jsonl
+    from rlvr.rollout import replay_tool_calls
+
+    tokenizer = _tokenizer("smollm2-135m-instruct")
+    renderer = ChatRenderer(tokenizer)
+    [end_id] = renderer.turn_end_ids
+    task = calculator_tasks(1)[0]
+    script = ['<tool_call>{"name": "calculate", "arguments": {"expression": "1234 * 7"}}</tool_call>'
+              '<tool_call>{"name": "calculate", "arguments": {"expression": "2 +"}}</tool_call>',
+              '<tool_call>{"name": "calculate", "arguments": {"expression": "5 *',  # truncated
+              "Done."]
+    t = asyncio.run(rollout_trajectory(task, 0, ScriptedEngine(tokenizer, end_id, script), renderer, CalculatorEnv,
+                                       RolloutConfig(), seed=5))
+    dump_jsonl(tmp_path / "t.jsonl", [t])
+    [recorded] = load_jsonl(tmp_path / "t.jsonl", Trajectory)
+    replayed = asyncio.run(replay_tool_calls(recorded, task, CalculatorEnv))
+    assert [c.turn for c in recorded.tool_calls] == [0, 0, 1]
+    assert [(c.result, c.error) for c in replayed] == [(c.result, c.error) for c in recorded.tool_calls]
+    assert replayed[2].error == ToolCallError.parse and recorded.seed != 0
+
+
+def test_stop_strings_end_generation():
+    tokenizer = load_tokenizer("tiny-random-llama")
+    model = load_model("tiny-random-llama", dtype=torch.float32)
+    engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
+    prompt = tokenizer.encode("hello there", add_special_tokens=False)
+    free = engine.generate_batch([prompt], [SamplingParams(max_tokens=10, temperature=0)])[0]
+    stop = tokenizer.decode(free.token_ids[2:3])  # a string greedy decoding is bound to produce
+    stopped = engine.generate_batch([prompt], [SamplingParams(max_tokens=10, temperature=0, stop=(stop,))])[0]
+    assert stopped.finish_reason == "stop" and stop in tokenizer.decode(stopped.token_ids)
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)] and len(stopped.token_ids) <= 3
+    with pytest.raises(ValueError, match="stop strings"):  # HF applies stop strings batch-wide
+        engine.generate_batch([prompt, prompt], [SamplingParams(stop=(stop,)), SamplingParams()])

@@ -106,3 +106,12 @@ def test_agent_loop_runs_on_vllm(setup):
         for t in group.trajectories:
             assert t.completion_ids and len(t.logprobs) == len(t.completion_ids)
             assert all(lp <= 0 for lp in t.logprobs)
+
+
+def test_stop_strings(setup):
+    tokenizer, _, loop, engine, prompts = setup
+    [free] = _generate(loop, engine, prompts[:1], max_tokens=12, temperature=0)
+    stop = tokenizer.decode(free.token_ids[3:4])
+    [stopped] = _generate(loop, engine, prompts[:1], max_tokens=12, temperature=0, stop=(stop,))
+    assert stopped.finish_reason == "stop" and tokenizer.decode(stopped.token_ids).endswith(stop)
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
