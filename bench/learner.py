@@ -1,8 +1,11 @@
-"""Learner throughput and peak memory for one RL step: rlvr (with and without the KL reference pass) and
-TRL's GRPO loss path on the same batch, each in its own process so peak memory is its own.
+"""Learner throughput and peak memory for one RL step: rlvr's plain and shared-prefix paths (with and
+without the KL reference pass) and TRL's GRPO loss path on the same batch, each in its own process so
+peak memory is its own.
 
     python bench/learner.py                        # CPU: SmolLM2-135M, LoRA r=16, 16 sequences of ~256 tokens
     python bench/learner.py --model qwen2-1.5b-random --device cuda   # GPU: random-init 1.5B Qwen2 in bf16
+    python bench/learner.py --variants plain,shared --prompt-tokens 300 --completion-tokens 85   # G=8 groups
+    python bench/learner.py --variants plain,shared --prompt-tokens 300 --completion-tokens 200 --turns 4
 
 Tokens/s counts every token of every sequence (prompt + completion) per optimiser step, median of the
 timed steps after one warm-up step. Peak memory: on CPU the process's peak resident set during the
@@ -26,8 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 VARIANTS = {
-    "rlvr": "rlvr, beta=0 (no reference pass)",
-    "rlvr+ref": "rlvr, beta=0.04 (reference pass, adapter disabled)",
+    "plain": "rlvr plain packed path, beta=0",
+    "plain+ref": "rlvr plain packed path, beta=0.04 (reference pass, adapter disabled)",
+    "shared": "rlvr shared-prefix path, beta=0",
+    "shared+ref": "rlvr shared-prefix path, beta=0.04",
     "trl": "TRL GRPOTrainer._compute_loss, beta=0 (padded batch)",
 }
 QWEN2_1P5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -94,13 +99,15 @@ def worker(args) -> dict:
     base = _base_model(args, dtype, device)
     vocab = base.get_output_embeddings().weight.shape[0]
     groups = synthetic_groups(args.sequences // args.group_size, args.group_size, args.prompt_tokens,
-                              args.completion_tokens, vocab, seed=1)
+                              args.completion_tokens, vocab, turns=args.turns, seed=1)
     batch, _ = make_batch(groups, AlgorithmConfig())
     lora = LoraConfig(rank=16, alpha=32)
-    if args.variant.startswith("rlvr"):
-        beta = 0.04 if args.variant == "rlvr+ref" else 0.0
-        learner = Learner(add_lora(base, lora), LearnerConfig(micro_batch_tokens=args.micro_batch_tokens),
-                          ObjectiveSpec(beta=beta), total_steps=args.steps + 1)
+    if args.variant != "trl":
+        beta = 0.04 if args.variant.endswith("+ref") else 0.0
+        cfg = LearnerConfig(micro_batch_tokens=args.micro_batch_tokens, shared_prefix=args.variant.startswith("shared"))
+        learner = Learner(add_lora(base, lora), cfg, ObjectiveSpec(beta=beta), total_steps=args.steps + 1)
+        micro = learner.micro_batches(batch)
+        assert all((mb.prompt is not None) == cfg.shared_prefix for mb in micro), "shared path not taken"
         step = lambda: learner.step(batch)  # noqa: E731
     else:
         step = _trl_step(base, lora, batch, bf16, device, args)
@@ -178,9 +185,10 @@ def main():
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=160)
     parser.add_argument("--completion-tokens", type=int, default=128, help="completions vary in [1/2, 1] x this")
+    parser.add_argument("--turns", type=int, default=1, help="turns per trajectory (tool results between them)")
     parser.add_argument("--micro-batch-tokens", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="plain,plain+ref,trl")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
     if args.variant:
@@ -199,11 +207,16 @@ def main():
               f"peak +{r['peak_mb']:7.0f} MiB  ({r['tokens']} tokens, {r['dtype']}, {r['device']})  "
               f"{VARIANTS[variant]}", flush=True)
     by = {r["variant"]: r for r in results}
-    if "rlvr" in by and "rlvr+ref" in by:
-        print(f"reference pass: +{100 * (by['rlvr+ref']['peak_mb'] / by['rlvr']['peak_mb'] - 1):.1f}% peak memory, "
-              f"{100 * (by['rlvr']['tokens_per_s'] / by['rlvr+ref']['tokens_per_s'] - 1):.1f}% more time")
-    if "rlvr" in by and "trl" in by:
-        print(f"rlvr / TRL tokens/s: {by['rlvr']['tokens_per_s'] / by['trl']['tokens_per_s']:.2f}x")
+    for path in ("plain", "shared"):
+        if path in by and f"{path}+ref" in by:
+            a, b = by[path], by[f"{path}+ref"]
+            print(f"{path}: the reference pass adds {100 * (b['peak_mb'] / a['peak_mb'] - 1):.1f}% peak memory, "
+                  f"{100 * (a['tokens_per_s'] / b['tokens_per_s'] - 1):.1f}% time")
+    if "plain" in by and "trl" in by:
+        print(f"rlvr plain / TRL tokens/s: {by['plain']['tokens_per_s'] / by['trl']['tokens_per_s']:.2f}x")
+    if "plain" in by and "shared" in by:
+        print(f"shared / plain tokens/s: {by['shared']['tokens_per_s'] / by['plain']['tokens_per_s']:.2f}x "
+              f"(peak memory {by['shared']['peak_mb']:.0f} vs {by['plain']['peak_mb']:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class LearnerConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0.0)
     epochs: int = Field(1, ge=1)  # K inner passes over each batch (K > 1 computes old log-probs first)
     micro_batch_tokens: int = Field(4096, ge=16)  # tokens packed into one micro-batch (no padding)
+    shared_prefix: bool = True  # compute a group's shared prompt once where that pays (see docs/algorithms.md)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
     device: str = "auto"  # auto: cuda when present, else cpu
 

@@ -129,12 +129,11 @@ class HFEngine:
         max_new = max(p.max_tokens for p in params)
         stop_strings = list(first.stop)
         config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.pad_id, stop_strings=stop_strings or None)
+                                  pad_token_id=self.pad_id, stop_strings=stop_strings or None, use_cache=True)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with self._lock, autocast:
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                                      logits_processor=[sampler], use_cache=True,
-                                      tokenizer=self.tokenizer if stop_strings else None)
+                                      logits_processor=[sampler], tokenizer=self.tokenizer if stop_strings else None)
         new = out[:, width:].tolist()
         logprobs = torch.stack(sampler.logprobs, 1).tolist()
         completions = []

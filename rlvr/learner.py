@@ -12,6 +12,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -68,9 +69,28 @@ class LinearLogprob(torch.autograd.Function):
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
 
 
+@dataclass(eq=False)  # identity: micro-batches of one group hold the same object
+class SharedPrompt:
+    """A prompt shared by several trajectories (a GRPO group): computed once, its KV cache reused."""
+
+    input_ids: Tensor  # (1, P)
+
+
+@dataclass
+class PromptState:
+    """The shared prompt's forward pass: what its completions attend to and continue from."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per layer, keys and values (1, kv_heads, P, head_dim)
+    last_hidden: Tensor  # (1, H): predicts the first completion token
+
+
 @dataclass
 class MicroBatch:
-    """Trajectories packed into rows. Shapes: R rows of length L, n completion tokens, b trajectories."""
+    """Trajectories packed into rows. Shapes: R rows of length L, n completion tokens, b trajectories.
+
+    Plain micro-batches hold whole trajectories. With `prompt` set, rows hold only completions that
+    continue that prompt (one completion per row, right-padded, positions starting at P).
+    """
 
     input_ids: Tensor  # (R, L)
     position_ids: Tensor  # (R, L), restarting at 0 for every trajectory
@@ -83,6 +103,7 @@ class MicroBatch:
     behaviour_logp: Tensor  # (b, T)
     old_logp: Tensor | None = None  # (b, T), filled before the first update when epochs > 1
     ref_logp: Tensor | None = None  # (b, T), filled when beta > 0
+    prompt: SharedPrompt | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -118,6 +139,60 @@ def plan_micro_batches(lengths: list[int], micro_batch_tokens: int) -> list[list
     rows.sort(key=lambda r: -sum(lengths[i] for i in r))
     per_micro = max(1, micro_batch_tokens // row_length)
     return [rows[i : i + per_micro] for i in range(0, len(rows), per_micro)]
+
+
+def plan_shared_prefix(batch: Batch, micro_batch_tokens: int) -> tuple[list[tuple[list[int], list[list[int]]]], list[int]]:
+    """Split the batch into prompt groups that pay for the shared-prefix path, and the rest.
+
+    Trajectories with identical prompt ids form a group. Computing the prompt once saves (g - 1) * P
+    tokens; the group takes the shared path when that is at least a quarter of its completion tokens.
+    Each group's completions (longest first) are cut into chunks of at most `micro_batch_tokens`
+    padded completion tokens. Returns ([(indices, chunks)], the indices left for the plain path).
+    """
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(batch.trajectories):
+        by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
+    shared, plain = [], []
+    for prompt, indices in by_prompt.items():
+        completion_tokens = sum(len(batch.trajectories[i].completion_ids) for i in indices)
+        if len(indices) < 2 or (len(indices) - 1) * len(prompt) < 0.25 * completion_tokens:
+            plain += indices
+            continue
+        indices = sorted(indices, key=lambda i: -len(batch.trajectories[i].completion_ids))
+        chunks, current = [], []
+        for i in indices:
+            width = len(batch.trajectories[current[0] if current else i].completion_ids)
+            if current and (len(current) + 1) * width > micro_batch_tokens:
+                chunks.append(current)
+                current = []
+            current.append(i)
+        chunks.append(current)
+        shared.append((indices, chunks))
+    return shared, sorted(plain)
+
+
+def make_shared_micro_batch(batch: Batch, prompt: SharedPrompt, chunk: list[int], device) -> MicroBatch:
+    """Completions `chunk` of one prompt group, one per row, right-padded (the tail needs no mask)."""
+    trajectories = [batch.trajectories[i] for i in chunk]
+    width = max(len(t.completion_ids) for t in trajectories)
+    start = prompt.input_ids.shape[1]
+
+    def padded(values, dtype):
+        return pad_sequence([torch.tensor(v, dtype=dtype) for v in values], batch_first=True).to(device)
+
+    return MicroBatch(
+        input_ids=padded([t.completion_ids for t in trajectories], torch.long),
+        position_ids=torch.arange(start, start + width, device=device).expand(len(chunk), width),
+        logit_index=torch.tensor([r * width + j for r, t in enumerate(trajectories)
+                                  for j in range(len(t.completion_ids))], device=device),
+        targets=torch.tensor([tok for t in trajectories for tok in t.completion_ids], device=device),
+        indices=list(chunk),
+        lengths=[len(t.completion_ids) for t in trajectories],
+        mask=padded([t.loss_mask for t in trajectories], torch.float32),
+        advantages=padded([batch.advantages[i] for i in chunk], torch.float32),
+        behaviour_logp=padded([t.logprobs for t in trajectories], torch.float32),
+        prompt=prompt,
+    )
 
 
 def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
@@ -195,23 +270,63 @@ class Learner:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
-    def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True) -> Tensor:
+    def prompt_forward(self, prompt: SharedPrompt) -> PromptState:
+        """Run a shared prompt once (with the adapter state of the caller's context)."""
+        with self._autocast():
+            out = self.decoder(input_ids=prompt.input_ids, use_cache=True)
+        return PromptState([(k, v) for k, v, *_ in out.past_key_values], out.last_hidden_state[:, -1])
+
+    def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True, state: PromptState | None = None) -> Tensor:
         """Per-token log-probs of the completion tokens, (b, T) zero-padded; differentiable when grad is on.
 
         With adapter=False the LoRA adapter is disabled: the base model is the KL reference, no second copy.
+        A shared-prompt micro-batch continues `state` (computed here when not given).
         """
         with nullcontext() if adapter else self.model.disable_adapter():
-            with self._autocast():
-                hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
-                                      use_cache=False).last_hidden_state
+            if mb.prompt is None:
+                with self._autocast():
+                    hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
+                                          use_cache=False).last_hidden_state
+            else:
+                hidden = self._continue_prompt(mb, state or self.prompt_forward(mb.prompt))
             hidden = hidden.flatten(0, 1)[mb.logit_index]
             flat = LinearLogprob.apply(hidden, self.lm_head.weight, mb.targets, self.temperature)
         return pad_sequence(list(flat.split(mb.lengths)), batch_first=True)
 
+    def _continue_prompt(self, mb: MicroBatch, state: PromptState) -> Tensor:
+        """Hidden states predicting each completion token, (g, C, H): the prompt's last hidden state, then
+        the completions run over the prompt's KV cache, broadcast to every row without a forward pass."""
+        from transformers import DynamicCache
+
+        rows = mb.input_ids.shape[0]
+        first = state.last_hidden[:, None].expand(rows, 1, -1)
+        if mb.input_ids.shape[1] == 1:
+            return first
+        cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                             for k, v in state.kv])
+        with self._autocast():
+            hidden = self.decoder(input_ids=mb.input_ids[:, :-1], position_ids=mb.position_ids[:, :-1],
+                                  past_key_values=cache, use_cache=True).last_hidden_state
+        return torch.cat([first.to(hidden.dtype), hidden], 1)
+
     def micro_batches(self, batch: Batch) -> list[MicroBatch]:
-        lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in batch.trajectories]
-        return [make_micro_batch(batch, rows, self.device)
-                for rows in plan_micro_batches(lengths, self.cfg.micro_batch_tokens)]
+        """Shared-prefix micro-batches (a group's prompt once, its completions over the prompt's cache) where
+        that pays and `learner.shared_prefix` is on; packed plain micro-batches for the rest."""
+        micro, plain = [], list(range(len(batch.trajectories)))
+        if self.cfg.shared_prefix:
+            shared, plain = plan_shared_prefix(batch, self.cfg.micro_batch_tokens)
+            for indices, chunks in shared:
+                prompt = SharedPrompt(torch.tensor([batch.trajectories[indices[0]].prompt_ids], device=self.device))
+                micro += [make_shared_micro_batch(batch, prompt, chunk, self.device) for chunk in chunks]
+        if plain:
+            sub = Batch(trajectories=[batch.trajectories[i] for i in plain],
+                        advantages=[batch.advantages[i] for i in plain])
+            lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in sub.trajectories]
+            for rows in plan_micro_batches(lengths, self.cfg.micro_batch_tokens):
+                mb = make_micro_batch(sub, rows, self.device)
+                mb.indices = [plain[i] for i in mb.indices]
+                micro.append(mb)
+        return micro
 
     # ---------------------------------------------------------------------------------------------
     # the update
@@ -221,25 +336,50 @@ class Learner:
         return BatchCounts(tokens=sum(sampled), sequences=sum(n > 0 for n in sampled), norm_tokens=self.norm_tokens)
 
     def backward(self, micro: list[MicroBatch], counts: BatchCounts) -> dict[str, float]:
-        """Accumulate the full-batch gradient over the micro-batches; returns summed loss and metrics."""
+        """Accumulate the full-batch gradient over the micro-batches; returns summed loss and metrics.
+
+        A shared prompt runs forward once. Its KV cache and last hidden state are handed to its completions
+        as detached leaves, so every completion micro-batch's backward stops there and accumulates the
+        gradient on them; one backward through the prompt then carries the sum into the LoRA weights.
+        """
         totals: dict[str, float] = {"loss": 0.0}
-        for mb in micro:
-            logp = self.completion_logprobs(mb)
-            loss, metrics = policy_objective(self.spec, counts, logp, mb.advantages, mb.mask, mb.old_logp,
-                                             mb.ref_logp, mb.behaviour_logp)
-            loss.backward()
-            totals["loss"] += loss.item()
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v.item()
+        for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
+            if prompt is None:
+                for mb in group:
+                    self._backward_one(mb, counts, totals)
+                continue
+            state = self.prompt_forward(prompt)
+            leaves = PromptState([(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in state.kv],
+                                 state.last_hidden.detach().requires_grad_())
+            for mb in group:
+                self._backward_one(mb, counts, totals, leaves)
+            outputs = [t for kv in state.kv for t in kv] + [state.last_hidden]
+            grads = [t.grad for kv in leaves.kv for t in kv] + [leaves.last_hidden.grad]
+            used = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+            torch.autograd.backward([o for o, _ in used], [g for _, g in used])
         return totals
+
+    def _backward_one(self, mb: MicroBatch, counts: BatchCounts, totals: dict[str, float],
+                      state: PromptState | None = None) -> None:
+        logp = self.completion_logprobs(mb, state=state)
+        loss, metrics = policy_objective(self.spec, counts, logp, mb.advantages, mb.mask, mb.old_logp,
+                                         mb.ref_logp, mb.behaviour_logp)
+        loss.backward()
+        totals["loss"] += loss.item()
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + v.item()
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
-        for mb in micro:
-            if self.spec.beta > 0:
-                mb.ref_logp = self.completion_logprobs(mb, adapter=False)
-            if self.cfg.epochs > 1:  # with one epoch the old policy is the current one: logp.detach()
-                mb.old_logp = self.completion_logprobs(mb)
+        """Reference log-probs (beta > 0) and old-policy log-probs (epochs > 1), a shared prompt run once per pass."""
+        passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + \
+                 ([("old_logp", True)] if self.cfg.epochs > 1 else [])  # one epoch: old = logp.detach()
+        for field, adapter in passes:
+            with nullcontext() if adapter else self.model.disable_adapter():
+                for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
+                    state = None if prompt is None else self.prompt_forward(prompt)
+                    for mb in group:
+                        setattr(mb, field, self.completion_logprobs(mb, state=state))
 
     def step(self, batch: Batch) -> dict[str, float]:
         """K epochs of one optimiser step each over the whole batch. Returns metrics of the last epoch."""

@@ -22,7 +22,7 @@ def _policy(name="tiny-random-llama", seed=0):
 
 
 def _learner(model, spec=ObjectiveSpec(), **cfg):
-    cfg = LearnerConfig(precision="fp32", **cfg)
+    cfg = LearnerConfig(precision="fp32", **{"shared_prefix": False, **cfg})  # the packed path (see test_shared_prefix)
     return Learner(model, cfg, spec, temperature=0.7, total_steps=10, norm_tokens=64)
 
 
