@@ -20,12 +20,14 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
+from rlvr.attention import use_prefix_attention
 from rlvr.config import Config, LearnerConfig
 from rlvr.contract import Batch, Trajectory
 from rlvr.models import add_lora, bf16_supported, load_model
 
-# Rows of the LM head computed at once: bounds the transient float32 logits to LOGIT_CHUNK x vocab.
-LOGIT_CHUNK = 512
+# Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
+# the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).
+LOGIT_CHUNK = 64
 STATE_FILE = "learner_state.pt"
 
 
@@ -89,12 +91,12 @@ class MicroBatch:
     """Trajectories packed into rows. Shapes: R rows of length L, n completion tokens, b trajectories.
 
     Plain micro-batches hold whole trajectories. With `prompt` set, rows hold only completions that
-    continue that prompt (one completion per row, right-padded, positions starting at P).
+    continue that prompt (packed, positions starting at P, `attention_mask` keeping them apart).
     """
 
     input_ids: Tensor  # (R, L)
     position_ids: Tensor  # (R, L), restarting at 0 for every trajectory
-    logit_index: Tensor  # (n,) flat positions (row * L + col) whose logits predict the completion tokens
+    logit_index: Tensor  # (n,) flat positions (row * L + col; shared: 1 + that, 0 = prompt) predicting each token
     targets: Tensor  # (n,) completion token ids
     indices: list[int]  # batch index of each of the b trajectories, in the order of the (b, T) tensors
     lengths: list[int]  # completion length of each of the b trajectories
@@ -104,6 +106,7 @@ class MicroBatch:
     old_logp: Tensor | None = None  # (b, T), filled before the first update when epochs > 1
     ref_logp: Tensor | None = None  # (b, T), filled when beta > 0
     prompt: SharedPrompt | None = None
+    attention_mask: Tensor | None = None  # shared prompt: (R, 1, L, P + L) bool, True = may attend
 
     @property
     def num_tokens(self) -> int:
@@ -141,57 +144,75 @@ def plan_micro_batches(lengths: list[int], micro_batch_tokens: int) -> list[list
     return [rows[i : i + per_micro] for i in range(0, len(rows), per_micro)]
 
 
-def plan_shared_prefix(batch: Batch, micro_batch_tokens: int) -> tuple[list[tuple[list[int], list[list[int]]]], list[int]]:
+def plan_shared_prefix(batch: Batch, micro_batch_tokens: int) -> tuple[list[list[list[list[int]]]], list[int]]:
     """Split the batch into prompt groups that pay for the shared-prefix path, and the rest.
 
     Trajectories with identical prompt ids form a group. Computing the prompt once saves (g - 1) * P
     tokens; the group takes the shared path when that is at least a quarter of its completion tokens.
-    Each group's completions (longest first) are cut into chunks of at most `micro_batch_tokens`
-    padded completion tokens. Returns ([(indices, chunks)], the indices left for the plain path).
+    A group's completions are packed into rows as long as its longest completion, and the rows into
+    micro-batches of at most `micro_batch_tokens` (at least one row each).
+    Returns ([per group: micro-batches of rows of trajectory indices], the indices left for the plain path).
     """
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(batch.trajectories):
         by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
     shared, plain = [], []
     for prompt, indices in by_prompt.items():
-        completion_tokens = sum(len(batch.trajectories[i].completion_ids) for i in indices)
-        if len(indices) < 2 or (len(indices) - 1) * len(prompt) < 0.25 * completion_tokens:
+        lengths = [len(batch.trajectories[i].completion_ids) for i in indices]
+        if len(indices) < 2 or (len(indices) - 1) * len(prompt) < 0.25 * sum(lengths):
             plain += indices
             continue
-        indices = sorted(indices, key=lambda i: -len(batch.trajectories[i].completion_ids))
-        chunks, current = [], []
-        for i in indices:
-            width = len(batch.trajectories[current[0] if current else i].completion_ids)
-            if current and (len(current) + 1) * width > micro_batch_tokens:
-                chunks.append(current)
-                current = []
-            current.append(i)
-        chunks.append(current)
-        shared.append((indices, chunks))
+        rows = [[indices[k] for k in row] for row in pack(lengths, max(lengths))]
+        per_micro = max(1, micro_batch_tokens // max(lengths))
+        shared.append([rows[i : i + per_micro] for i in range(0, len(rows), per_micro)])
     return shared, sorted(plain)
 
 
-def make_shared_micro_batch(batch: Batch, prompt: SharedPrompt, chunk: list[int], device) -> MicroBatch:
-    """Completions `chunk` of one prompt group, one per row, right-padded (the tail needs no mask)."""
-    trajectories = [batch.trajectories[i] for i in chunk]
-    width = max(len(t.completion_ids) for t in trajectories)
-    start = prompt.input_ids.shape[1]
+def make_shared_micro_batch(batch: Batch, prompt: SharedPrompt, rows: list[list[int]], device) -> MicroBatch:
+    """Completions of one prompt group packed into rows that continue the prompt's KV cache.
+
+    Every completion's positions start right after the prompt, and a 4D mask lets each token see the
+    whole prompt and the earlier tokens of its own completion. The first token of each completion is
+    predicted by the prompt's last hidden state, which the hidden states are prefixed with (flat index 0).
+    """
+    trajectories = batch.trajectories
+    p_len = prompt.input_ids.shape[1]
+    width = max(sum(len(trajectories[i].completion_ids) for i in row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.full((len(rows), width), p_len, dtype=torch.long)
+    sequence = torch.full((len(rows), width), -1, dtype=torch.long)  # which completion holds each slot
+    logit_index, order = [], []
+    for r, row in enumerate(rows):
+        offset = 0
+        for i in row:
+            ids_i = trajectories[i].completion_ids
+            n = len(ids_i)
+            ids[r, offset : offset + n] = torch.tensor(ids_i)
+            positions[r, offset : offset + n] = torch.arange(p_len, p_len + n)
+            sequence[r, offset : offset + n] = len(order)
+            logit_index += [0] + [1 + r * width + offset + j for j in range(n - 1)]
+            order.append(i)
+            offset += n
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    own = (sequence[:, :, None] == sequence[:, None, :]) & causal & (sequence[:, :, None] >= 0)
+    mask = torch.cat([torch.ones(len(rows), width, p_len, dtype=torch.bool), own], dim=2)[:, None]
+    flat = [trajectories[i] for i in order]
 
     def padded(values, dtype):
         return pad_sequence([torch.tensor(v, dtype=dtype) for v in values], batch_first=True).to(device)
 
     return MicroBatch(
-        input_ids=padded([t.completion_ids for t in trajectories], torch.long),
-        position_ids=torch.arange(start, start + width, device=device).expand(len(chunk), width),
-        logit_index=torch.tensor([r * width + j for r, t in enumerate(trajectories)
-                                  for j in range(len(t.completion_ids))], device=device),
-        targets=torch.tensor([tok for t in trajectories for tok in t.completion_ids], device=device),
-        indices=list(chunk),
-        lengths=[len(t.completion_ids) for t in trajectories],
-        mask=padded([t.loss_mask for t in trajectories], torch.float32),
-        advantages=padded([batch.advantages[i] for i in chunk], torch.float32),
-        behaviour_logp=padded([t.logprobs for t in trajectories], torch.float32),
+        input_ids=ids.to(device),
+        position_ids=positions.to(device),
+        logit_index=torch.tensor(logit_index, device=device),
+        targets=torch.tensor([tok for t in flat for tok in t.completion_ids], device=device),
+        indices=order,
+        lengths=[len(t.completion_ids) for t in flat],
+        mask=padded([t.loss_mask for t in flat], torch.float32),
+        advantages=padded([batch.advantages[i] for i in order], torch.float32),
+        behaviour_logp=padded([t.logprobs for t in flat], torch.float32),
         prompt=prompt,
+        attention_mask=mask.to(device),
     )
 
 
@@ -250,6 +271,7 @@ class Learner:
         self.device = next(model.parameters()).device
         self.bf16 = _use_bf16(cfg.precision, self.device)
         base = model.get_base_model()
+        use_prefix_attention(base)
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
         if self.lm_head.bias is not None:
             raise ValueError("models whose LM head has a bias are not supported")
@@ -286,28 +308,25 @@ class Learner:
             if mb.prompt is None:
                 with self._autocast():
                     hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
-                                          use_cache=False).last_hidden_state
+                                          use_cache=False).last_hidden_state.flatten(0, 1)
             else:
                 hidden = self._continue_prompt(mb, state or self.prompt_forward(mb.prompt))
-            hidden = hidden.flatten(0, 1)[mb.logit_index]
+            hidden = hidden[mb.logit_index]
             flat = LinearLogprob.apply(hidden, self.lm_head.weight, mb.targets, self.temperature)
         return pad_sequence(list(flat.split(mb.lengths)), batch_first=True)
 
     def _continue_prompt(self, mb: MicroBatch, state: PromptState) -> Tensor:
-        """Hidden states predicting each completion token, (g, C, H): the prompt's last hidden state, then
-        the completions run over the prompt's KV cache, broadcast to every row without a forward pass."""
+        """Flat hidden states (1 + R * L, H): the prompt's last one, then those of the completion rows run
+        over the prompt's KV cache (broadcast to every row, not recomputed)."""
         from transformers import DynamicCache
 
         rows = mb.input_ids.shape[0]
-        first = state.last_hidden[:, None].expand(rows, 1, -1)
-        if mb.input_ids.shape[1] == 1:
-            return first
         cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                                              for k, v in state.kv])
         with self._autocast():
-            hidden = self.decoder(input_ids=mb.input_ids[:, :-1], position_ids=mb.position_ids[:, :-1],
-                                  past_key_values=cache, use_cache=True).last_hidden_state
-        return torch.cat([first.to(hidden.dtype), hidden], 1)
+            hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids, past_key_values=cache,
+                                  attention_mask=mb.attention_mask, use_cache=True).last_hidden_state
+        return torch.cat([state.last_hidden.to(hidden.dtype), hidden.flatten(0, 1)])
 
     def micro_batches(self, batch: Batch) -> list[MicroBatch]:
         """Shared-prefix micro-batches (a group's prompt once, its completions over the prompt's cache) where
@@ -315,9 +334,10 @@ class Learner:
         micro, plain = [], list(range(len(batch.trajectories)))
         if self.cfg.shared_prefix:
             shared, plain = plan_shared_prefix(batch, self.cfg.micro_batch_tokens)
-            for indices, chunks in shared:
-                prompt = SharedPrompt(torch.tensor([batch.trajectories[indices[0]].prompt_ids], device=self.device))
-                micro += [make_shared_micro_batch(batch, prompt, chunk, self.device) for chunk in chunks]
+            for group in shared:
+                first = batch.trajectories[group[0][0][0]]
+                prompt = SharedPrompt(torch.tensor([first.prompt_ids], device=self.device))
+                micro += [make_shared_micro_batch(batch, prompt, rows, self.device) for rows in group]
         if plain:
             sub = Batch(trajectories=[batch.trajectories[i] for i in plain],
                         advantages=[batch.advantages[i] for i in plain])
