@@ -94,6 +94,7 @@ def main():
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--parts", default="efficiency,latency,raw", help="which measurements to run")
     args = parser.parse_args()
 
     engine, tokenizer = make_engine(args.engine, args.model, stop_ids=set())  # forced lengths
@@ -109,6 +110,7 @@ def main():
         return sum(len(o.token_ids) for o in outs)
 
     async def loop(turns, tokens, seed, wrap=None):
+        renderer._prompt_cache.clear()  # as in training: each step's tasks are new to the renderer
         settings = RolloutConfig(group_size=args.group_size, max_turns=turns, max_new_tokens=tokens,
                                    max_total_tokens=4096)
         return await rollout_groups(tasks, wrap or engine, renderer, env, settings, seed=seed)
@@ -122,30 +124,33 @@ def main():
         await loop(1, 8, seed=-1)
         await loop(args.turns, 8, seed=-2, wrap=ForcedToolCalls(engine, call_ids))
         raw_rates, loop_rates = [], []
-        for r in range(args.repeats):
+        for r in range(args.repeats if "efficiency" in args.parts else 0):
             count, seconds = await _timed(raw(args.tokens))
             raw_rates.append(count / seconds)
             groups, seconds = await _timed(loop(1, args.tokens, seed=r))
             loop_rates.append(sampled_tokens(groups) / seconds)
-        raw_rate, loop_rate = statistics.median(raw_rates), statistics.median(loop_rates)
-        print(f"[{args.engine}] single turn, {n} trajectories x {args.tokens} tokens: engine {raw_rate:.1f} tok/s, "
-              f"agent loop {loop_rate:.1f} tok/s, efficiency {loop_rate / raw_rate:.3f}", flush=True)
+        if raw_rates:
+            raw_rate, loop_rate = statistics.median(raw_rates), statistics.median(loop_rates)
+            print(f"[{args.engine}] single turn, {n} trajectories x {args.tokens} tokens: engine {raw_rate:.1f} tok/s, "
+                  f"agent loop {loop_rate:.1f} tok/s, efficiency {loop_rate / raw_rate:.3f}", flush=True)
 
         runs: dict[float, list[float]] = {0.0: [], 0.1: []}
-        for r in range(args.repeats):  # alternate the two settings so drift in machine speed hits both
+        for r in range(args.repeats if "latency" in args.parts else 0):  # alternate the two settings
             for delay in runs:
                 SlowCalculator.delay_s = delay
                 wrap = ForcedToolCalls(engine, call_ids)
                 groups, seconds = await _timed(loop(args.turns, args.tokens, seed=1000 * (r + 1), wrap=wrap))
                 calls = sum(len(t.tool_calls) for g in groups for t in g.trajectories)
                 runs[delay].append(sampled_tokens(groups) / seconds)
-        rates = {delay: statistics.median(values) for delay, values in runs.items()}
-        for delay, rate in rates.items():
-            print(f"[{args.engine}] {args.turns} turns, tool delay {delay * 1000:.0f} ms: {rate:.1f} tok/s "
-                  f"({calls} tool calls per run, median of {args.repeats})", flush=True)
-        print(f"[{args.engine}] latency cost of a 100 ms tool: {100 * (1 - rates[0.1] / rates[0.0]):.1f}% of throughput")
+        if runs[0.0]:
+            rates = {delay: statistics.median(values) for delay, values in runs.items()}
+            for delay, rate in rates.items():
+                print(f"[{args.engine}] {args.turns} turns, tool delay {delay * 1000:.0f} ms: {rate:.1f} tok/s "
+                      f"({calls} tool calls per run, median of {args.repeats})", flush=True)
+            print(f"[{args.engine}] latency cost of a 100 ms tool: "
+                  f"{100 * (1 - rates[0.1] / rates[0.0]):.1f}% of throughput")
 
-        for tokens in (64, 256):
+        for tokens in (64, 256) if "raw" in args.parts else ():
             sub = prompts[: 8 * 8]
             start = time.perf_counter()
             outs = await asyncio.gather(*(engine.generate(p, SamplingParams(max_tokens=tokens, seed=i))

@@ -206,6 +206,7 @@ class ChatRenderer:
         if not self.native_tools and format != "hermes":
             raise ValueError(f"the chat template has no tool support; its fallback format is hermes, not {format}")
         self.turn_end_ids = _turn_end_ids(tokenizer)
+        self._prompt_cache: dict[str, list[int]] = {}
 
     def _messages(self, messages: list[Message], tools: list[dict[str, Any]]) -> tuple[list[Message], Any]:
         if self.native_tools:
@@ -219,7 +220,13 @@ class ChatRenderer:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
-        return self.render_ids(messages, tools, generation_prompt=True)
+        """The opening prompt's ids; the G trajectories of a task share it, so it is rendered once."""
+        key = json.dumps([messages, tools], sort_keys=True)
+        if key not in self._prompt_cache:
+            if len(self._prompt_cache) >= 4096:
+                self._prompt_cache.clear()
+            self._prompt_cache[key] = self.render_ids(messages, tools, generation_prompt=True)
+        return list(self._prompt_cache[key])
 
     def tool_suffix_ids(self, tool_messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
         """The ids that follow an assistant turn's end token when `tool_messages` answer it, up to and

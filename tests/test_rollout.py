@@ -153,3 +153,13 @@ def test_stop_strings_end_generation():
     assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)] and len(stopped.token_ids) <= 3
     with pytest.raises(ValueError, match="stop strings"):  # HF applies stop strings batch-wide
         engine.generate_batch([prompt, prompt], [SamplingParams(stop=(stop,)), SamplingParams()])
+
+
+def test_prompt_rendering_is_shared_by_a_group():
+    renderer = ChatRenderer(_tokenizer("smollm2-135m-instruct"))
+    messages, tools = CalculatorEnv(calculator_tasks(1)[0]).reset()
+    first = renderer.prompt_ids(messages, tools)
+    first.append(-1)  # callers own their copy
+    assert renderer.prompt_ids(messages, tools) == first[:-1] == renderer.render_ids(messages, tools,
+                                                                                       generation_prompt=True)
+    assert len(renderer._prompt_cache) == 1
