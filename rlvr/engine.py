@@ -109,7 +109,6 @@ class HFEngine:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._lock = threading.Lock()  # one generate at a time on the model
-        self.tokens_generated = 0
 
     # -- synchronous batch API ---------------------------------------------------------------------
 
@@ -143,7 +142,6 @@ class HFEngine:
                 completions.append(Completion(ids[: p.max_tokens], lps[: p.max_tokens], "length"))
             else:
                 completions.append(Completion(ids[: end + 1], lps[: end + 1], "stop"))
-        self.tokens_generated += sum(len(c.token_ids) for c in completions)
         return completions
 
     def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:

@@ -108,10 +108,6 @@ class MicroBatch:
     prompt: SharedPrompt | None = None
     attention_mask: Tensor | None = None  # shared prompt: (R, 1, L, P + L) bool, True = may attend
 
-    @property
-    def num_tokens(self) -> int:
-        return self.input_ids.numel()
-
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Group item indices into bins of at most `capacity` (first-fit decreasing; an item longer than

@@ -45,7 +45,6 @@ class VLLMEngine:
         )
         self._engine = None
         self.lora = None  # the LoRARequest of the current policy version, None = base model
-        self.tokens_generated = 0
 
     @property
     def engine(self):
@@ -72,7 +71,6 @@ class VLLMEngine:
         result = final.outputs[0]
         ids = list(result.token_ids)
         logprobs = [step[token].logprob for step, token in zip(result.logprobs, ids)]
-        self.tokens_generated += len(ids)
         return Completion(ids, logprobs, "stop" if result.finish_reason == "stop" else "length")
 
     async def set_adapter(self, adapter_dir: str | None, version: int) -> None:
