@@ -19,41 +19,37 @@ def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[
     """
     if not groups:
         raise ValueError("make_batch: no groups")
-    rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
-    group_index = torch.tensor([i for i, g in enumerate(groups) for _ in g.trajectories])
+    rewards, group_index = _rewards(groups)
     flat = zero_variance_groups(rewards, group_index)
     metrics = {"batch/zero_variance_groups": float(flat.sum()), "batch/groups": float(len(groups)),
                "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0}
     if algo.filter_zero_variance:
-        keep = [g for g, flat_g in zip(groups, flat.tolist()) if not flat_g]
-        if not keep:
-            raise ValueError(f"make_batch: all {len(groups)} groups have zero reward variance; nothing to train on "
+        groups = [g for g, flat_g in zip(groups, flat.tolist()) if not flat_g]
+        if not groups:
+            raise ValueError(f"make_batch: all {len(flat)} groups have zero reward variance; nothing to train on "
                              "(filter_zero_variance=true)")
-        groups = keep
-        rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
-        group_index = torch.tensor([i for i, g in enumerate(groups) for _ in g.trajectories])
+        rewards, group_index = _rewards(groups)
     outcome = ADVANTAGES[algo.advantage](rewards, group_index, eps=algo.std_eps)
-
     trajectories = [t for g in groups for t in g.trajectories]
-    # calls with credit, their group, and which completion tokens they cover
-    call_credit, call_group, spans = [], [], []
-    for i, t in enumerate(trajectories):
-        for call in t.tool_calls:
-            if call.credit is not None and call.span is not None:
-                call_credit.append(call.credit)
-                call_group.append(int(group_index[i]))
-                spans.append((i, *call.span))
-    advantages = []
-    if call_credit and algo.credit_weight != 0:
-        call_adv = grpo_advantage(torch.tensor(call_credit, dtype=torch.float64), torch.tensor(call_group),
-                                  eps=algo.std_eps)
-        for i, t in enumerate(trajectories):
-            call_index = torch.full((1, len(t.completion_ids)), -1, dtype=torch.long)
-            for c, (j, start, end) in enumerate(spans):
-                if j == i:
-                    call_index[0, start:end] = c
-            advantages.append(token_advantages(outcome[i : i + 1], call_index, call_adv, algo.credit_weight)[0].tolist())
-    else:
-        advantages = [[float(outcome[i])] * len(t.completion_ids) for i, t in enumerate(trajectories)]
     metrics["batch/trajectories"] = float(len(trajectories))
+
+    # calls with credit, each with its trajectory, group and the completion tokens it covers
+    scored = [(i, call) for i, t in enumerate(trajectories) for call in t.tool_calls
+              if call.credit is not None and call.span is not None]
+    if not scored or algo.credit_weight == 0:
+        advantages = [[float(outcome[i])] * len(t.completion_ids) for i, t in enumerate(trajectories)]
+        return Batch(trajectories=trajectories, advantages=advantages), metrics
+    call_adv = grpo_advantage(torch.tensor([c.credit for _, c in scored], dtype=torch.float64),
+                              torch.tensor([int(group_index[i]) for i, _ in scored]), eps=algo.std_eps)
+    call_index = [torch.full((1, len(t.completion_ids)), -1, dtype=torch.long) for t in trajectories]
+    for c, (i, call) in enumerate(scored):
+        call_index[i][0, call.span[0] : call.span[1]] = c
+    advantages = [token_advantages(outcome[i : i + 1], call_index[i], call_adv, algo.credit_weight)[0].tolist()
+                  for i in range(len(trajectories))]
     return Batch(trajectories=trajectories, advantages=advantages), metrics
+
+
+def _rewards(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (N,) float64 and the group index (N,) of every trajectory."""
+    rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
+    return rewards, torch.tensor([i for i, g in enumerate(groups) for _ in g.trajectories])

@@ -126,6 +126,11 @@ def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
+def _padded(device, rows: list[list], dtype) -> Tensor:
+    """Ragged rows -> (len(rows), longest) zero-padded tensor on `device`."""
+    return pad_sequence([torch.tensor(r, dtype=dtype) for r in rows], batch_first=True).to(device)
+
+
 def plan_micro_batches(lengths: list[int], micro_batch_tokens: int) -> list[list[list[int]]]:
     """Trajectory indices -> micro-batches of rows.
 
@@ -194,9 +199,6 @@ def make_shared_micro_batch(batch: Batch, prompt: SharedPrompt, rows: list[list[
     mask = torch.cat([torch.ones(len(rows), width, p_len, dtype=torch.bool), own], dim=2)[:, None]
     flat = [trajectories[i] for i in order]
 
-    def padded(values, dtype):
-        return pad_sequence([torch.tensor(v, dtype=dtype) for v in values], batch_first=True).to(device)
-
     return MicroBatch(
         input_ids=ids.to(device),
         position_ids=positions.to(device),
@@ -204,9 +206,9 @@ def make_shared_micro_batch(batch: Batch, prompt: SharedPrompt, rows: list[list[
         targets=torch.tensor([tok for t in flat for tok in t.completion_ids], device=device),
         indices=order,
         lengths=[len(t.completion_ids) for t in flat],
-        mask=padded([t.loss_mask for t in flat], torch.float32),
-        advantages=padded([batch.advantages[i] for i in order], torch.float32),
-        behaviour_logp=padded([t.logprobs for t in flat], torch.float32),
+        mask=_padded(device, [t.loss_mask for t in flat], torch.float32),
+        advantages=_padded(device, [batch.advantages[i] for i in order], torch.float32),
+        behaviour_logp=_padded(device, [t.logprobs for t in flat], torch.float32),
         prompt=prompt,
         attention_mask=mask.to(device),
     )
@@ -236,9 +238,6 @@ def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
         ids.extend([0] * pad)
         positions.extend(range(positions[-1] + 1, positions[-1] + 1 + pad))
 
-    def padded(values, dtype):
-        return pad_sequence([torch.tensor(v, dtype=dtype) for v in values], batch_first=True).to(device)
-
     return MicroBatch(
         input_ids=torch.tensor(ids, device=device).view(len(rows), width),
         position_ids=torch.tensor(positions, device=device).view(len(rows), width),
@@ -246,9 +245,9 @@ def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
         targets=torch.tensor(targets, device=device),
         indices=[i for row in rows for i in row],
         lengths=lengths,
-        mask=padded([t.loss_mask for t in flat], torch.float32),
-        advantages=padded([batch.advantages[i] for row in rows for i in row], torch.float32),
-        behaviour_logp=padded([t.logprobs for t in flat], torch.float32),
+        mask=_padded(device, [t.loss_mask for t in flat], torch.float32),
+        advantages=_padded(device, [batch.advantages[i] for row in rows for i in row], torch.float32),
+        behaviour_logp=_padded(device, [t.logprobs for t in flat], torch.float32),
     )
 
 
@@ -335,13 +334,10 @@ class Learner:
                 prompt = SharedPrompt(torch.tensor([first.prompt_ids], device=self.device))
                 micro += [make_shared_micro_batch(batch, prompt, rows, self.device) for rows in group]
         if plain:
-            sub = Batch(trajectories=[batch.trajectories[i] for i in plain],
-                        advantages=[batch.advantages[i] for i in plain])
-            lengths = [len(t.prompt_ids) + len(t.completion_ids) for t in sub.trajectories]
+            lengths = [len(batch.trajectories[i].prompt_ids) + len(batch.trajectories[i].completion_ids)
+                       for i in plain]
             for rows in plan_micro_batches(lengths, self.cfg.micro_batch_tokens):
-                mb = make_micro_batch(sub, rows, self.device)
-                mb.indices = [plain[i] for i in mb.indices]
-                micro.append(mb)
+                micro.append(make_micro_batch(batch, [[plain[k] for k in row] for row in rows], self.device))
         return micro
 
     # ---------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ BUILTIN_NAMES = (*BUILTIN_GGUF, *BUILTIN_TINY)
 def resolve_model(name: str) -> str:
     """Return a path (or hub id) that `from_pretrained` can load; builds built-in checkpoints once."""
     if name in BUILTIN_GGUF:
-        return str(_cached(name, lambda out: _convert_gguf(BUILTIN_GGUF[name], out)))
+        return str(_cached(name, lambda out: _convert_gguf(name, BUILTIN_GGUF[name], out)))
     if name in BUILTIN_TINY:
         return str(_cached(name, lambda out: _build_tiny(BUILTIN_TINY[name], out)))
     if Path(name).expanduser().is_dir():
@@ -124,11 +124,10 @@ def _gguf_file(name: str, source: _GGUFSource, workdir: Path) -> Path:
     return joined
 
 
-def _convert_gguf(source: _GGUFSource, out: Path) -> None:
+def _convert_gguf(name: str, source: _GGUFSource, out: Path) -> None:
     """GGUF -> plain bf16 safetensors checkpoint (dequantised once; later loads take ~1 s)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    name = out.name.lstrip(".").rsplit("-", 1)[0]
     gguf = _gguf_file(name, source, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
