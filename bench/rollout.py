@@ -26,7 +26,7 @@ from rlvr.chat import ChatRenderer  # noqa: E402
 from rlvr.config import RolloutConfig  # noqa: E402
 from rlvr.engine import Completion, SamplingParams  # noqa: E402
 from rlvr.envs.base import tool  # noqa: E402
-from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
+from rlvr.envs.calculator import Calculator, CalculatorEnv, calculator_tasks  # noqa: E402
 from rlvr.rollout import rollout_groups  # noqa: E402
 
 
@@ -62,7 +62,17 @@ class ForcedToolCalls:
 
 
 class SlowCalculator(CalculatorEnv):
+    """The calculator env with every call delayed by `delay_s` (a stand-in for a slow tool)."""
+
     delay_s = 0.0
+
+    def toolsets(self) -> list[Calculator]:
+        return [_DelayedCalculator(self.delay_s)]
+
+
+class _DelayedCalculator(Calculator):
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
 
     @tool
     def calculate(self, expression: str) -> str:

@@ -8,10 +8,15 @@ An environment is created from a Task (and a seed), then
     env.close()
 
 Writing one: subclass ToolEnv, decorate tool methods with @tool (type hints and a Google-style docstring
-become the JSON schema), and build the opening messages in `messages()`. Tool methods are plain
-synchronous Python; ToolEnv runs each call in a worker thread bounded by a per-call timeout, turns
-exceptions, timeouts, unknown tools and bad arguments into error results the model can read, and never
-raises on model output.
+become the JSON schema), and build the opening messages in `messages()`. Tools can also come from
+toolsets, plain objects with @tool methods returned by `toolsets()` (an env composes the calculator or
+the python sandbox rather than inheriting them). Tool methods are plain synchronous Python; ToolEnv runs
+each call in a worker thread bounded by a per-call timeout, turns exceptions, timeouts, unknown tools and
+bad arguments into error results the model can read, and never raises on model output.
+
+Optional hooks: `tasks(n, seed, split, **options)` (the env's own task source), `next_messages(answer)`
+(a simulated user that replies to a final answer, for multi-turn conversations), `state_key()` and
+`call_progress(call)` (what per-call credit compares calls by and scores them with, docs/credit.md).
 
 This module imports neither torch nor Ray.
 """
@@ -21,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import hashlib
 import inspect
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from rlvr.contract import Message, Task, ToolCall, ToolCallError
 
@@ -52,18 +59,40 @@ class StepResult:
 
 
 class ToolEnv:
-    """Base class for tool environments; subclasses add @tool methods and `messages()`."""
+    """Base class for tool environments; subclasses add @tool methods (or toolsets) and `messages()`."""
 
     name: str = ""
     system_prompt: str | None = None
+    # the env's success test (weight > 0) and logged metrics (weight 0), used when a run names no rewards
+    rewards: ClassVar[dict[str, float]] = {"numeric_answer": 1.0, "tool_call_validity": 0.0}
 
     def __init__(self, task: Task, seed: int = 0, tool_timeout_s: float = 10.0):
         self.task = task
         self.seed = seed
         self.tool_timeout_s = tool_timeout_s
-        self._tools = {name: getattr(self, name) for name in _tool_methods(type(self))}
+        self._history: list[tuple[str | None, dict[str, Any], str | None]] = []  # executed (name, args, result)
+
+    @functools.cached_property
+    def _tools(self) -> dict[str, Callable]:
+        tools: dict[str, Callable] = {}
+        for owner in (self, *self.toolsets()):
+            for name in _tool_methods(type(owner)):
+                if name in tools:
+                    raise TypeError(f"{type(self).__name__}: two tools are named {name!r}")
+                tools[name] = getattr(owner, name)
+        return tools
 
     # -- what a subclass provides ------------------------------------------------------------------
+
+    @classmethod
+    def tasks(cls, n: int, seed: int = 0, split: str = "train", **options: Any) -> list[Task]:
+        """`n` tasks for this env, deterministic in `seed` (the env's built-in task source)."""
+        raise NotImplementedError(f"env {cls.name or cls.__name__!r} has no built-in task source; "
+                                  "give tasks as a JSON-lines file instead")
+
+    def toolsets(self) -> list[Any]:
+        """Objects whose @tool methods the env offers besides its own."""
+        return []
 
     def messages(self) -> list[Message]:
         """The opening messages: the system prompt (if any) and the task's prompt."""
@@ -73,6 +102,20 @@ class ToolEnv:
         return opening + list(self.task.prompt)
 
     def final_state(self) -> dict[str, Any] | None:
+        return None
+
+    def next_messages(self, answer: str) -> list[Message]:
+        """Messages that answer the model's final answer (e.g. the user's next request); [] ends the episode."""
+        return []
+
+    def state_key(self) -> str:
+        """Identifies the state the next calls are made from; calls of a group made from equal keys are
+        compared with each other by step-grouped credit. Default: the calls executed so far and their
+        results (an env whose state can be reached several ways should hash the state itself)."""
+        return hashlib.sha1(json.dumps(self._history, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def call_progress(self, call: ToolCall) -> float | None:
+        """An env-specific score for a call that executed (e.g. +1 for a state change the goal needs)."""
         return None
 
     def close(self) -> None:
@@ -87,15 +130,29 @@ class ToolEnv:
     def tool_schemas(self) -> list[dict[str, Any]]:
         if self.task.tools is not None:
             return self.task.tools
-        return copy.deepcopy(_schemas(type(self)))
+        return [copy.deepcopy(_schema(type(fn.__self__), name)) for name, fn in self._tools.items()]
 
     def reset(self) -> tuple[list[Message], list[dict[str, Any]]]:
         return self.messages(), self.tool_schemas()
 
     async def step(self, calls: list[ToolCall]) -> StepResult:
         """Execute the calls concurrently; each is bounded by the per-call timeout."""
+        anchor = self.state_key()
+        for call in calls:
+            call.anchor = anchor
         await asyncio.gather(*(self._execute(c) for c in calls))
-        return StepResult(calls=calls)
+        for call in calls:
+            self._history.append((call.name, call.arguments, call.result))
+            if call.error is None:
+                progress = self.call_progress(call)
+                if progress is not None:
+                    call.scores["progress"] = float(progress)
+        return StepResult(calls=calls, done=self.done)
+
+    @property
+    def done(self) -> bool:
+        """True once the env has ended the episode (e.g. a submit tool was called)."""
+        return False
 
     async def _execute(self, call: ToolCall) -> None:
         if call.error is not None:  # parse errors and unknown tools already carry their message
@@ -131,10 +188,10 @@ def _tool_methods(cls: type) -> tuple[str, ...]:
 
 
 @functools.cache
-def _schemas(cls: type) -> list[dict[str, Any]]:
+def _schema(cls: type, name: str) -> dict[str, Any]:
     from transformers.utils import get_json_schema  # no torch import behind it
 
-    return [get_json_schema(getattr(cls, name)) for name in _tool_methods(cls)]
+    return get_json_schema(getattr(cls, name))
 
 
 _JSON_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), list: (list,), dict: (dict,)}

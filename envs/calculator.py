@@ -79,10 +79,8 @@ def format_number(value: int | float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
-class CalculatorEnv(ToolEnv):
-    name = "calculator"
-    system_prompt = ("Solve the problem. Use the calculator tool for arithmetic. "
-                     "Finish with the final answer as a number.")
+class Calculator:
+    """The calculator toolset (stateless); other envs attach it through `toolsets()`."""
 
     @tool
     def calculate(self, expression: str) -> str:
@@ -93,8 +91,22 @@ class CalculatorEnv(ToolEnv):
         """
         return format_number(evaluate(expression))
 
-    def final_state(self) -> dict | None:
-        return None
+
+class CalculatorEnv(ToolEnv):
+    """Arithmetic word problems; success = the final answer equals the task's number."""
+
+    name = "calculator"
+    system_prompt = ("Solve the problem. Use the calculator tool for arithmetic. "
+                     "Finish with the final answer as a number.")
+    rewards = {"numeric_answer": 1.0, "tool_call_validity": 0.0}
+
+    def toolsets(self) -> list[Calculator]:
+        return [Calculator()]
+
+    @classmethod
+    def tasks(cls, n: int, seed: int = 0, split: str = "train", family: str | None = None) -> list[Task]:
+        """Word problems; the "test" split uses the held-out wording family unless `family` is given."""
+        return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split)
 
 
 # --------------------------------------------------------------------------------------------------

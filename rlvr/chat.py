@@ -191,7 +191,7 @@ class ChatRenderer:
     """Turns messages into token ids through the tokenizer's chat template, token-in/token-out.
 
     `prompt_ids` renders the opening messages once. After that a trajectory only ever grows by the ids
-    the engine sampled and by `tool_suffix_ids`: the template's rendering of the tool results, taken as
+    the engine sampled and by `suffix_ids`: the template's rendering of the tool results, taken as
     the difference between rendering a dummy conversation with and without them. The whole transcript
     is never re-tokenised (decode -> encode is not a bijection); `render_ids` exists to measure drift.
     """
@@ -228,7 +228,7 @@ class ChatRenderer:
             self._prompt_cache[key] = self.render_ids(messages, tools, generation_prompt=True)
         return list(self._prompt_cache[key])
 
-    def tool_suffix_ids(self, tool_messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
+    def suffix_ids(self, tool_messages: list[Message], tools: list[dict[str, Any]]) -> list[int]:
         """The ids that follow an assistant turn's end token when `tool_messages` answer it, up to and
         including the next assistant header."""
         dummy = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]

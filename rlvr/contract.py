@@ -56,7 +56,9 @@ class ToolCall(_Strict):
     result: str | None = None  # what the environment answered (an error message when `error` is set)
     error: ToolCallError | None = None
     latency_s: float | None = None
-    credit: float | None = None  # per-call score given by the env / rewards (see rewards/)
+    anchor: str | None = None  # the env state the call was made from (calls sharing it are comparable)
+    scores: dict[str, float] = Field(default_factory=dict)  # named per-call checks from the env and rewards
+    credit: float | None = None  # the call's combined score (see docs/credit.md)
 
 
 FinishReason = Literal["stop", "max_turns", "max_tokens", "error"]

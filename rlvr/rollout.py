@@ -5,9 +5,10 @@ One trajectory:
     repeat up to max_turns:
         sampled = engine.generate(prompt_ids + completion)      -> loss_mask 1, behaviour log-probs
         calls = parse_tool_calls(decode(sampled))
-        no calls -> final answer, stop;   hit the token budget -> max_tokens
+        no calls -> final answer: stop, unless env.next_messages(answer) brings the user's next turn
+        hit the token budget -> max_tokens
         results = env.step(calls)                                -> each call bounded by its timeout
-        completion += template suffix of the tool messages       -> loss_mask 0, log-prob 0.0
+        completion += template suffix of the tool (or user) messages -> loss_mask 0, log-prob 0.0
 The next input is always the previous ids + the sampled ids + the tool-result ids; the transcript is
 never re-tokenised. After each turn the ids are compared with a full re-render of the messages and a
 mismatch is counted as drift (`strict_tokens=True` raises instead).
@@ -72,27 +73,30 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
             if out.finish_reason == "length":
                 finish = "max_tokens"
                 break
-            if not calls:
+            if calls:
+                result = await env.step(calls)
+                calls_made += calls
+                replies: list[Message] = [{"role": "tool", "name": c.name or "", "content": c.result or ""}
+                                          for c in calls]
+            else:
                 final_answer, finish = content, "stop"
-                break
-            result = await env.step(calls)
-            calls_made += calls
-            tool_messages: list[Message] = [{"role": "tool", "name": c.name or "", "content": c.result or ""}
-                                            for c in calls]
-            suffix = renderer.tool_suffix_ids(tool_messages, tools)
+                replies = env.next_messages(content)  # a simulated user's next request, if any
+                if not replies:
+                    break
+            suffix = renderer.suffix_ids(replies, tools)
             if len(completion) + len(suffix) >= settings.max_total_tokens:
-                finish = "max_tokens"  # no room left to read the results and answer
+                finish = "max_tokens"  # no room left to read the replies and answer
                 break
             completion += suffix
             mask += [0] * len(suffix)
             logprobs += [0.0] * len(suffix)
-            messages += tool_messages
+            messages += replies
             if renderer.render_ids(messages, tools, generation_prompt=True) != prompt_ids + completion:
                 drift += 1
                 if settings.strict_tokens:
                     raise TokenDriftError(f"task {task.id} trajectory {index} turn {turn + 1}: token ids differ "
                                           "from a full re-render of the conversation")
-            if result.done:
+            if calls and result.done:
                 finish = "stop"
                 break
         return Trajectory(
