@@ -86,6 +86,36 @@ ADVANTAGES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+# --------------------------------------------------------------------------------------------------
+# Per-call credit: (credit (C,), group_index (C,), anchor_index (C,) long, eps) -> call advantages (C,)
+# `credit` is each tool call's combined score (docs/credit.md); `anchor_index` numbers the distinct
+# (group, env state before the call) pairs, so calls sharing it were made from the same state.
+
+
+def no_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
+    """Outcome only: every call advantage is 0. Returns (C,)."""
+    return torch.zeros_like(credit)
+
+
+def per_call_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
+    """A_call = (c - mean) / (std + eps) over all calls of the trajectory's group (DeepSeekMath process
+    supervision, one score per call). Returns (C,); 0 where the group's calls all score the same."""
+    return grpo_advantage(credit, group_index, eps)
+
+
+def step_grouped_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
+    """GiGPO-style step groups: A_call = (c - mean) / (std + eps) over the calls of the group made from
+    the same env state (anchor); a call whose state no other call shares gets 0. Returns (C,)."""
+    return grpo_advantage(credit, anchor_index, eps)
+
+
+CREDIT: dict[str, Callable[..., Tensor]] = {
+    "none": no_credit,
+    "per_call": per_call_credit,
+    "step_grouped": step_grouped_credit,
+}
+
+
 def token_advantages(outcome: Tensor, call_index: Tensor, call_advantage: Tensor, weight: float) -> Tensor:
     """Per-token advantages with per-call credit: A_t = A_outcome + w * A_call on the tokens of each call.
 

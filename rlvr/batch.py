@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.algorithms import ADVANTAGES, grpo_advantage, token_advantages, zero_variance_groups
+from rlvr.algorithms import ADVANTAGES, CREDIT, token_advantages, zero_variance_groups
 from rlvr.config import AlgorithmConfig
 from rlvr.contract import Batch, Group
 
@@ -12,8 +12,9 @@ from rlvr.contract import Batch, Group
 def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[str, float]]:
     """Outcome advantages per group (ADVANTAGES[algo.advantage]) plus per-call credit on call tokens.
 
-    Per-call credit: the `credit` of every scored tool call is normalised across the calls of its group
-    (grpo-style) and added with weight `algo.credit_weight` on the tokens of that call's span. Groups
+    Per-call credit: the `credit` of every scored tool call becomes a call advantage (CREDIT[algo.credit]:
+    normalised across the group's calls, or across the calls made from the same env state) added with
+    weight `algo.credit_weight` on the tokens of that call's span (docs/credit.md). Groups
     whose rewards are all equal carry no signal; they are counted, and dropped when
     `algo.filter_zero_variance` (DAPO dynamic sampling) so they do not dilute the token denominator.
     """
@@ -33,14 +34,19 @@ def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[
     trajectories = [t for g in groups for t in g.trajectories]
     metrics["batch/trajectories"] = float(len(trajectories))
 
-    # calls with credit, each with its trajectory, group and the completion tokens it covers
+    # calls with credit, each with its trajectory and the completion tokens it covers
     scored = [(i, call) for i, t in enumerate(trajectories) for call in t.tool_calls
               if call.credit is not None and call.span is not None]
-    if not scored or algo.credit_weight == 0:
+    if not scored or algo.credit == "none" or algo.credit_weight == 0:
         advantages = [[float(outcome[i])] * len(t.completion_ids) for i, t in enumerate(trajectories)]
         return Batch(trajectories=trajectories, advantages=advantages), metrics
-    call_adv = grpo_advantage(torch.tensor([c.credit for _, c in scored], dtype=torch.float64),
-                              torch.tensor([int(group_index[i]) for i, _ in scored]), eps=algo.std_eps)
+    anchors: dict[tuple[int, str | None], int] = {}
+    anchor_index = [anchors.setdefault((int(group_index[i]), call.anchor), len(anchors)) for i, call in scored]
+    call_adv = CREDIT[algo.credit](torch.tensor([c.credit for _, c in scored], dtype=torch.float64),
+                                   torch.tensor([int(group_index[i]) for i, _ in scored]),
+                                   torch.tensor(anchor_index), eps=algo.std_eps)
+    metrics["credit/calls"] = float(len(scored))
+    metrics["credit/mean"] = sum(c.credit for _, c in scored) / len(scored)
     call_index = [torch.full((1, len(t.completion_ids)), -1, dtype=torch.long) for t in trajectories]
     for c, (i, call) in enumerate(scored):
         call_index[i][0, call.span[0] : call.span[1]] = c

@@ -59,6 +59,24 @@ class RolloutConfig(_Section):
     strict_tokens: bool = False  # raise when the token stream drifts from a full re-render (else count it)
 
 
+class EnvConfig(_Section):
+    name: str = "calculator"  # a built-in name, an entry point (group rlvr.envs) or "package.module:Class"
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the env's task source
+
+
+class RewardSpec(_Section):
+    name: str  # a built-in name, an entry point (group rlvr.rewards), "package.module:fn" or "file.py:fn"
+    weight: float = 1.0  # 0 = a logged metric that does not enter the reward
+    options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments bound to the function
+
+
+class RewardsConfig(_Section):
+    functions: list[RewardSpec] = Field(default_factory=list)  # empty: the env's own success test and metrics
+    on_error: Literal["raise", "drop"] = "raise"  # a reward that raises stops the run, or drops the trajectory
+    timeout_s: float = Field(60.0, gt=0.0)
+    concurrency: int = Field(256, ge=1)  # reward calls in flight at once
+
+
 class AlgorithmConfig(_Section):
     advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     loss: Literal["grpo", "gspo", "cispo"] = "grpo"
@@ -72,7 +90,10 @@ class AlgorithmConfig(_Section):
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
-    credit_weight: float = 1.0  # w in A_token = A_outcome + w * A_call, on the tokens of each tool call
+    # per-call credit (docs/credit.md): none | per_call (normalised over the group's calls) |
+    # step_grouped (over calls made from the same env state, GiGPO-style); A_token = A_outcome + w * A_call
+    credit: Literal["none", "per_call", "step_grouped"] = "per_call"
+    credit_weight: float = Field(1.0, ge=0.0)
     # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
     loss_norm_tokens: int | None = Field(None, ge=1)
 
@@ -123,6 +144,8 @@ class Config(_Section):
     output_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)

@@ -25,6 +25,7 @@ from rlvr.config import RolloutConfig
 from rlvr.contract import Group, Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.engine import Engine, SamplingParams
 from rlvr.envs.base import ToolEnv
+from rlvr.rewards.scoring import Scorer
 
 
 class TokenDriftError(RuntimeError):
@@ -153,17 +154,26 @@ def _as_parsed(call: ToolCall) -> ToolCall:
 
 
 async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make_env: Callable[..., ToolEnv],
-                        settings: RolloutConfig, *, seed: int = 0, policy_version: int = 0) -> Group:
-    trajectories = await asyncio.gather(*(
-        rollout_trajectory(task, i, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version)
-        for i in range(settings.group_size)))
-    return Group(id=task.id, task=task, trajectories=list(trajectories))
+                        settings: RolloutConfig, *, seed: int = 0, policy_version: int = 0,
+                        scorer: Scorer | None = None) -> Group | None:
+    """The task's G trajectories. With a `scorer` each trajectory is scored as soon as its rollout ends,
+    while the others still generate; trajectories the scorer drops are left out (None if all are)."""
+
+    async def one(i: int) -> Trajectory | None:
+        trajectory = await rollout_trajectory(task, i, engine, renderer, make_env, settings, seed=seed,
+                                              policy_version=policy_version)
+        return await scorer.score(trajectory, task) if scorer else trajectory
+
+    trajectories = [t for t in await asyncio.gather(*(one(i) for i in range(settings.group_size))) if t]
+    return Group(id=task.id, task=task, trajectories=trajectories) if trajectories else None
 
 
 async def rollout_groups(tasks: list[Task], engine: Engine, renderer: ChatRenderer,
                          make_env: Callable[..., ToolEnv], settings: RolloutConfig, *,
-                         seed: int = 0, policy_version: int = 0) -> list[Group]:
-    """All tasks' groups concurrently: while some trajectories wait on tools, others generate."""
-    return list(await asyncio.gather(*(
-        rollout_group(t, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version)
-        for t in tasks)))
+                         seed: int = 0, policy_version: int = 0, scorer: Scorer | None = None) -> list[Group]:
+    """All tasks' groups concurrently: while some trajectories wait on tools or rewards, others generate."""
+    groups = await asyncio.gather(*(
+        rollout_group(t, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version,
+                      scorer=scorer)
+        for t in tasks))
+    return [g for g in groups if g is not None]
