@@ -12,6 +12,10 @@ from rlvr.config import ConfigError, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL from verifiable rewards for tool-using LLM agents.")
 models_app = typer.Typer(no_args_is_help=True, help="Built-in offline models.")
 app.add_typer(models_app, name="models")
+envs_app = typer.Typer(no_args_is_help=True, help="Tool environments: list them, check one.")
+app.add_typer(envs_app, name="envs")
+rewards_app = typer.Typer(no_args_is_help=True, help="Reward functions.")
+app.add_typer(rewards_app, name="rewards")
 
 
 def _config(path: str, overrides: Optional[list[str]]):
@@ -66,6 +70,54 @@ def models_prepare(name: str):
     except ModelNotAvailable as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+@envs_app.command("list")
+def envs_list():
+    """Built-in and installed environments, with their default rewards (import failures are shown)."""
+    from rlvr.envs.registry import env_specs, load_env
+    from rlvr.plugins import PluginError
+
+    for name, spec in env_specs().items():
+        try:
+            env = load_env(name)
+            doc = (env.__doc__ or "").strip().splitlines()[0] if env.__doc__ else ""
+            rewards = ", ".join(f"{r}={w:g}" for r, w in env.rewards.items())
+            typer.echo(f"{name:16s} {spec:48s} rewards: {rewards}\n{'':16s} {doc}")
+        except PluginError as e:
+            typer.echo(f"{name:16s} {spec:48s} unavailable: {e}")
+
+
+@envs_app.command("check")
+def envs_check(name: str = typer.Argument(..., help="env name, entry point or package.module:Class"),
+               seed: int = typer.Option(0, help="seed of the task source and the env"),
+               tool_timeout_s: float = typer.Option(10.0, help="per-call timeout")):
+    """Run an env through reset/step with valid, invalid and garbage calls; exit 1 on any violation."""
+    import asyncio
+
+    from rlvr.envs.checker import check_env
+    from rlvr.envs.registry import load_env
+    from rlvr.plugins import PluginError
+
+    try:
+        env = load_env(name)
+    except PluginError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    report = asyncio.run(check_env(env, seed=seed, tool_timeout_s=tool_timeout_s))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"{name}: {len(report.passed)} checks passed, {len(report.violations)} violations")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@rewards_app.command("list")
+def rewards_list():
+    """Built-in and installed reward functions."""
+    from rlvr.rewards.registry import reward_specs
+
+    for name, spec in reward_specs().items():
+        typer.echo(f"{name:20s} {spec}")
 
 
 def main() -> None:
