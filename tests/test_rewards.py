@@ -3,8 +3,6 @@ weights, concurrency and failure policy."""
 
 import asyncio
 import math
-import sys
-import textwrap
 import time
 
 import pytest
