@@ -39,7 +39,7 @@ from rlvr.contract import Message, Task, ToolCall, ToolCallError
 # Tool calls run here rather than in asyncio's default pool (min(32, cores + 4) threads), so 64
 # concurrent trajectories with slow tools do not queue behind each other. A call that times out keeps
 # its thread until it returns: tools that can hang for good belong in a subprocess (see the python env).
-_TOOL_THREADS = ThreadPoolExecutor(max_workers=128, thread_name_prefix="rlvr-tool")
+TOOL_THREADS = ThreadPoolExecutor(max_workers=128, thread_name_prefix="rlvr-tool")
 
 
 def tool(fn: Callable) -> Callable:
@@ -169,7 +169,7 @@ class ToolEnv:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            value = await asyncio.wait_for(loop.run_in_executor(_TOOL_THREADS, lambda: fn(**call.arguments)),
+            value = await asyncio.wait_for(loop.run_in_executor(TOOL_THREADS, lambda: fn(**call.arguments)),
                                            self.tool_timeout_s)
             call.result = value if isinstance(value, str) else str(value)
         except asyncio.TimeoutError:
@@ -212,3 +212,31 @@ def _check_arguments(fn: Callable, arguments: dict[str, Any]) -> str | None:
         if expected and (not isinstance(value, expected) or (bool not in expected and isinstance(value, bool))):
             return f"{name} must be {hints[name].__name__}, got {type(value).__name__} {value!r}"
     return None
+
+
+_SCHEMA_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                              "boolean": (bool,), "array": (list, tuple), "object": (dict,)}
+
+
+def schema_problem(parameters: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+    """None when `arguments` fit a tool's JSON-schema `parameters` (names, required ones, top-level
+    types; null is accepted for an optional parameter, as "not given"), else what is wrong. For envs
+    whose tools are given as schemas rather than typed methods."""
+    props = parameters.get("properties", {})
+    unknown = sorted(set(arguments) - set(props))
+    if unknown and parameters.get("additionalProperties") is not True:
+        return f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(props) or 'none'}"
+    missing = [name for name in parameters.get("required", []) if name not in arguments]
+    if missing:
+        return f"missing argument(s) {', '.join(missing)}"
+    required = set(parameters.get("required", []))
+    for name, value in arguments.items():
+        if value is None and name not in required:
+            continue
+        declared = props.get(name, {}).get("type")
+        kinds = [declared] if isinstance(declared, str) else declared or []
+        allowed = tuple(t for k in kinds for t in _SCHEMA_TYPES.get(k, (object,)))
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            return f"{name} must be {' or '.join(kinds)}, got {type(value).__name__} {value!r:.80}"
+    return None
+

@@ -22,6 +22,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "tool_call_validity": "rlvr.rewards.calls:tool_call_validity",
     "policy_compliance": "rlvr.rewards.support_desk:policy_compliance",
     "reasoning_gym": "rlvr.rewards.reasoning_gym:reasoning_gym_score",
+    "bfcl": "rlvr.rewards.bfcl:bfcl_score",
     "bfcl_ast": "rlvr.rewards.bfcl:bfcl_ast",
     "bfcl_multi_turn": "rlvr.rewards.bfcl:bfcl_multi_turn",
 }

@@ -129,3 +129,18 @@ def test_cli_envs_list_and_check(plugin_module):
     missing = runner.invoke(app, ["envs", "check", "nope"])
     assert missing.exit_code == 2
     assert "numeric_answer" in runner.invoke(app, ["rewards", "list"]).output
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    ({"n": 3, "tags": ["a"]}, None), ({"n": 3, "tags": None}, None), ({"n": 3, "x": 1}, "unknown argument(s) x"),
+    ({"tags": []}, "missing argument(s) n"), ({"n": "3"}, "n must be integer, got str '3'"),
+    ({"n": True}, "n must be integer, got bool True"), ({"n": 3, "ratio": 1}, None),
+    ({"n": 3, "ratio": "1"}, "ratio must be number"), ({"n": 3, "anything": {"k": 1}}, None),
+])
+def test_schema_problem(arguments, problem):
+    from rlvr.envs.base import schema_problem
+
+    parameters = {"type": "object", "required": ["n"], "properties": {
+        "n": {"type": "integer"}, "tags": {"type": "array"}, "ratio": {"type": "number"}, "anything": {}}}
+    found = schema_problem(parameters, arguments)
+    assert found == problem if problem is None else problem in found
