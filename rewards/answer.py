@@ -1,8 +1,7 @@
 """Answer rewards: exact and numeric match, math equivalence (math-verify), and answer format.
 
 The answer is read from the trajectory's final answer (the last assistant message without tool calls)
-by `extract_answer`: the last \\boxed{...} if any, else the text after the last "answer:" / "answer is",
-else the whole text. A trajectory that never gave a final answer scores 0.0 (the model failed); a task
+by `extract_answer` (rules in its docstring; the reasoning_gym reward uses the same). A trajectory that never gave a final answer scores 0.0 (the model failed); a task
 without ground truth raises, since there is nothing to score against.
 """
 
@@ -15,28 +14,60 @@ import re
 from rlvr.contract import Task, Trajectory
 from rlvr.rewards.base import Score
 
-_BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*(.+)", re.IGNORECASE | re.DOTALL)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+# a line starting "Answer:" / "Final answer:" (markdown ** and _ allowed), or "the answer is ..." anywhere
+_ANSWER_LINE = re.compile(r"^[ \t>#*_]*(?:final\s+)?answer\s*[*_]*\s*:[*_]*[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 _TOOL_MARKUP = ("<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]")
 
 
 def extract_answer(text: str | None) -> str | None:
-    """The answer part of a final message (see the module docstring); None when there is none."""
+    """The answer part of a final message, by the first rule that applies:
+        1. the last <answer>...</answer> block (reasoning-gym's convention)
+        2. the last \\boxed{...} (braces balanced)
+        3. after the last line starting "Answer:" / "Final answer:": the rest of that line, or when it is
+           empty the lines below it up to the next blank line (grids)
+        4. the last non-empty line (from its "answer is", if it has one)
+    None when the text is empty."""
     if not text or not text.strip():
         return None
-    boxed = _BOXED.findall(text)
-    if boxed:
-        return boxed[-1].strip()
-    said = _ANSWER_IS.findall(text)
-    answer = said[-1] if said else text
-    return answer.strip().splitlines()[0].strip() if answer.strip() else None
+    tagged = _ANSWER_TAG.findall(text)
+    if tagged:
+        return tagged[-1].strip()
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    lines = list(_ANSWER_LINE.finditer(text))
+    if lines:
+        rest = lines[-1].group(1).strip().strip("*_").strip()
+        below = text[lines[-1].end():].strip("\n").split("\n\n")[0].strip()
+        if rest or below:
+            return rest or below
+    last = text.strip().splitlines()[-1].strip()
+    said = _ANSWER_IS.findall(last)
+    return said[-1].strip() if said else last
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            if depth == 0:
+                return text[begin:i]
+            depth -= 1
+    return None  # unbalanced: left to the other rules
 
 
 def extract_number(text: str | None) -> float | None:
-    """The last number in the answer part of `text` ("1,234" -> 1234.0); None when there is none."""
-    answer = extract_answer(text)
-    numbers = _NUMBER.findall(answer or "")
+    """The last number of the answer part of `text` ("1,234" -> 1234.0), else the last number of the whole
+    text (a closing pleasantry after the result); None when there is none."""
+    numbers = _NUMBER.findall(extract_answer(text) or "") or _NUMBER.findall(text or "")
     return float(numbers[-1].replace(",", "")) if numbers else None
 
 

@@ -9,7 +9,8 @@ pytest.importorskip("reasoning_gym")
 
 from rlvr.contract import Task, ToolCall, Trajectory  # noqa: E402
 from rlvr.envs.reasoning_gym import ReasoningGymEnv, decode_entry, encode_entry, reasoning_gym_tasks  # noqa: E402
-from rlvr.rewards.reasoning_gym import extract_final_answer, reasoning_gym_score  # noqa: E402
+from rlvr.rewards.answer import extract_answer
+from rlvr.rewards.reasoning_gym import reasoning_gym_score  # noqa: E402
 
 
 def _trajectory(task: Task, final_answer: str | None) -> Trajectory:
@@ -96,8 +97,8 @@ def test_a_scorer_that_raises_on_the_answer_scores_zero():
     ("The answer is below\n\n17\n", "17"),
     ("", None),
 ])
-def test_extract_final_answer(text, answer):
-    assert extract_final_answer(text) == answer
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
