@@ -39,7 +39,10 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    source: str = "synthetic"  # where training tasks come from
+    # where training tasks come from: "env" (the env's task source), a JSON-lines file of tasks, or
+    # "synthetic" (random scored trajectories, no rollouts: the smoke run and the learner benchmarks)
+    source: str = "env"
+    train_tasks: int = Field(1024, ge=1)  # how many tasks to draw from the env's task source
     tasks_per_step: int = Field(8, ge=1)
     # shape of synthetic trajectories (source=synthetic): used by the smoke run and the benchmarks
     synthetic_prompt_tokens: int = Field(256, ge=1)

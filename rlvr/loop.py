@@ -1,10 +1,17 @@
-"""`rlvr train`: the RL loop, top to bottom.
+"""`rlvr train`: the RL loop, top to bottom, in-process.
 
-Until the rollout issue lands, the tasks of a step are synthetic scored groups (data.source=synthetic):
-the loop exercises model loading, advantages, the learner and the run folder for real.
+    1. sample tasks   2. roll out G per task, each trajectory scored as it ends   3. advantages
+    4. learner update   5. serve the new adapter   6. log
+
+Ray rollout workers, evaluation, checkpoints and resume come with issue 5. `data.source=synthetic`
+skips rollouts (random scored trajectories): the smoke run, which exercises model loading, advantages,
+the learner and the run folder.
 """
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from rich.console import Console
 
@@ -12,32 +19,95 @@ from rlvr.batch import make_batch
 from rlvr.config import Config, ConfigError
 from rlvr.learner import build_learner
 from rlvr.run import Run
-from rlvr.synthetic import synthetic_groups
 
 console = Console(stderr=True)
 
 
 def train(cfg: Config) -> Run:
-    if cfg.data.source != "synthetic":
-        raise ConfigError(f"data.source: only 'synthetic' is available in this version (got {cfg.data.source!r})")
+    step_groups = _task_source(cfg)  # env, rewards and tasks resolve before any model loads
     run = Run(cfg)
     console.print(f"[bold]rlvr[/] run folder: {run.path}")
     learner = build_learner(cfg)
-    vocab = learner.lm_head.weight.shape[0]
+    rollouts = step_groups(learner)
     for step in range(1, cfg.steps + 1):
-        # 1-3. tasks, rollouts, scores (synthetic for now)
-        groups = synthetic_groups(cfg.data.tasks_per_step, cfg.rollout.group_size, cfg.data.synthetic_prompt_tokens,
-                                  cfg.data.synthetic_completion_tokens, vocab, seed=cfg.seed * 1_000_003 + step)
-        # 4. advantages
-        batch, batch_metrics = make_batch(groups, cfg.algorithm)
-        # 5. learner update
-        metrics = {**batch_metrics, **learner.step(batch)}
-        # 7. log
-        run.log(step, metrics)
+        start = time.perf_counter()
+        groups, rollout_metrics = rollouts(step)  # 1-2. tasks, rollouts and scores
+        batch, batch_metrics = make_batch(groups, cfg.algorithm)  # 3. advantages
+        metrics = {**rollout_metrics, **batch_metrics, **learner.step(batch)}  # 4. update
+        metrics["time/step_s"] = time.perf_counter() - start
+        run.log(step, metrics)  # 6. log (5. in-process, the engine samples from the learner's own model)
         if step % cfg.logging.log_every == 0:
-            console.print(f"step {step}/{cfg.steps}  loss {metrics['learner/loss']:+.4f}  "
-                          f"reward {metrics['reward/mean']:.3f}  {metrics['learner/tokens_per_s']:.0f} tok/s")
+            console.print(f"step {step}/{cfg.steps}  reward {metrics['reward/mean']:.3f}  "
+                          f"loss {metrics['learner/loss']:+.4f}  {metrics['learner/tokens_per_s']:.0f} tok/s  "
+                          f"{metrics['time/step_s']:.1f} s")
     learner.save(run.path / "adapter", with_state=False)
     run.finish()
     console.print(f"[green]done[/]: metrics in {run.metrics_file}, adapter in {run.path / 'adapter'}")
     return run
+
+
+def _task_source(cfg: Config):
+    """Resolve the run's data before any model loads; returns `make(learner) -> rollouts(step)`."""
+    if cfg.data.source == "synthetic":
+        from rlvr.synthetic import synthetic_groups
+
+        def make_synthetic(learner):
+            vocab = learner.lm_head.weight.shape[0]
+            return lambda step: (synthetic_groups(
+                cfg.data.tasks_per_step, cfg.rollout.group_size, cfg.data.synthetic_prompt_tokens,
+                cfg.data.synthetic_completion_tokens, vocab, seed=cfg.seed * 1_000_003 + step), {})
+        return make_synthetic
+
+    from rlvr.envs.registry import load_env
+    from rlvr.plugins import PluginError
+    from rlvr.rewards.scoring import Scorer
+    from rlvr.tasks import TaskSampler, load_tasks
+
+    try:
+        env = load_env(cfg.env.name)
+        scorer = Scorer.from_config(cfg.rewards, env)
+        tasks = load_tasks(cfg.data.source, env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options)
+    except (PluginError, ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
+
+    def make_rollouts(learner):
+        from rlvr.chat import ChatRenderer
+        from rlvr.engine import HFEngine
+        from rlvr.models import load_tokenizer
+        from rlvr.rollout import rollout_groups
+
+        if cfg.rollout.engine != "hf":
+            raise ConfigError("rollout.engine: the in-process loop samples with the learner's own model "
+                              "(engine=hf); vLLM engines come with the Ray loop (issue 5)")
+        renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
+        engine = HFEngine(learner.model, renderer.tokenizer, stop_ids=renderer.turn_end_ids)
+
+        def rollouts(step: int):
+            start = time.perf_counter()
+            groups = asyncio.run(rollout_groups(sampler.batch(step), engine, renderer, env, cfg.rollout,
+                                                seed=cfg.seed * 1_000_003 + step, policy_version=step - 1,
+                                                scorer=scorer))
+            if not groups:
+                raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
+                                   f"({scorer.stats.errors[-1] if scorer.stats.errors else 'no error recorded'})")
+            return groups, _rollout_metrics(groups, scorer, time.perf_counter() - start)
+        return rollouts
+    return make_rollouts
+
+
+def _rollout_metrics(groups, scorer, seconds: float) -> dict[str, float]:
+    trajectories = [t for g in groups for t in g.trajectories]
+    sampled = sum(t.num_sampled_tokens for t in trajectories)
+    calls = [c for t in trajectories for c in t.tool_calls]
+    metrics = {"rollout/time_s": seconds, "rollout/sampled_tokens": float(sampled),
+               "rollout/tokens_per_s": sampled / seconds if seconds else 0.0,
+               "rollout/turns": sum(t.turns for t in trajectories) / len(trajectories),
+               "rollout/tool_calls": len(calls) / len(trajectories),
+               "rollout/tool_errors": sum(c.error is not None for c in calls) / max(len(calls), 1),
+               "rollout/finished": sum(t.finish_reason == "stop" for t in trajectories) / len(trajectories),
+               "reward/dropped_trajectories": float(scorer.stats.dropped)}
+    for name in trajectories[0].reward_components:
+        values = [t.reward_components.get(name, 0.0) for t in trajectories]
+        metrics[f"reward/{name}"] = sum(values) / len(values)
+    return metrics

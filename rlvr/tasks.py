@@ -1,0 +1,50 @@
+"""Where a run's tasks come from, and which tasks each step trains on.
+
+`data.source` is `env` (the env's own task source, `Env.tasks(n, seed, split, **env.options)`) or a
+JSON-lines file of Tasks. The batch of step k is a pure function of (seed, k): the tasks are visited in a
+seeded order, epoch after epoch, so no task is skipped or repeated within an epoch, and a resumed run
+needs nothing but its step number to continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from rlvr.contract import Task, load_jsonl
+
+
+def load_tasks(source: str, env, count: int, seed: int, split: str, options: dict) -> list[Task]:
+    """`count` tasks from the env's task source (`source="env"`) or all tasks of a JSON-lines file."""
+    if source == "env":
+        return env.tasks(count, seed=seed, split=split, **options)
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"data.source: {source!r} is neither 'env' nor a JSON-lines file of tasks")
+    tasks = load_jsonl(path, Task)
+    if not tasks:
+        raise ValueError(f"data.source: {path} holds no tasks")
+    return tasks
+
+
+class TaskSampler:
+    """Step k's tasks: slice k of the tasks in a per-epoch seeded order (see the module docstring)."""
+
+    def __init__(self, tasks: list[Task], per_step: int, seed: int):
+        if not tasks:
+            raise ValueError("TaskSampler: no tasks")
+        self.tasks, self.per_step, self.seed = tasks, per_step, seed
+        self._orders: dict[int, list[int]] = {}
+
+    def batch(self, step: int) -> list[Task]:
+        """The tasks of step `step` (1-based)."""
+        start = (step - 1) * self.per_step
+        return [self._at(i) for i in range(start, start + self.per_step)]
+
+    def _at(self, position: int) -> Task:
+        epoch, index = divmod(position, len(self.tasks))
+        if epoch not in self._orders:
+            order = list(range(len(self.tasks)))
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+            self._orders = {epoch: order}  # steps move forward: one epoch's order at a time is enough
+        return self.tasks[self._orders[epoch][index]]
