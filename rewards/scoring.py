@@ -73,8 +73,12 @@ class Scorer:
     def from_specs(cls, specs: Mapping[str, float] | list[tuple[str, float, dict[str, Any]]], **kwargs) -> Scorer:
         """From {spec: weight} or [(spec, weight, options)]; options are bound as keyword arguments."""
         items = [(s, w, {}) for s, w in specs.items()] if isinstance(specs, Mapping) else specs
-        terms = [RewardTerm(spec, functools.partial(load_reward(spec), **options) if options else load_reward(spec),
-                            float(weight)) for spec, weight, options in items]
+        # logged as reward/<name>: "path/to/file.py:solved" and "pkg.mod:solved" are named "solved"
+        terms = [RewardTerm(spec.rpartition(":")[2], functools.partial(load_reward(spec), **options) if options
+                            else load_reward(spec), float(weight)) for spec, weight, options in items]
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two rewards share a name in {names}: each is logged as reward/<name>")
         return cls(terms, **kwargs)
 
     @classmethod

@@ -131,8 +131,8 @@ class LoggingConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    every: int = Field(0, ge=0)  # save every N steps; 0 = only the final adapter
-    keep: int = Field(2, ge=1)
+    every: int = Field(0, ge=0)  # save every N steps (atomically, see rlvr/checkpoint.py); 0 = only the final adapter
+    keep: int = Field(2, ge=1)  # newest checkpoints kept
 
 
 class RayConfig(_Section):
@@ -145,6 +145,9 @@ class Config(_Section):
     seed: int = 0
     steps: int = Field(100, ge=1)
     output_dir: str = "runs"
+    # "never" | "auto" (continue the newest run of this name under output_dir from its newest complete
+    # checkpoint; a fresh run when there is none) | a checkpoint directory
+    resume: str = "never"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)

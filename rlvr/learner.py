@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
 from rlvr.attention import use_prefix_attention
 from rlvr.config import Config, LearnerConfig
-from rlvr.contract import Batch, Trajectory
+from rlvr.contract import Batch
 from rlvr.models import add_lora, bf16_supported, load_model
 
 # Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through

@@ -3,7 +3,8 @@
     1. sample tasks   2. roll out G per task, each trajectory scored as it ends   3. advantages
     4. learner update   5. serve the new adapter   6. log
 
-Ray rollout workers, evaluation, checkpoints and resume come with issue 5. `data.source=synthetic`
+Checkpoints every `checkpoint.every` steps; `resume=auto` continues the newest run of the same name
+(rlvr/checkpoint.py). Ray rollout workers and evaluation come with issue 5. `data.source=synthetic`
 skips rollouts (random scored trajectories): the smoke run, which exercises model loading, advantages,
 the learner and the run folder.
 """
@@ -11,11 +12,16 @@ the learner and the run folder.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from pathlib import Path
+
+import torch
 
 from rich.console import Console
 
 from rlvr.batch import make_batch
+from rlvr.checkpoint import find_resumable_run, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 from rlvr.config import Config, ConfigError
 from rlvr.learner import build_learner
 from rlvr.run import Run
@@ -25,17 +31,28 @@ console = Console(stderr=True)
 
 def train(cfg: Config) -> Run:
     step_groups = _task_source(cfg)  # env, rewards and tasks resolve before any model loads
-    run = Run(cfg)
+    checkpoint = _checkpoint_to_resume(cfg)
+    run = Run(cfg, path=checkpoint.parent.parent if checkpoint else None)
     console.print(f"[bold]rlvr[/] run folder: {run.path}")
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same run twice is the same run
     learner = build_learner(cfg)
+    done = 0
+    if checkpoint:
+        done = load_checkpoint(checkpoint, learner)
+        truncate_log(run.metrics_file, done)
+        truncate_log(run.tasks_file, done)
+        console.print(f"resumed from {checkpoint} (step {done})")
     rollouts = step_groups(learner)
-    for step in range(1, cfg.steps + 1):
+    for step in range(done + 1, cfg.steps + 1):
         start = time.perf_counter()
         groups, rollout_metrics = rollouts(step)  # 1-2. tasks, rollouts and scores
         batch, batch_metrics = make_batch(groups, cfg.algorithm)  # 3. advantages
         metrics = {**rollout_metrics, **batch_metrics, **learner.step(batch)}  # 4. update
         metrics["time/step_s"] = time.perf_counter() - start
-        run.log(step, metrics)  # 6. log (5. in-process, the engine samples from the learner's own model)
+        run.log(step, metrics, [g.task.id for g in groups])  # 6. log (5. in-process: the engine is the learner's model)
+        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+            save_checkpoint(run.path, step, learner, cfg.checkpoint.keep)
         if step % cfg.logging.log_every == 0:
             console.print(f"step {step}/{cfg.steps}  reward {metrics['reward/mean']:.3f}  "
                           f"loss {metrics['learner/loss']:+.4f}  {metrics['learner/tokens_per_s']:.0f} tok/s  "
@@ -44,6 +61,19 @@ def train(cfg: Config) -> Run:
     run.finish()
     console.print(f"[green]done[/]: metrics in {run.metrics_file}, adapter in {run.path / 'adapter'}")
     return run
+
+
+def _checkpoint_to_resume(cfg: Config) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        run_path = find_resumable_run(Path(cfg.output_dir), cfg.name)
+        return latest_checkpoint(run_path) if run_path else None
+    checkpoint = Path(cfg.resume)
+    if not (checkpoint / "meta.json").is_file():
+        raise ConfigError(f"resume: {checkpoint} is not a complete checkpoint (no meta.json); "
+                          "give 'auto', 'never' or a run's checkpoints/step-N directory")
+    return checkpoint
 
 
 def _task_source(cfg: Config):

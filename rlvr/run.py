@@ -12,23 +12,30 @@ from rlvr.config import Config
 
 
 class Run:
-    """Creates `output_dir/name-YYYYmmdd-HHMMSS/` and writes what a run produces into it."""
+    """Creates `output_dir/name-YYYYmmdd-HHMMSS/` (or reopens `path`, to resume) and writes what a run
+    produces into it: config.yaml, metrics.jsonl, tasks.jsonl (the task ids of every step)."""
 
-    def __init__(self, cfg: Config):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
-        suffix = 1
-        while self.path.exists():  # two runs started in the same second
-            self.path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{suffix}"
-            suffix += 1
-        self.path.mkdir(parents=True)
+    def __init__(self, cfg: Config, path: Path | None = None):
+        if path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}"
+            suffix = 1
+            while path.exists():  # two runs started in the same second
+                path = Path(cfg.output_dir) / f"{cfg.name}-{stamp}-{suffix}"
+                suffix += 1
+            path.mkdir(parents=True)
+        self.path = path
         (self.path / "config.yaml").write_text(cfg.to_yaml())
         self.metrics_file = self.path / "metrics.jsonl"
+        self.tasks_file = self.path / "tasks.jsonl"
         self.wandb = _start_wandb(cfg, self.path)
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
+    def log(self, step: int, metrics: dict[str, Any], task_ids: list[str] | None = None) -> None:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if task_ids is not None:
+            with open(self.tasks_file, "a") as f:
+                f.write(json.dumps({"step": step, "tasks": task_ids}) + "\n")
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 

@@ -70,7 +70,7 @@ def test_a_failing_reward_stops_the_run_or_drops_its_trajectories(tmp_path):
                       "    return 1.0\n")
     reward = f"rewards.functions=[{{name: '{plugin}:flaky'}}]"
     out = tmp_path / "runs"
-    with pytest.raises(RewardError, match=r"flaky.py:flaky' on task 'calculator-train-0-\d+', trajectory "
+    with pytest.raises(RewardError, match=r"reward 'flaky' on task 'calculator-train-0-\d+', trajectory "
                                           r"'calculator-train-0-\d+/1': ZeroDivisionError: judge crashed"):
         train(_config(out, reward))
     run = train(_config(out, reward, "rewards.on_error=drop"))
