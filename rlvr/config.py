@@ -124,6 +124,11 @@ class LearnerConfig(_Section):
     device: str = "auto"  # auto: cuda when present, else cpu
 
 
+class EvalConfig(_Section):
+    every: int = Field(0, ge=0)  # evaluate every N steps (and after the last); 0 = never
+    tasks: int = Field(32, ge=1)  # held-out tasks from the env's "test" split, one greedy trajectory each
+
+
 class LoggingConfig(_Section):
     wandb: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online only with WANDB_API_KEY
     project: str = "rlvr"
@@ -155,6 +160,7 @@ class Config(_Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

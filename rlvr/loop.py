@@ -12,6 +12,7 @@ the learner and the run folder.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -43,13 +44,15 @@ def train(cfg: Config) -> Run:
         truncate_log(run.metrics_file, done)
         truncate_log(run.tasks_file, done)
         console.print(f"resumed from {checkpoint} (step {done})")
-    rollouts = step_groups(learner)
+    rollouts, evaluate = step_groups(learner)
     for step in range(done + 1, cfg.steps + 1):
         start = time.perf_counter()
         groups, rollout_metrics = rollouts(step)  # 1-2. tasks, rollouts and scores
         batch, batch_metrics = make_batch(groups, cfg.algorithm)  # 3. advantages
         metrics = {**rollout_metrics, **batch_metrics, **learner.step(batch)}  # 4. update
         metrics["time/step_s"] = time.perf_counter() - start
+        if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
+            metrics.update(evaluate(step))  # 7. greedy, on held-out tasks
         run.log(step, metrics, [g.task.id for g in groups])  # 6. log (5. in-process: the engine is the learner's model)
         if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
             save_checkpoint(run.path, step, learner, cfg.checkpoint.keep)
@@ -58,6 +61,7 @@ def train(cfg: Config) -> Run:
                           f"loss {metrics['learner/loss']:+.4f}  {metrics['learner/tokens_per_s']:.0f} tok/s  "
                           f"{metrics['time/step_s']:.1f} s")
     learner.save(run.path / "adapter", with_state=False)
+    plot_curves(run.metrics_file, run.path / "curves.png")
     run.finish()
     console.print(f"[green]done[/]: metrics in {run.metrics_file}, adapter in {run.path / 'adapter'}")
     return run
@@ -81,11 +85,14 @@ def _task_source(cfg: Config):
     if cfg.data.source == "synthetic":
         from rlvr.synthetic import synthetic_groups
 
+        if cfg.eval.every:
+            raise ConfigError("eval.every: synthetic data has no held-out tasks to evaluate on")
+
         def make_synthetic(learner):
             vocab = learner.lm_head.weight.shape[0]
-            return lambda step: (synthetic_groups(
+            return (lambda step: (synthetic_groups(
                 cfg.data.tasks_per_step, cfg.rollout.group_size, cfg.data.synthetic_prompt_tokens,
-                cfg.data.synthetic_completion_tokens, vocab, seed=cfg.seed * 1_000_003 + step), {})
+                cfg.data.synthetic_completion_tokens, vocab, seed=cfg.seed * 1_000_003 + step), {})), None
         return make_synthetic
 
     from rlvr.envs.registry import load_env
@@ -97,7 +104,8 @@ def _task_source(cfg: Config):
         env = load_env(cfg.env.name)
         scorer = Scorer.from_config(cfg.rewards, env)
         tasks = load_tasks(cfg.data.source, env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options)
-    except (PluginError, ValueError, TypeError) as e:
+        held_out = env.tasks(cfg.eval.tasks, seed=cfg.seed, split="test", **cfg.env.options) if cfg.eval.every else []
+    except (PluginError, ValueError, TypeError, NotImplementedError) as e:
         raise ConfigError(str(e)) from None
     sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
 
@@ -122,15 +130,46 @@ def _task_source(cfg: Config):
                 raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
                                    f"({scorer.stats.errors[-1] if scorer.stats.errors else 'no error recorded'})")
             return groups, _rollout_metrics(groups, scorer, time.perf_counter() - start)
-        return rollouts
+
+        def evaluate(step: int) -> dict[str, float]:
+            greedy = cfg.rollout.model_copy(update={"group_size": 1, "temperature": 0.0})
+            groups = asyncio.run(rollout_groups(held_out, engine, renderer, env, greedy, seed=cfg.seed,
+                                                policy_version=step, scorer=scorer))
+            metrics = _rollout_metrics(groups, scorer, 0.0)
+            return {f"eval/{k.removeprefix('reward/')}": v for k, v in metrics.items() if k.startswith("reward/")
+                    and k != "reward/dropped_trajectories"} | {"eval/tasks": float(len(groups))}
+        return rollouts, evaluate
     return make_rollouts
+
+
+def plot_curves(metrics_file: Path, out: Path) -> None:
+    """A PNG of the training reward and, when evaluated, the held-out reward per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in rows], [r["reward/mean"] for r in rows], label="train reward (mean)")
+    evals = [r for r in rows if "eval/mean" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval/mean"] for r in evals], "o-", label="held-out reward (greedy)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def _rollout_metrics(groups, scorer, seconds: float) -> dict[str, float]:
     trajectories = [t for g in groups for t in g.trajectories]
     sampled = sum(t.num_sampled_tokens for t in trajectories)
     calls = [c for t in trajectories for c in t.tool_calls]
-    metrics = {"rollout/time_s": seconds, "rollout/sampled_tokens": float(sampled),
+    rewards = [t.reward for t in trajectories]
+    metrics = {"reward/mean": sum(rewards) / len(rewards), "rollout/time_s": seconds, "rollout/sampled_tokens": float(sampled),
                "rollout/tokens_per_s": sampled / seconds if seconds else 0.0,
                "rollout/turns": sum(t.turns for t in trajectories) / len(trajectories),
                "rollout/tool_calls": len(calls) / len(trajectories),

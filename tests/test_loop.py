@@ -41,15 +41,24 @@ def _config(tmp_path, *overrides):
                               *overrides])
 
 
-def test_two_steps_on_the_calculator_env(tmp_path):
-    run = train(_config(tmp_path))
+def test_three_steps_on_the_calculator_env_with_held_out_evaluation(tmp_path):
+    run = train(_config(tmp_path, "steps=3", "eval.every=2", "eval.tasks=3"))
     rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert row["batch/trajectories"] == 4 and row["rollout/sampled_tokens"] > 0
         assert "reward/numeric_answer" in row and "reward/tool_call_validity" in row
         assert row["learner/tokens_per_s"] > 0 and row["reward/dropped_trajectories"] == 0
+    # evaluated every 2 steps and after the last, greedy, one trajectory per held-out task
+    assert ["eval/mean" in r for r in rows] == [False, True, True]
+    assert rows[1]["eval/tasks"] == 3 and 0.0 <= rows[1]["eval/numeric_answer"] <= 1.0
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run.path / "curves.png").stat().st_size > 1000
+
+
+def test_synthetic_data_cannot_be_evaluated(tmp_path):
+    with pytest.raises(ConfigError, match="eval.every: synthetic data has no held-out tasks"):
+        train(_config(tmp_path, "data.source=synthetic", "eval.every=1"))
 
 
 def test_bad_names_fail_before_any_model_loads(tmp_path):
