@@ -148,6 +148,7 @@ def plot_curves(metrics_file: Path, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -155,6 +156,7 @@ def plot_curves(metrics_file: Path, out: Path) -> None:
     evals = [r for r in rows if "eval/mean" in r]
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval/mean"] for r in evals], "o-", label="held-out reward (greedy)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
