@@ -133,6 +133,7 @@ class LoggingConfig(_Section):
     wandb: Literal["auto", "offline", "online", "disabled"] = "auto"  # auto: online only with WANDB_API_KEY
     project: str = "rlvr"
     log_every: int = Field(1, ge=1)
+    samples_every: int = Field(10, ge=0)  # write samples/step-N.md (one trajectory per group) every N steps; 0 = never
 
 
 class CheckpointConfig(_Section):

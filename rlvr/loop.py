@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlvr.batch import make_batch
 from rlvr.checkpoint import find_resumable_run, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
@@ -45,21 +46,29 @@ def train(cfg: Config) -> Run:
         truncate_log(run.tasks_file, done)
         console.print(f"resumed from {checkpoint} (step {done})")
     rollouts, evaluate = step_groups(learner)
-    for step in range(done + 1, cfg.steps + 1):
-        start = time.perf_counter()
-        groups, rollout_metrics = rollouts(step)  # 1-2. tasks, rollouts and scores
-        batch, batch_metrics = make_batch(groups, cfg.algorithm)  # 3. advantages
-        metrics = {**rollout_metrics, **batch_metrics, **learner.step(batch)}  # 4. update
-        metrics["time/step_s"] = time.perf_counter() - start
-        if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
-            metrics.update(evaluate(step))  # 7. greedy, on held-out tasks
-        run.log(step, metrics, [g.task.id for g in groups])  # 6. log (5. in-process: the engine is the learner's model)
-        if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
-            save_checkpoint(run.path, step, learner, cfg.checkpoint.keep)
-        if step % cfg.logging.log_every == 0:
-            console.print(f"step {step}/{cfg.steps}  reward {metrics['reward/mean']:.3f}  "
-                          f"loss {metrics['learner/loss']:+.4f}  {metrics['learner/tokens_per_s']:.0f} tok/s  "
-                          f"{metrics['time/step_s']:.1f} s")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        bar = progress.add_task("rlvr", total=cfg.steps, completed=done)
+        for step in range(done + 1, cfg.steps + 1):
+            start = time.perf_counter()
+            groups, rollout_metrics = rollouts(step)  # 1-2. tasks, rollouts and scores
+            batch, batch_metrics = make_batch(groups, cfg.algorithm)  # 3. advantages
+            metrics = {**rollout_metrics, **batch_metrics, **learner.step(batch)}  # 4. update
+            metrics["time/step_s"] = time.perf_counter() - start
+            if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
+                metrics.update(evaluate(step))  # 7. greedy, on held-out tasks
+            run.log(step, metrics, [g.task.id for g in groups])  # 6. log (5. in-process: the engine is the learner)
+            if cfg.logging.samples_every and step % cfg.logging.samples_every == 0 and cfg.data.source != "synthetic":
+                run.write_samples(step, groups)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
+                save_checkpoint(run.path, step, learner, cfg.checkpoint.keep)
+            progress.update(bar, advance=1, description=f"reward {metrics['reward/mean']:.3f}  "
+                                                        f"{metrics['learner/tokens_per_s']:.0f} tok/s")
+            if step % cfg.logging.log_every == 0:
+                progress.console.print(f"step {step}/{cfg.steps}  reward {metrics['reward/mean']:.3f}  "
+                                       f"loss {metrics['learner/loss']:+.4f}  "
+                                       f"{metrics['learner/tokens_per_s']:.0f} tok/s  {metrics['time/step_s']:.1f} s"
+                                       + (f"  held-out {metrics['eval/mean']:.3f}" if "eval/mean" in metrics else ""))
     learner.save(run.path / "adapter", with_state=False)
     plot_curves(run.metrics_file, run.path / "curves.png")
     run.finish()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.config import Config
+from rlvr.contract import Group, Trajectory
 
 
 class Run:
@@ -39,9 +40,40 @@ class Run:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
+    def write_samples(self, step: int, groups: list[Group]) -> Path:
+        """samples/step-N.md: the best and the worst trajectory of each group, readably."""
+        folder = self.path / "samples"
+        folder.mkdir(exist_ok=True)
+        parts = [f"# Step {step}\n"]
+        for group in groups:
+            ranked = sorted(group.trajectories, key=lambda t: t.reward or 0.0)
+            for label, trajectory in (("best", ranked[-1]), ("worst", ranked[0]))[: len(ranked)]:
+                parts.append(render_trajectory(trajectory, f"{group.task.id}: {label} of {len(ranked)}"))
+        out = folder / f"step-{step:06d}.md"
+        out.write_text("\n".join(parts))
+        return out
+
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def render_trajectory(trajectory: Trajectory, title: str) -> str:
+    """A trajectory as Markdown: reward and its parts, then every message, tool calls with their verdict."""
+    parts = ", ".join(f"{k} {v:g}" for k, v in trajectory.reward_components.items() if "/" not in k)
+    lines = [f"## {title}", "", f"reward **{trajectory.reward:g}** ({parts}); {trajectory.turns} turns, finished by "
+             f"{trajectory.finish_reason}, policy v{trajectory.policy_version}", ""]
+    for message in trajectory.messages:
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = json.dumps(content)
+        lines += [f"**{message['role']}**" + (f" ({message['name']})" if message.get("name") else ""), "", "```",
+                  content.strip(), "```", ""]
+    for call in trajectory.tool_calls:
+        verdict = call.error.value if call.error else "ok"
+        credit = f", credit {call.credit:.2f}" if call.credit is not None else ""
+        lines.append(f"- turn {call.turn}: `{call.name}({json.dumps(call.arguments)[:200]})` -> {verdict}{credit}")
+    return "\n".join(lines) + "\n"
 
 
 def _start_wandb(cfg: Config, path: Path):

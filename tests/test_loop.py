@@ -42,7 +42,7 @@ def _config(tmp_path, *overrides):
 
 
 def test_three_steps_on_the_calculator_env_with_held_out_evaluation(tmp_path):
-    run = train(_config(tmp_path, "steps=3", "eval.every=2", "eval.tasks=3"))
+    run = train(_config(tmp_path, "steps=3", "eval.every=2", "eval.tasks=3", "logging.samples_every=3"))
     rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
@@ -54,6 +54,10 @@ def test_three_steps_on_the_calculator_env_with_held_out_evaluation(tmp_path):
     assert rows[1]["eval/tasks"] == 3 and 0.0 <= rows[1]["eval/numeric_answer"] <= 1.0
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
     assert (run.path / "curves.png").stat().st_size > 1000
+    samples = (run.path / "samples" / "step-000003.md").read_text()
+    tasks = [json.loads(line)["tasks"] for line in run.tasks_file.read_text().splitlines()]
+    assert samples.count("## calculator-") == 4  # best and worst of each of the 2 groups
+    assert all(f"## {task_id}: best of 2" in samples for task_id in tasks[2]) and "**user**" in samples
 
 
 def test_synthetic_data_cannot_be_evaluated(tmp_path):
