@@ -39,3 +39,20 @@ def test_ray_job_submit_runs_two_steps_on_a_local_head(ray_head, tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_kuberay_manifest_and_slurm_script_are_well_formed():
+    import shlex
+
+    import yaml
+
+    from rlvr.config import load_config
+
+    job = yaml.safe_load((ROOT / "launch/rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:4] == ["python", "-m", "rlvr.cli", "train"]
+    config = ROOT / words[4].removeprefix("/app/")  # the image holds the repository at /app
+    load_config(config, words[5:])  # the job's config and overrides validate
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert subprocess.run(["bash", "-n", str(ROOT / "launch/slurm.sbatch")]).returncode == 0
