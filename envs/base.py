@@ -39,7 +39,7 @@ from rlvr.contract import Message, Task, ToolCall, ToolCallError
 # Tool calls run here rather than in asyncio's default pool (min(32, cores + 4) threads), so 64
 # concurrent trajectories with slow tools do not queue behind each other. A call that times out keeps
 # its thread until it returns: tools that can hang for good belong in a subprocess (see the python env).
-TOOL_THREADS = ThreadPoolExecutor(max_workers=128, thread_name_prefix="rlvr-tool")
+_TOOL_THREADS = ThreadPoolExecutor(max_workers=128, thread_name_prefix="rlvr-tool")
 
 
 def tool(fn: Callable) -> Callable:
@@ -166,19 +166,28 @@ class ToolEnv:
         if problem:
             call.error, call.result = ToolCallError.bad_arguments, f"bad arguments for {call.name}: {problem}"
             return
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        try:
-            value = await asyncio.wait_for(loop.run_in_executor(TOOL_THREADS, lambda: fn(**call.arguments)),
-                                           self.tool_timeout_s)
-            call.result = value if isinstance(value, str) else str(value)
-        except asyncio.TimeoutError:
-            call.error = ToolCallError.timeout
-            call.result = f"{call.name} timed out after {self.tool_timeout_s:g} s"
-        except Exception as e:  # the tool's own failure is an observation for the model, not a crash
-            call.error = ToolCallError.raised
-            call.result = f"{call.name} failed: {type(e).__name__}: {e}"
-        call.latency_s = time.perf_counter() - start
+        await run_tool(call, lambda: fn(**call.arguments), self.tool_timeout_s)
+
+
+async def run_tool(call: ToolCall, run: Callable[[], Any], timeout_s: float,
+                   describe_failure: Callable[[ToolCall, Exception], str] | None = None) -> None:
+    """`run()` in a tool thread under the per-call timeout, filling the call's result, error and latency.
+
+    The tool's own exception is an observation for the model, not a crash: it becomes the result text
+    (`describe_failure(call, exception)`, by default "<tool> failed: <Type>: <message>")."""
+    start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    try:
+        value = await asyncio.wait_for(loop.run_in_executor(_TOOL_THREADS, run), timeout_s)
+        call.result = value if isinstance(value, str) else str(value)
+    except asyncio.TimeoutError:
+        call.error = ToolCallError.timeout
+        call.result = f"{call.name} timed out after {timeout_s:g} s"
+    except Exception as e:
+        call.error = ToolCallError.raised
+        call.result = (describe_failure(call, e) if describe_failure
+                       else f"{call.name} failed: {type(e).__name__}: {e}")
+    call.latency_s = time.perf_counter() - start
 
 
 @functools.cache

@@ -28,7 +28,6 @@ The package is imported lazily, so listing envs stays cheap; a missing package f
 from __future__ import annotations
 
 import ast
-import asyncio
 import copy
 import datetime
 import functools
@@ -38,13 +37,12 @@ import inspect
 import json
 import math
 import random
-import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 from rlvr.contract import Message, Task, ToolCall, ToolCallError
-from rlvr.envs.base import TOOL_THREADS, StepResult, ToolEnv, schema_problem
+from rlvr.envs.base import StepResult, ToolEnv, run_tool, schema_problem
 
 INSTALL_HINT = "pip install bfcl-eval"
 MULTI_TURN_CATEGORIES = ("multi_turn_base", "multi_turn_miss_param", "multi_turn_long_context")
@@ -470,19 +468,9 @@ class BfclEnv(ToolEnv):
         # the APIs keep and later change list arguments (a tweet's mentions): give them their own copy,
         # as BFCL's executor does by evaluating the call string afresh
         arguments = copy.deepcopy(arguments)
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter()
-        try:
-            value = await asyncio.wait_for(loop.run_in_executor(TOOL_THREADS, lambda: method(**arguments)),
-                                           self.tool_timeout_s)
-            call.result = result_text(value)
-        except asyncio.TimeoutError:
-            call.error = ToolCallError.timeout
-            call.result = f"{call.name} timed out after {self.tool_timeout_s:g} s"
-        except Exception as e:  # BFCL's executor turns any exception into this result
-            call.error = ToolCallError.raised
-            call.result = f"Error during execution: {e}"
-        call.latency_s = time.perf_counter() - start
+        # BFCL's executor turns any exception into this result
+        await run_tool(call, lambda: result_text(method(**arguments)), self.tool_timeout_s,
+                       lambda _, e: f"Error during execution: {e}")
 
     @property
     def done(self) -> bool:
