@@ -1,5 +1,4 @@
 import asyncio
-import importlib.util
 import json
 import sys
 
@@ -126,7 +125,6 @@ def test_calculator_attached_on_request():
     assert call.result == "42"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("rlvr.envs.python") is None, reason="the python env is not there yet")
 def test_python_attached_on_request():
     env = _env(["python", "calculator"])
     assert {"run_python", "calculate"} <= env.tool_names
