@@ -144,9 +144,8 @@ def _task_source(cfg: Config):
             greedy = cfg.rollout.model_copy(update={"group_size": 1, "temperature": 0.0})
             groups = asyncio.run(rollout_groups(held_out, engine, renderer, env, greedy, seed=cfg.seed,
                                                 policy_version=step, scorer=scorer))
-            metrics = _rollout_metrics(groups, scorer, 0.0)
-            return {f"eval/{k.removeprefix('reward/')}": v for k, v in metrics.items() if k.startswith("reward/")
-                    and k != "reward/dropped_trajectories"} | {"eval/tasks": float(len(groups))}
+            trajectories = [t for g in groups for t in g.trajectories]
+            return {**_reward_means(trajectories, "eval"), "eval/tasks": float(len(groups))}
         return rollouts, evaluate
     return make_rollouts
 
@@ -179,15 +178,20 @@ def _rollout_metrics(groups, scorer, seconds: float) -> dict[str, float]:
     trajectories = [t for g in groups for t in g.trajectories]
     sampled = sum(t.num_sampled_tokens for t in trajectories)
     calls = [c for t in trajectories for c in t.tool_calls]
-    rewards = [t.reward for t in trajectories]
-    metrics = {"reward/mean": sum(rewards) / len(rewards), "rollout/time_s": seconds, "rollout/sampled_tokens": float(sampled),
-               "rollout/tokens_per_s": sampled / seconds if seconds else 0.0,
-               "rollout/turns": sum(t.turns for t in trajectories) / len(trajectories),
-               "rollout/tool_calls": len(calls) / len(trajectories),
-               "rollout/tool_errors": sum(c.error is not None for c in calls) / max(len(calls), 1),
-               "rollout/finished": sum(t.finish_reason == "stop" for t in trajectories) / len(trajectories),
-               "reward/dropped_trajectories": float(scorer.stats.dropped)}
+    n = len(trajectories)
+    return {"rollout/time_s": seconds, "rollout/sampled_tokens": float(sampled),
+            "rollout/tokens_per_s": sampled / seconds if seconds else 0.0,
+            "rollout/turns": sum(t.turns for t in trajectories) / n,
+            "rollout/tool_calls": len(calls) / n,
+            "rollout/tool_errors": sum(c.error is not None for c in calls) / max(len(calls), 1),
+            "rollout/finished": sum(t.finish_reason == "stop" for t in trajectories) / n,
+            "reward/dropped_trajectories": float(scorer.stats.dropped),
+            **_reward_means(trajectories, "reward")}
+
+
+def _reward_means(trajectories, prefix: str) -> dict[str, float]:
+    """<prefix>/mean of the rewards and <prefix>/<name> of every reward component."""
+    metrics = {f"{prefix}/mean": sum(t.reward for t in trajectories) / len(trajectories)}
     for name in trajectories[0].reward_components:
-        values = [t.reward_components.get(name, 0.0) for t in trajectories]
-        metrics[f"reward/{name}"] = sum(values) / len(values)
+        metrics[f"{prefix}/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / len(trajectories)
     return metrics
