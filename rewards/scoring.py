@@ -42,6 +42,10 @@ class RewardTerm:
     name: str
     fn: Callable[..., Any]
     weight: float = 1.0
+    is_async: bool = field(init=False)  # awaited on the event loop; else run in the reward threads
+
+    def __post_init__(self):
+        object.__setattr__(self, "is_async", _is_async(self.fn))
 
 
 @dataclass
@@ -118,15 +122,14 @@ class Scorer:
 
     async def _run(self, term: RewardTerm, trajectory: Trajectory, task: Task) -> Score:
         where = f"reward {term.name!r} on task {task.id!r}, trajectory {trajectory.id!r}"
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in self._limits:
-            self._limits = {loop_id: asyncio.Semaphore(self.concurrency)}
-        async with self._limits[loop_id]:
+        loop = asyncio.get_running_loop()
+        if id(loop) not in self._limits:
+            self._limits = {id(loop): asyncio.Semaphore(self.concurrency)}
+        async with self._limits[id(loop)]:
             try:
-                if _is_async(term.fn):
+                if term.is_async:
                     value = await asyncio.wait_for(term.fn(trajectory, task), self.timeout_s)
                 else:
-                    loop = asyncio.get_running_loop()
                     value = await asyncio.wait_for(
                         loop.run_in_executor(_REWARD_THREADS, term.fn, trajectory, task), self.timeout_s)
             except asyncio.TimeoutError:
