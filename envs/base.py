@@ -27,7 +27,6 @@ import asyncio
 import copy
 import functools
 import hashlib
-import inspect
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -162,7 +161,7 @@ class ToolEnv:
             call.error = ToolCallError.unknown_tool
             call.result = f"unknown tool {call.name!r}; available tools: {', '.join(sorted(self._tools))}"
             return
-        problem = _check_arguments(fn, call.arguments)
+        problem = schema_problem(_schema(type(fn.__self__), fn.__name__)["function"]["parameters"], call.arguments)
         if problem:
             call.error, call.result = ToolCallError.bad_arguments, f"bad arguments for {call.name}: {problem}"
             return
@@ -203,34 +202,14 @@ def _schema(cls: type, name: str) -> dict[str, Any]:
     return get_json_schema(getattr(cls, name))
 
 
-_JSON_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), list: (list,), dict: (dict,)}
-
-
-def _check_arguments(fn: Callable, arguments: dict[str, Any]) -> str | None:
-    """None when `arguments` fit the tool's signature, else what is wrong (missing, unknown, wrong type)."""
-    params = inspect.signature(fn).parameters
-    unknown = sorted(set(arguments) - set(params))
-    if unknown:
-        return f"unknown argument(s) {', '.join(unknown)}; expected {', '.join(params)}"
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in arguments]
-    if missing:
-        return f"missing argument(s) {', '.join(missing)}"
-    hints = inspect.get_annotations(fn, eval_str=True)
-    for name, value in arguments.items():
-        expected = _JSON_TYPES.get(hints.get(name))
-        if expected and (not isinstance(value, expected) or (bool not in expected and isinstance(value, bool))):
-            return f"{name} must be {hints[name].__name__}, got {type(value).__name__} {value!r}"
-    return None
-
-
 _SCHEMA_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
                                               "boolean": (bool,), "array": (list, tuple), "object": (dict,)}
 
 
 def schema_problem(parameters: dict[str, Any], arguments: dict[str, Any]) -> str | None:
     """None when `arguments` fit a tool's JSON-schema `parameters` (names, required ones, top-level
-    types; null is accepted for an optional parameter, as "not given"), else what is wrong. For envs
-    whose tools are given as schemas rather than typed methods."""
+    types; null is accepted for an optional or nullable parameter), else what is wrong. ToolEnv checks
+    every call against its tool's schema; envs whose tools are given as schemas use it too."""
     props = parameters.get("properties", {})
     unknown = sorted(set(arguments) - set(props))
     if unknown and parameters.get("additionalProperties") is not True:
@@ -240,7 +219,7 @@ def schema_problem(parameters: dict[str, Any], arguments: dict[str, Any]) -> str
         return f"missing argument(s) {', '.join(missing)}"
     required = set(parameters.get("required", []))
     for name, value in arguments.items():
-        if value is None and name not in required:
+        if value is None and (name not in required or props.get(name, {}).get("nullable")):
             continue
         declared = props.get(name, {}).get("type")
         kinds = [declared] if isinstance(declared, str) else declared or []
