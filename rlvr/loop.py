@@ -32,7 +32,7 @@ console = Console(stderr=True)
 
 
 def train(cfg: Config) -> Run:
-    step_groups = _task_source(cfg)  # env, rewards and tasks resolve before any model loads
+    source = _data_source(cfg)  # env, rewards and tasks resolve before any model loads
     checkpoint = _checkpoint_to_resume(cfg)
     run = Run(cfg, path=checkpoint.parent.parent if checkpoint else None)
     console.print(f"[bold]rlvr[/] run folder: {run.path}")
@@ -45,18 +45,18 @@ def train(cfg: Config) -> Run:
         truncate_log(run.metrics_file, done)
         truncate_log(run.tasks_file, done)
         console.print(f"resumed from {checkpoint} (step {done})")
-    rollouts, evaluate = step_groups(learner)
+    source.start(learner)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         bar = progress.add_task("rlvr", total=cfg.steps, completed=done)
         for step in range(done + 1, cfg.steps + 1):
             start = time.perf_counter()
-            groups, rollout_metrics = rollouts(step)  # 1-2. tasks, rollouts and scores
+            groups, rollout_metrics = source.rollouts(step)  # 1-2. tasks, rollouts and scores
             batch, batch_metrics = make_batch(groups, cfg.algorithm)  # 3. advantages
             metrics = {**rollout_metrics, **batch_metrics, **learner.step(batch)}  # 4. update
             metrics["time/step_s"] = time.perf_counter() - start
             if cfg.eval.every and (step % cfg.eval.every == 0 or step == cfg.steps):
-                metrics.update(evaluate(step))  # 7. greedy, on held-out tasks
+                metrics.update(source.evaluate(step))  # 7. greedy, on held-out tasks
             run.log(step, metrics, [g.task.id for g in groups])  # 6. log (5. in-process: the engine is the learner)
             if cfg.logging.samples_every and step % cfg.logging.samples_every == 0 and cfg.data.source != "synthetic":
                 run.write_samples(step, groups)
@@ -89,65 +89,83 @@ def _checkpoint_to_resume(cfg: Config) -> Path | None:
     return checkpoint
 
 
-def _task_source(cfg: Config):
-    """Resolve the run's data before any model loads; returns `make(learner) -> rollouts(step)`."""
-    if cfg.data.source == "synthetic":
-        from rlvr.synthetic import synthetic_groups
+def _data_source(cfg: Config):
+    """The run's source of scored groups, resolved (env, rewards, tasks) before any model loads."""
+    return SyntheticSource(cfg) if cfg.data.source == "synthetic" else EnvSource(cfg)
 
+
+class SyntheticSource:
+    """data.source=synthetic: random scored groups and no rollouts (the smoke run, the learner benchmarks)."""
+
+    def __init__(self, cfg: Config):
         if cfg.eval.every:
             raise ConfigError("eval.every: synthetic data has no held-out tasks to evaluate on")
+        self.cfg = cfg
 
-        def make_synthetic(learner):
-            vocab = learner.lm_head.weight.shape[0]
-            return (lambda step: (synthetic_groups(
-                cfg.data.tasks_per_step, cfg.rollout.group_size, cfg.data.synthetic_prompt_tokens,
-                cfg.data.synthetic_completion_tokens, vocab, seed=cfg.seed * 1_000_003 + step), {})), None
-        return make_synthetic
+    def start(self, learner) -> None:
+        self.vocab = learner.lm_head.weight.shape[0]
 
-    from rlvr.envs.registry import load_env
-    from rlvr.plugins import PluginError
-    from rlvr.rewards.scoring import Scorer
-    from rlvr.tasks import TaskSampler, load_tasks
+    def rollouts(self, step: int):
+        from rlvr.synthetic import synthetic_groups
 
-    try:
-        env = load_env(cfg.env.name)
-        scorer = Scorer.from_config(cfg.rewards, env)
-        tasks = load_tasks(cfg.data.source, env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options)
-        held_out = env.tasks(cfg.eval.tasks, seed=cfg.seed, split="test", **cfg.env.options) if cfg.eval.every else []
-    except (PluginError, ValueError, TypeError, NotImplementedError) as e:
-        raise ConfigError(str(e)) from None
-    sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
+        data = self.cfg.data
+        return synthetic_groups(data.tasks_per_step, self.cfg.rollout.group_size, data.synthetic_prompt_tokens,
+                                data.synthetic_completion_tokens, self.vocab, seed=self.cfg.seed * 1_000_003 + step), {}
 
-    def make_rollouts(learner):
-        from rlvr.chat import ChatRenderer
-        from rlvr.engine import HFEngine
-        from rlvr.models import load_tokenizer
-        from rlvr.rollout import rollout_groups
+
+class EnvSource:
+    """Tasks from an env's task source (or a file), rolled out with the learner's own model (HF engine),
+    each trajectory scored as it ends."""
+
+    def __init__(self, cfg: Config):
+        from rlvr.envs.registry import load_env
+        from rlvr.plugins import PluginError
+        from rlvr.rewards.scoring import Scorer
+        from rlvr.tasks import TaskSampler, load_tasks
 
         if cfg.rollout.engine != "hf":
             raise ConfigError("rollout.engine: the in-process loop samples with the learner's own model "
                               "(engine=hf); vLLM engines come with the Ray loop (issue 5)")
-        renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
-        engine = HFEngine(learner.model, renderer.tokenizer, stop_ids=renderer.turn_end_ids)
+        try:
+            self.env = load_env(cfg.env.name)
+            self.scorer = Scorer.from_config(cfg.rewards, self.env)
+            tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options)
+            self.held_out = (self.env.tasks(cfg.eval.tasks, seed=cfg.seed, split="test", **cfg.env.options)
+                             if cfg.eval.every else [])
+        except (PluginError, ValueError, TypeError, NotImplementedError) as e:
+            raise ConfigError(str(e)) from None
+        self.sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
+        self.cfg = cfg
 
-        def rollouts(step: int):
-            start = time.perf_counter()
-            groups = asyncio.run(rollout_groups(sampler.batch(step), engine, renderer, env, cfg.rollout,
-                                                seed=cfg.seed * 1_000_003 + step, policy_version=step - 1,
-                                                scorer=scorer))
-            if not groups:
-                raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
-                                   f"({scorer.stats.errors[-1] if scorer.stats.errors else 'no error recorded'})")
-            return groups, _rollout_metrics(groups, scorer, time.perf_counter() - start)
+    def start(self, learner) -> None:
+        from rlvr.chat import ChatRenderer
+        from rlvr.engine import HFEngine
+        from rlvr.models import load_tokenizer
 
-        def evaluate(step: int) -> dict[str, float]:
-            greedy = cfg.rollout.model_copy(update={"group_size": 1, "temperature": 0.0})
-            groups = asyncio.run(rollout_groups(held_out, engine, renderer, env, greedy, seed=cfg.seed,
-                                                policy_version=step, scorer=scorer))
-            trajectories = [t for g in groups for t in g.trajectories]
-            return {**_reward_means(trajectories, "eval"), "eval/tasks": float(len(groups))}
-        return rollouts, evaluate
-    return make_rollouts
+        self.renderer = ChatRenderer(load_tokenizer(self.cfg.model.name), self.cfg.rollout.tool_format)
+        self.engine = HFEngine(learner.model, self.renderer.tokenizer, stop_ids=self.renderer.turn_end_ids)
+
+    def _roll(self, tasks, settings, seed: int, policy_version: int):
+        from rlvr.rollout import rollout_groups
+
+        return asyncio.run(rollout_groups(tasks, self.engine, self.renderer, self.env, settings, seed=seed,
+                                          policy_version=policy_version, scorer=self.scorer))
+
+    def rollouts(self, step: int):
+        start = time.perf_counter()
+        groups = self._roll(self.sampler.batch(step), self.cfg.rollout, self.cfg.seed * 1_000_003 + step, step - 1)
+        if not groups:
+            errors = self.scorer.stats.errors
+            raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
+                               f"({errors[-1] if errors else 'no error recorded'})")
+        return groups, _rollout_metrics(groups, self.scorer, time.perf_counter() - start)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """One greedy trajectory per held-out task: eval/mean and every reward component."""
+        greedy = self.cfg.rollout.model_copy(update={"group_size": 1, "temperature": 0.0})
+        groups = self._roll(self.held_out, greedy, self.cfg.seed, step)
+        trajectories = [t for g in groups for t in g.trajectories]
+        return {**_reward_means(trajectories, "eval"), "eval/tasks": float(len(groups))}
 
 
 def plot_curves(metrics_file: Path, out: Path) -> None:
