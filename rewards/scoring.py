@@ -19,6 +19,7 @@ import functools
 import inspect
 import logging
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
@@ -53,6 +54,7 @@ class ScoringStats:
     scored: int = 0
     dropped: int = 0
     errors: list[str] = field(default_factory=list)  # one line per dropped trajectory
+    busy_s: float = 0.0  # wall time with at least one trajectory being scored (overlaps generation)
 
 
 class Scorer:
@@ -72,6 +74,7 @@ class Scorer:
         self.concurrency = concurrency
         self._limits: dict[int, asyncio.Semaphore] = {}  # one per event loop: a semaphore binds to its loop
         self.stats = ScoringStats()
+        self._in_flight, self._since = 0, 0.0
 
     @classmethod
     def from_specs(cls, specs: Mapping[str, float] | list[tuple[str, float, dict[str, Any]]], **kwargs) -> Scorer:
@@ -94,6 +97,20 @@ class Scorer:
 
     async def score(self, trajectory: Trajectory, task: Task) -> Trajectory | None:
         """Sets reward, reward_components and per-call scores/credit; None when dropped (on_error=drop)."""
+        self._busy(+1)
+        try:
+            return await self._score(trajectory, task)
+        finally:
+            self._busy(-1)
+
+    def _busy(self, change: int) -> None:
+        now = time.perf_counter()
+        if self._in_flight:
+            self.stats.busy_s += now - self._since
+        self._in_flight += change
+        self._since = now
+
+    async def _score(self, trajectory: Trajectory, task: Task) -> Trajectory | None:
         results = await asyncio.gather(*(self._run(term, trajectory, task) for term in self.terms),
                                        return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]

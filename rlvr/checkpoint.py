@@ -1,10 +1,11 @@
 """Checkpoints that resume losing nothing, written atomically.
 
-    run/checkpoints/step-000004/   adapter (PEFT) + optimiser/scheduler state, rng.pt, meta.json
+    run/checkpoints/step-000004/   adapter (PEFT), learner_state.pt (optimiser, scheduler), rng.pt, meta.json
 
 A checkpoint is written into `checkpoints/.tmp-step-N`, flushed, then renamed to `step-N`: a directory
 named `step-N` is always complete, whatever moment the process was killed at. What a step depends on is
-all in it or a function of the step number: the adapter and optimiser state, the RNG states, and the step
+all in it or a function of the step number: the adapter and optimiser state, the learner process's RNG
+states, and the step
 (the tasks of step k and its sampling seeds are functions of (seed, k), rlvr/tasks.py). On resume the run's
 metrics.jsonl and tasks.jsonl are cut back to the checkpoint's step, so the steps after it are redone and
 logged once: no gap, no duplicate.
@@ -14,22 +15,25 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 
 import torch
 
+from rlvr.models import AdapterState
+
 PREFIX = "step-"
+STATE_FILE = "learner_state.pt"
 
 
-def save_checkpoint(run_path: Path, step: int, learner, keep: int) -> Path:
+def save_checkpoint(run_path: Path, step: int, learner_state: dict, keep: int) -> Path:
+    """Write `learner_state` (Learner.state_dict(), fetched from wherever the learner runs) as step `step`."""
     root = run_path / "checkpoints"
     final, tmp = root / f"{PREFIX}{step:06d}", root / f".tmp-{PREFIX}{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a run killed while writing
-    learner.save(tmp, with_state=True)
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
+    learner_state["adapter"].save(tmp)  # PEFT format: a checkpoint's adapter loads like any other
+    torch.save({k: v for k, v in learner_state.items() if k not in ("adapter", "rng")}, tmp / STATE_FILE)
+    torch.save(learner_state["rng"], tmp / "rng.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step}))
     for file in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         with open(file, "rb") as f:
@@ -52,15 +56,12 @@ def find_resumable_run(output_dir: Path, name: str) -> Path | None:
     return runs[-1] if runs else None
 
 
-def load_checkpoint(checkpoint: Path, learner) -> int:
-    """Restore the learner and the RNG states; returns the checkpoint's step."""
-    learner.load(checkpoint)
-    rng = torch.load(checkpoint / "rng.pt", weights_only=False)  # our own file: Python's RNG state is a tuple
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((checkpoint / "meta.json").read_text())["step"]
+def load_checkpoint(checkpoint: Path) -> tuple[int, dict]:
+    """The checkpoint's step and the learner state to restore (Learner.load_state_dict)."""
+    state = torch.load(checkpoint / STATE_FILE, weights_only=True)
+    state["adapter"] = AdapterState.load(checkpoint, version=state["steps_done"])
+    state["rng"] = torch.load(checkpoint / "rng.pt", weights_only=False)  # our own file: Python's RNG state is a tuple
+    return json.loads((checkpoint / "meta.json").read_text())["step"], state
 
 
 def truncate_log(path: Path, step: int) -> None:

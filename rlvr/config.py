@@ -144,6 +144,18 @@ class CheckpointConfig(_Section):
 class RayConfig(_Section):
     enabled: bool = False  # false: everything runs in this process, so a debugger works
     address: str = ""  # "" starts a local Ray bound to 127.0.0.1; "auto" joins the submitting cluster
+    rollout_workers: int = Field(1, ge=1)  # actors, each with its own engine, env and rewards
+    worker_gpus: float = Field(0.0, ge=0.0)  # GPUs per rollout worker (fractions share one)
+    learner_gpus: float = Field(0.0, ge=0.0)  # e.g. 0.5 + worker_gpus 0.5: one GPU; vLLM sleeps while the learner trains
+    # policy versions a trajectory may lag behind the learner: 0 = on-policy (rollouts wait for the sync);
+    # 1 = the next step's rollouts run while the learner trains on this one (off by one version)
+    max_staleness: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _staleness_needs_ray(self) -> RayConfig:
+        if self.max_staleness and not self.enabled:
+            raise ValueError("ray.max_staleness > 0 overlaps rollouts with learner steps, which needs ray.enabled=true")
+        return self
 
 
 class Config(_Section):

@@ -20,6 +20,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from rlvr.models import AdapterState
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,7 +42,7 @@ class Completion:
 class Engine(Protocol):
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion: ...
 
-    async def set_adapter(self, adapter_dir: str | None, version: int) -> None: ...
+    async def set_adapter(self, adapter: AdapterState | None) -> None: ...
 
 
 @dataclass
@@ -94,7 +96,7 @@ class HFEngine:
     """Batched Hugging Face `generate` behind an async request queue.
 
     `model` may be a PeftModel: generation then uses its current adapter (in-process it is the learner's
-    own model, so it is always the newest policy); `set_adapter` loads adapter weights saved elsewhere.
+    own model, so it is always the newest policy); `set_adapter` loads an adapter sent from elsewhere.
     """
 
     def __init__(self, model, tokenizer, *, stop_ids: set[int], max_batch: int = 64, bf16: bool | None = None):
@@ -187,13 +189,9 @@ class HFEngine:
                     if not r.future.done():
                         r.future.set_result(result)
 
-    async def set_adapter(self, adapter_dir: str | None, version: int) -> None:
-        """Load the adapter weights saved in `adapter_dir` (PEFT format) into the engine's model."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        if adapter_dir is None:
+    async def set_adapter(self, adapter: AdapterState | None) -> None:
+        """Load `adapter`'s weights into the engine's (PEFT) model, between batches."""
+        if adapter is None:
             raise ValueError("HFEngine serves its model's adapter; disable it on the model to sample the base")
-        state = load_file(f"{adapter_dir}/adapter_model.safetensors", device=str(self.device))
         with self._lock:  # not while a batch is generating
-            set_peft_model_state_dict(self.model, state)
+            adapter.load_into(self.model)

@@ -9,11 +9,11 @@ accumulated over micro-batches equal the full-batch gradient.
 from __future__ import annotations
 
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -23,12 +23,11 @@ from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
 from rlvr.attention import use_prefix_attention
 from rlvr.config import Config, LearnerConfig
 from rlvr.contract import Batch
-from rlvr.models import add_lora, bf16_supported, load_model
+from rlvr.models import AdapterState, add_lora, bf16_supported, load_model
 
 # Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
 # the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).
 LOGIT_CHUNK = 64
-STATE_FILE = "learner_state.pt"
 
 
 class LinearLogprob(torch.autograd.Function):
@@ -419,24 +418,44 @@ class Learner:
     # ---------------------------------------------------------------------------------------------
     # persistence
 
-    def save(self, path: str | Path, *, with_state: bool = True) -> None:
-        """The adapter in standard PEFT format (PeftModel.from_pretrained, vLLM), plus optimiser state."""
-        path = Path(path)
-        self.model.save_pretrained(path)
-        if with_state:
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "steps_done": self.steps_done}, path / STATE_FILE)
+    def adapter_state(self, version: int | None = None) -> AdapterState:
+        """The adapter as CPU tensors, for the rollout engines and the run folder (version: steps done)."""
+        return AdapterState.of(self.model, self.steps_done if version is None else version)
 
-    def load(self, path: str | Path) -> None:
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs from the learner, on CPU: adapter, optimiser and scheduler state,
+        steps done, and this process's RNG states (LoRA dropout draws from them)."""
+        return {"adapter": self.adapter_state(), "optimizer": _to_cpu(self.optimizer.state_dict()),
+                "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done, "rng": rng_states()}
 
-        path = Path(path)
-        set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors", device=str(self.device)))
-        state = torch.load(path / STATE_FILE, map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict) -> None:
+        state["adapter"].load_into(self.model)
+        self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = state["steps_done"]
+        set_rng_states(state["rng"])
+
+
+def _to_cpu(obj):
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:
@@ -453,6 +472,8 @@ def resolve_device(name: str) -> torch.device:
 
 def build_learner(cfg: Config) -> Learner:
     """Load the base model, attach the LoRA adapter, and wrap both in a Learner."""
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same config builds the same starting policy
     device = resolve_device(cfg.learner.device)
     # frozen base weights in the compute dtype (half the memory, no per-step casts); LoRA stays float32
     dtype = torch.bfloat16 if _use_bf16(cfg.learner.precision, device) else torch.float32

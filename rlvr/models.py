@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -192,6 +193,55 @@ def add_lora(model, lora: LoraConfig, init_adapter: str | None = None):
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+@dataclass
+class AdapterState:
+    """A LoRA adapter in memory: what a rollout engine needs to serve one policy version.
+
+    It travels from the learner to the rollout workers through the Ray object store (no shared
+    filesystem), and `save` writes it in standard PEFT format (transformers, PEFT and vLLM load that).
+    """
+
+    version: int  # the policy version: the number of learner steps behind it
+    config: dict  # PEFT's adapter_config.json
+    tensors: dict[str, torch.Tensor]  # PEFT state-dict names -> CPU tensors
+
+    @classmethod
+    def of(cls, model, version: int) -> AdapterState:
+        from peft import get_peft_model_state_dict
+
+        tensors = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        config = json.loads(json.dumps(model.peft_config["default"].to_dict(),
+                                       default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+        return cls(version, config, tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def load_into(self, model) -> None:
+        from peft import set_peft_model_state_dict
+
+        device = next(model.parameters()).device
+        set_peft_model_state_dict(model, {k: v.to(device) for k, v in self.tensors.items()})
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.tensors.items()}, path / "adapter_model.safetensors")
+        (path / "adapter_config.json").write_text(json.dumps(self.config, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, version: int = 0) -> AdapterState:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        return cls(version, json.loads((path / "adapter_config.json").read_text()),
+                   load_file(path / "adapter_model.safetensors"))
 
 
 def bf16_supported(device: torch.device) -> bool:

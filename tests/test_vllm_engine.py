@@ -17,7 +17,7 @@ from rlvr.contract import Batch, Trajectory  # noqa: E402
 from rlvr.engine import HFEngine, SamplingParams  # noqa: E402
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
 from rlvr.learner import Learner  # noqa: E402
-from rlvr.models import add_lora, load_model, load_tokenizer  # noqa: E402
+from rlvr.models import AdapterState, add_lora, load_model, load_tokenizer  # noqa: E402
 from rlvr.rollout import rollout_groups  # noqa: E402
 from rlvr.vllm_engine import VLLMEngine  # noqa: E402
 
@@ -75,7 +75,7 @@ def test_logprobs_match_the_learner(setup, temperature):
     assert max(diffs) < 0.05  # bf16 engine vs fp32 learner
 
 
-def test_lora_versions_switch_generation(setup, tmp_path):
+def test_lora_versions_switch_generation(setup):
     _, _, loop, engine, prompts = setup
     base = _generate(loop, engine, prompts[:2], max_tokens=10, temperature=0)
     outputs = []
@@ -86,14 +86,13 @@ def test_lora_versions_switch_generation(setup, tmp_path):
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.05)
-        model.save_pretrained(tmp_path / f"v{version}")
-        loop.run_until_complete(engine.set_adapter(str(tmp_path / f"v{version}"), version))
+        loop.run_until_complete(engine.set_adapter(AdapterState.of(model, version)))
         outputs.append(_generate(loop, engine, prompts[:2], max_tokens=10, temperature=0))
         loaded = loop.run_until_complete(engine.engine.list_loras())
         assert set(loaded) == {version + 1}  # the previous version was removed
     assert [o.token_ids for o in outputs[0]] != [o.token_ids for o in base]
     assert [o.token_ids for o in outputs[1]] != [o.token_ids for o in outputs[0]]
-    loop.run_until_complete(engine.set_adapter(None, 3))
+    loop.run_until_complete(engine.set_adapter(None))
     assert [o.token_ids for o in _generate(loop, engine, prompts[:2], max_tokens=10, temperature=0)] == \
         [o.token_ids for o in base]
 

@@ -1,0 +1,132 @@
+"""A rollout worker: an engine, the env and the rewards, turning tasks into groups of scored trajectories.
+
+In-process (ray.enabled=false) the loop holds one that samples with the learner's own model (HF) or its
+own vLLM engine; on Ray every rollout actor is one of these (rlvr/distributed.py), with its own copy of
+the model. Either way it serves the adapter versions the learner sends it, and every trajectory records
+the version that sampled it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from rlvr.config import Config, RolloutConfig
+from rlvr.contract import Group, Task
+from rlvr.models import AdapterState
+
+
+@dataclass
+class RolloutResult:
+    groups: list[Group]  # groups left empty by a dropping reward (rewards.on_error=drop) are left out
+    version: int  # the policy version that sampled them
+    dropped: int  # trajectories dropped by a failing reward
+    errors: list[str]  # why, one line each
+    seconds: float  # wall time of the whole rollout
+    score_s: float  # wall time with a reward running (overlaps generation)
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, model=None):
+        """`model`: the learner's own PEFT model to sample with (in-process HF); None loads a copy."""
+        from rlvr.chat import ChatRenderer
+        from rlvr.envs.registry import load_env
+        from rlvr.models import load_tokenizer
+        from rlvr.rewards.scoring import Scorer
+
+        self.cfg = cfg
+        self.env = load_env(cfg.env.name)
+        self.scorer = Scorer.from_config(cfg.rewards, self.env)
+        self.renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
+        self.loop = asyncio.new_event_loop()  # one loop for the engine's life: vLLM binds to the first
+        self.shares_model = model is not None
+        self.engine = self._make_engine(model)
+        self.version = 0  # the initial policy: the fresh adapter (a no-op) or model.init_adapter
+
+    def _make_engine(self, model):
+        import torch
+
+        from rlvr.engine import HFEngine
+        from rlvr.models import add_lora, bf16_supported, load_model
+
+        cfg = self.cfg
+        stop_ids = self.renderer.turn_end_ids
+        if cfg.rollout.engine == "vllm":
+            from rlvr.vllm_engine import VLLMEngine
+
+            engine = VLLMEngine(cfg.model.name, stop_ids=stop_ids, max_lora_rank=cfg.model.lora.rank, seed=cfg.seed,
+                                enable_sleep_mode=True)
+            if cfg.model.init_adapter:
+                self.loop.run_until_complete(engine.set_adapter(AdapterState.load(cfg.model.init_adapter)))
+            return engine
+        if model is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
+            model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora,
+                             cfg.model.init_adapter)
+        return HFEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
+
+    def ping(self) -> int:
+        return self.version
+
+    def set_adapter(self, adapter: AdapterState | None, version: int) -> int:
+        """Serve policy `version`. `adapter` may be None only when the engine shares the learner's model."""
+        if not self.shares_model:
+            self.loop.run_until_complete(self.engine.set_adapter(adapter))
+        self.version = version
+        return version
+
+    def rollout(self, tasks: list[Task], settings: RolloutConfig, seed: int) -> RolloutResult:
+        from rlvr.rollout import rollout_groups
+
+        stats = self.scorer.stats
+        dropped, errors, busy, start = stats.dropped, len(stats.errors), stats.busy_s, time.perf_counter()
+        groups = self.loop.run_until_complete(rollout_groups(
+            tasks, self.engine, self.renderer, self.env, settings, seed=seed, policy_version=self.version,
+            scorer=self.scorer))
+        return RolloutResult(groups, self.version, stats.dropped - dropped, stats.errors[errors:],
+                             time.perf_counter() - start, stats.busy_s - busy)
+
+    def sleep(self) -> None:
+        """Free the GPU for the learner (vLLM's sleep mode: weights offloaded, KV cache dropped)."""
+        self.loop.run_until_complete(self.engine.sleep())
+
+    def wake_up(self) -> None:
+        self.loop.run_until_complete(self.engine.wake_up())
+
+    def close(self) -> None:
+        if hasattr(self.engine, "shutdown"):
+            self.engine.shutdown()
+        pending = asyncio.all_tasks(self.loop)  # the HF engine's batcher, vLLM's output handler
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
+
+
+class LocalRollouts:
+    """In-process rollouts: one RolloutWorker, run when the loop collects them (always on-policy)."""
+
+    restarts = 0
+
+    def __init__(self, worker: RolloutWorker):
+        self.worker = worker
+
+    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int, min_version: int):
+        return tasks, settings, seed
+
+    def collect(self, pending) -> list[RolloutResult]:
+        return [self.worker.rollout(*pending)]
+
+    def sync(self, learner, version: int, *, wait: bool = True) -> None:
+        self.worker.set_adapter(None if self.worker.shares_model else learner.adapter_state(version), version)
+
+    def sleep(self) -> None:
+        self.worker.sleep()
+
+    def wake_up(self) -> None:
+        self.worker.wake_up()
+
+    def close(self) -> None:
+        self.worker.close()
