@@ -6,13 +6,19 @@
 # runs that copy with the cluster's Python, which must have rlvr's dependencies installed (the cluster
 # image: `pip install ".[vllm]"` or the same requirements). Extra runtime-env JSON can be
 # given in RLVR_RUNTIME_ENV (merged over the defaults below). The job's id and status are printed;
-# follow it with `ray job logs --follow ID`, stop it with `ray job stop ID`.
+# follow it with `ray job logs --follow ID`, stop it with `ray job stop ID` (with RAY_AUTH_MODE=token when
+# the cluster uses token authentication).
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 CONFIG [key=value ...]" >&2
   exit 2
 fi
 cd "$(dirname "$0")/.."
+# a cluster with token authentication (launch/local_ray.sh, Ray's default for new local clusters) wants the
+# client to send the token: it is read from RAY_AUTH_TOKEN or ~/.ray/auth_token
+if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}" ] || [ -f "$HOME/.ray/auth_token" ]; }; then
+  export RAY_AUTH_MODE=token
+fi
 ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 RUNTIME_ENV=$(python3 - "${RLVR_RUNTIME_ENV:-{\}}" <<'PY'
 import json, sys

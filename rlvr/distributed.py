@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import ray
@@ -36,11 +37,28 @@ def start_ray(cfg: RayConfig, rollout_workers: int) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
     else:
+        # Ray's single-machine mode (its default on macOS): the node's address is 127.0.0.1 and every
+        # server binds there, not on the machine's external address; read by Ray here and in its children
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
         # logical CPUs: one per actor even on a 2-core machine, so the actors never wait for each other
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+        ray.init(address="local", include_dashboard=False,
                  num_cpus=max(os.cpu_count() or 1, rollout_workers + 1),
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     return True
+
+
+def _wait_until_alive(actor, timeout_s: float = 600.0) -> None:
+    """Wait while Ray restarts `actor` (its constructor loads a model again)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.ping.remote())
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 class _LearnerHost:
@@ -138,9 +156,10 @@ class RayRollouts:
                 if attempt == MAX_REISSUES:
                     raise RuntimeError(f"rollout worker {shard.worker}: gave up on tasks [{ids}] after "
                                        f"{MAX_REISSUES} re-issues; last time {reason}")
-                console.print(f"[yellow]rollout worker {shard.worker}[/]: {reason}; re-issuing tasks [{ids}]")
+                console.print(f"rollout worker {shard.worker}: {reason}; re-issuing tasks [{ids}]", markup=False)
                 self.restarts += 1
                 worker = self.workers[shard.worker]
+                _wait_until_alive(worker)
                 if self.adapter is not None:  # a restarted worker starts from the initial policy
                     ray.get(worker.set_adapter.remote(*self.adapter))
                 shard.ref = worker.rollout.remote(shard.tasks, pending.settings, pending.seed)

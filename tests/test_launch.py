@@ -30,14 +30,17 @@ def ray_head():
 
 
 def test_ray_job_submit_runs_two_steps_on_a_local_head(ray_head, tmp_path):
+    # the job joins the head (ray.address=auto) and runs the learner and a rollout worker as actors
     submitted = subprocess.run(
         ["bash", str(ROOT / "launch/submit.sh"), "configs/smoke.yaml", f"output_dir={tmp_path}",
-         "logging.wandb=disabled"], env=ray_head, capture_output=True, text=True, timeout=600)
+         "logging.wandb=disabled", "data.source=env", "rollout.max_new_tokens=8", "rollout.max_turns=1",
+         "ray.enabled=true", "ray.address=auto"], env=ray_head, capture_output=True, text=True, timeout=600)
     output = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0 and "succeeded" in output, output[-3000:]
     [run] = list(tmp_path.iterdir())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["rollout/sampled_tokens"] > 0 for r in rows)  # rolled out by the worker actor
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
