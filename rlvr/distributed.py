@@ -44,7 +44,11 @@ def start_ray(cfg: RayConfig, rollout_workers: int) -> bool:
         # logical CPUs: one per actor even on a 2-core machine, so the actors never wait for each other
         ray.init(address="local", include_dashboard=False,
                  num_cpus=max(os.cpu_count() or 1, rollout_workers + 1),
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+                 runtime_env={"env_vars": {
+                     "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                     # Ray limits an actor's torch to its num_cpus (1) threads; on-policy the learner and the
+                     # workers take turns, so each may use every core
+                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}})
     return True
 
 

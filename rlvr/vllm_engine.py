@@ -51,6 +51,11 @@ class VLLMEngine:
         self._adapter_dir = tempfile.TemporaryDirectory(prefix="rlvr-vllm-adapters-")  # local to this engine
         self.lora = None  # the LoRARequest of the current policy version, None = base model
 
+    def start(self) -> VLLMEngine:
+        """Load the model and start the engine now rather than at the first request."""
+        _ = self.engine
+        return self
+
     @property
     def engine(self):
         if self._engine is None:

@@ -56,7 +56,7 @@ class RolloutWorker:
             from rlvr.vllm_engine import VLLMEngine
 
             engine = VLLMEngine(cfg.model.name, stop_ids=stop_ids, max_lora_rank=cfg.model.lora.rank, seed=cfg.seed,
-                                enable_sleep_mode=True)
+                                enable_sleep_mode=True).start()
             if cfg.model.init_adapter:
                 self.loop.run_until_complete(engine.set_adapter(AdapterState.load(cfg.model.init_adapter)))
             return engine
