@@ -41,7 +41,7 @@ def bench_sync(engine: str, syncs: int) -> None:
     from rlvr.synthetic import synthetic_groups
 
     cfg = load_config(None, SHAPE + ["ray.enabled=true", f"rollout.engine={engine}"])
-    started = start_ray(cfg.ray, 1)
+    stop_ray = start_ray(cfg.ray, 1)
     learner, rollouts = RemoteLearner(cfg), RayRollouts(cfg)
     batch, _ = make_batch(synthetic_groups(1, 2, 32, 16, vocab_size=49152, seed=0), cfg.algorithm)
     adapter = learner.adapter_state()
@@ -55,10 +55,7 @@ def bench_sync(engine: str, syncs: int) -> None:
                                                 seed=0, min_version=syncs))
     assert result.version == syncs
     rollouts.close()
-    if started:
-        import ray
-
-        ray.shutdown()
+    stop_ray()
     print(f"adapter: {len(adapter.tensors)} tensors, {adapter.nbytes / 2**20:.1f} MiB (float32, r=16, all linear layers)")
     print(f"sync latency ({engine} engine), learner step end -> every worker serving the new version: "
           f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms over {syncs}")

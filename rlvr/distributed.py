@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import ray
 from rich.console import Console
@@ -25,15 +26,15 @@ MAX_REISSUES = 3  # per shard and step: a worker that dies this often on the sam
 console = Console(stderr=True)
 
 
-def start_ray(cfg: RayConfig, rollout_workers: int) -> bool:
-    """Connect to Ray; returns whether this call started it (and so should stop it).
+def start_ray(cfg: RayConfig, rollout_workers: int) -> Callable[[], None]:
+    """Connect to Ray; returns what undoes it (ray.shutdown, or nothing when Ray was already running).
 
     address "" starts a local Ray bound to 127.0.0.1 whose workers import what this process imports (its
     sys.path: env and reward plugins included); "auto" or an address joins a running cluster, where plugins
     must come with the job (`ray job submit --working-dir`, launch/submit.sh).
     """
     if ray.is_initialized():
-        return False
+        return lambda: None
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
     else:
@@ -49,7 +50,7 @@ def start_ray(cfg: RayConfig, rollout_workers: int) -> bool:
                      # Ray limits an actor's torch to its num_cpus (1) threads; on-policy the learner and the
                      # workers take turns, so each may use every core
                      "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}})
-    return True
+    return ray.shutdown
 
 
 def _wait_until_alive(actor, timeout_s: float = 600.0) -> None:

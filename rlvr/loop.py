@@ -111,11 +111,9 @@ def _start_ray(cfg: Config):
     """Start or join Ray when enabled; returns what stops it again (a no-op when it was running already)."""
     if not cfg.ray.enabled:
         return lambda: None
-    import ray
-
     from rlvr.distributed import start_ray
 
-    return ray.shutdown if start_ray(cfg.ray, cfg.ray.rollout_workers) else (lambda: None)
+    return start_ray(cfg.ray, cfg.ray.rollout_workers)
 
 
 def _learner(cfg: Config):

@@ -98,11 +98,15 @@ class RolloutWorker:
     def close(self) -> None:
         if hasattr(self.engine, "shutdown"):
             self.engine.shutdown()
-        pending = asyncio.all_tasks(self.loop)  # the HF engine's batcher, vLLM's output handler
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.run_until_complete(_cancel_pending())  # the HF engine's batcher, vLLM's output handler
         self.loop.close()
+
+
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class LocalRollouts:

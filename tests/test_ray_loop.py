@@ -33,10 +33,10 @@ def local_ray(tmp_path_factory):
     from rlvr.distributed import start_ray
 
     os.environ[CRASH_MARKER] = str(tmp_path_factory.mktemp("crash") / "crashed")  # inherited by Ray's processes
-    assert start_ray(RayConfig(enabled=True), rollout_workers=3)
+    stop = start_ray(RayConfig(enabled=True), rollout_workers=3)
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield
-    ray.shutdown()
+    stop()
     del os.environ[CRASH_MARKER]
 
 

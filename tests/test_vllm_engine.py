@@ -114,3 +114,20 @@ def test_stop_strings(setup):
     [stopped] = _generate(loop, engine, prompts[:1], max_tokens=12, temperature=0, stop=(stop,))
     assert stopped.finish_reason == "stop" and tokenizer.decode(stopped.token_ids).endswith(stop)
     assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
+
+
+def test_the_loop_trains_with_a_vllm_engine_in_process(tmp_path):
+    """rollout.engine=vllm without Ray: the worker's own vLLM engine gets each new adapter as a new version."""
+    import json
+
+    from rlvr.config import load_config
+    from rlvr.loop import train
+
+    run = train(load_config(None, [f"output_dir={tmp_path}", "steps=2", f"model.name={MODEL}", "model.lora.rank=8",
+                                   "data.tasks_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=12",
+                                   "rollout.max_turns=1", "learner.lr=1e-3", "logging.wandb=disabled",
+                                   "rollout.engine=vllm"]))
+    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["rollout/sampled_tokens"] > 0 and r["rollout/staleness_max"] == 0 for r in rows)
+    assert all(r["time/sync_s"] > 0 for r in rows)  # a real adapter hand-over, not a shared model
