@@ -116,7 +116,7 @@ class CalculatorEnv(ToolEnv):
 @dataclass(frozen=True)
 class _Template:
     text: str  # with {a}, {b}, {c} and {item}
-    answer: Callable[[int, int, int], float]
+    steps: tuple[str, str]  # the gold solution: two calculator expressions, the second using {r}, the first's result
 
 
 ITEMS = ("boxes", "crates", "tickets", "bottles", "parcels", "books", "chairs", "lamps")
@@ -125,21 +125,21 @@ ITEMS = ("boxes", "crates", "tickets", "bottles", "parcels", "books", "chairs", 
 TEMPLATES: dict[str, tuple[_Template, ...]] = {
     "train": (
         _Template("A warehouse holds {a} {item}. It receives {b} more shipments of {c} {item} each. "
-                  "How many {item} does it hold now?", lambda a, b, c: a + b * c),
+                  "How many {item} does it hold now?", ("{b} * {c}", "{a} + {r}")),
         _Template("A store sells {item} at {a} dollars each. On Monday it sold {b} and on Tuesday {c}. "
-                  "How many dollars did it take in over the two days?", lambda a, b, c: a * (b + c)),
+                  "How many dollars did it take in over the two days?", ("{b} + {c}", "{a} * {r}")),
         _Template("A factory made {a} {item} per day for {b} days, then shipped {c} of them. "
-                  "How many {item} are left?", lambda a, b, c: a * b - c),
+                  "How many {item} are left?", ("{a} * {b}", "{r} - {c}")),
         _Template("{a} {item} are shared equally among {b} shops, and each shop then buys {c} more. "
-                  "How many {item} does each shop have?", lambda a, b, c: a / b + c),
+                  "How many {item} does each shop have?", ("{a} / {b}", "{r} + {c}")),
     ),
     "heldout": (
         _Template("Maria counted {a} {item} in the morning. By evening the pile had grown by {b} groups "
-                  "of {c}. What is her evening count?", lambda a, b, c: a + b * c),
+                  "of {c}. What is her evening count?", ("{b} * {c}", "{a} + {r}")),
         _Template("The price of one of the {item} is {a}. If a school orders {b} of them and later "
-                  "orders {c} more, what is the total bill?", lambda a, b, c: a * (b + c)),
+                  "orders {c} more, what is the total bill?", ("{b} + {c}", "{a} * {r}")),
         _Template("Over {b} weeks a workshop builds {a} {item} each week. It donates {c} of them. "
-                  "What remains?", lambda a, b, c: a * b - c),
+                  "What remains?", ("{a} * {b}", "{r} - {c}")),
     ),
 }
 
@@ -148,7 +148,8 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
     """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`.
 
     Numbers are drawn so that every answer is an integer and at least one step is a multiplication
-    of three- or four-digit numbers. `split` only names the tasks (ids are `calculator-{split}-{seed}-{i}`).
+    of three- or four-digit numbers. `gold_calls` solve it in two calculator calls, the second using the
+    first's result. `split` only names the tasks (ids are `calculator-{split}-{seed}-{i}`).
     """
     if family not in TEMPLATES:
         raise ValueError(f"unknown calculator task family {family!r}; choose one of {', '.join(TEMPLATES)}")
@@ -158,10 +159,12 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
         template = rng.choice(TEMPLATES[family])
         b, c = rng.randint(12, 99), rng.randint(100, 999)
         a = b * rng.randint(50, 999) if "shared equally" in template.text else rng.randint(1000, 9999)
-        answer = template.answer(a, b, c)
+        first = template.steps[0].format(a=a, b=b, c=c)
+        second = template.steps[1].format(a=a, b=b, c=c, r=format_number(evaluate(first)))
         tasks.append(Task(
             id=f"calculator-{split}-{seed}-{i}", env="calculator",
             prompt=template.text.format(a=a, b=b, c=c, item=rng.choice(ITEMS)),
-            answer=int(answer), metadata={"family": family},
+            answer=int(evaluate(second)), metadata={"family": family},
+            gold_calls=[{"name": "calculate", "arguments": {"expression": e}} for e in (first, second)],
         ))
     return tasks

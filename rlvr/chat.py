@@ -138,6 +138,22 @@ def _parse_mistral(text: str) -> tuple[str, list[ToolCall]]:
 _PARSERS = {"hermes": _parse_hermes, "llama3": _parse_llama3, "mistral": _parse_mistral}
 
 
+def write_tool_calls(content: str, calls: list[tuple[str, dict[str, Any]]], format: str = "hermes") -> str:
+    """The turn a model of `format` writes for `content` and (name, arguments) calls: the inverse of
+    parse_tool_calls, used to turn OpenAI-style `tool_calls` into training text."""
+    content = content.strip()
+    if not calls:
+        return content
+    if format == "hermes":
+        blocks = "\n".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls)
+        return f"{content}\n{blocks}" if content else blocks
+    if format == "llama3":  # llama3 turns that call tools hold only the calls
+        return "; ".join(json.dumps({"name": n, "parameters": a}) for n, a in calls)
+    if format == "mistral":
+        return f"{content}[TOOL_CALLS]{json.dumps([{'name': n, 'arguments': a} for n, a in calls])}"
+    raise ValueError(f"unknown tool-call format {format!r}; choose one of {', '.join(FORMATS)}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering tools into the prompt
 
@@ -205,12 +221,14 @@ class ChatRenderer:
         self.format = format
         if not self.native_tools and format != "hermes":
             raise ValueError(f"the chat template has no tool support; its fallback format is hermes, not {format}")
-        self.turn_end_ids = _turn_end_ids(tokenizer)
+        self.turn_end_id = _turn_end_id(tokenizer)
+        # generation stops at the template's end of turn, or at EOS
+        self.turn_end_ids = {self.turn_end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self._prompt_cache: dict[str, list[int]] = {}
 
     def _messages(self, messages: list[Message], tools: list[dict[str, Any]]) -> tuple[list[Message], Any]:
-        if self.native_tools:
-            return messages, tools
+        if self.native_tools or not tools:  # no tools (general chat): the template's own rendering
+            return messages, tools or None
         return render_tools_in_system_prompt(messages, tools), None
 
     def render_ids(self, messages: list[Message], tools: list[dict[str, Any]], *, generation_prompt: bool) -> list[int]:
@@ -251,8 +269,8 @@ class ChatRenderer:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def _turn_end_ids(tokenizer) -> set[int]:
-    """Tokens that end an assistant turn: the ones the template writes after an assistant message."""
+def _turn_end_id(tokenizer) -> int:
+    """The token the template writes after an assistant message."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
                                          tokenize=False)
     ids = tokenizer.encode(text, add_special_tokens=False)
@@ -260,4 +278,4 @@ def _turn_end_ids(tokenizer) -> set[int]:
     tail = [t for t in ids[ids.index(tokenizer.encode("y", add_special_tokens=False)[-1]) + 1 :] if t in special]
     if not tail:
         raise ValueError("cannot find the end-of-turn token of the chat template")
-    return {tail[0]} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+    return tail[0]

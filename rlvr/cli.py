@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
@@ -33,9 +34,45 @@ def train(config: str = typer.Argument(..., help="YAML run config"),
     cfg = _config(config, overrides)
     from rlvr.loop import train as run_training
 
-    try:
+    with _config_errors():
         run_training(cfg)
-    except ConfigError as e:
+
+
+@app.command()
+def synth(config: str = typer.Argument(..., help="YAML run config (env, rewards, model, synth)"),
+          overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+          out: str = typer.Option(..., "--out", help="JSON-lines file to write")):
+    """Build SFT conversations from gold solutions or a teacher, kept when their reward passes synth.threshold."""
+    cfg = _config(config, overrides)
+    from rlvr.synth import Synthesizer, write_jsonl
+
+    with _config_errors():
+        synthesizer = Synthesizer(cfg)
+        tasks = synthesizer.env.tasks(cfg.synth.tasks, seed=cfg.seed, split="train", **cfg.env.options)
+        records = synthesizer.run(tasks)
+    write_jsonl(out, records)
+    typer.echo(f"{len(records)} conversations from {len(tasks)} tasks -> {out}")
+
+
+@app.command("sft")
+def sft_command(config: str = typer.Argument(..., help="YAML run config (model, sft)"),
+                overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")):
+    """Supervised fine-tuning of a LoRA adapter (TRL's SFTTrainer) on `rlvr synth` conversations."""
+    cfg = _config(config, overrides)
+    from rlvr.sft import sft
+
+    with _config_errors():
+        run = sft(cfg)
+    typer.echo(f"adapter: {run.path / 'adapter'}  (start RL from it: model.init_adapter={run.path / 'adapter'})")
+
+
+@contextmanager
+def _config_errors():
+    from rlvr.plugins import PluginError
+
+    try:
+        yield
+    except (ConfigError, PluginError) as e:
         typer.echo(f"config error: {e}", err=True)
         raise typer.Exit(2) from None
 

@@ -141,6 +141,33 @@ class CheckpointConfig(_Section):
     keep: int = Field(2, ge=1)  # newest checkpoints kept
 
 
+class SynthConfig(_Section):
+    """`rlvr synth`: where SFT conversations come from (rlvr/synth.py)."""
+
+    tasks: int = Field(256, ge=1)  # tasks drawn from the env's train split
+    # None: the tasks' gold calls; a model name or directory: a local teacher sampled with an rlvr engine;
+    # an http(s) URL: an OpenAI-compatible chat endpoint serving `teacher_model`
+    teacher: str | None = None
+    teacher_adapter: str | None = None  # a PEFT adapter on the local teacher
+    teacher_model: str = ""
+    samples: int = Field(4, ge=1)  # teacher trajectories per task (rejection sampling)
+    temperature: float = Field(0.7, ge=0.0)  # the endpoint's; a local teacher samples at rollout.temperature
+    threshold: float = 1.0  # keep conversations whose reward reaches this
+
+
+class SFTConfig(_Section):
+    """`rlvr sft`: LoRA supervised fine-tuning with TRL's SFTTrainer (rlvr/sft.py)."""
+
+    data: str = ""  # JSON lines from `rlvr synth`
+    mix_data: str | None = None  # general chat conversations (JSON lines with "messages") against forgetting
+    mix_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # their share of the training examples
+    epochs: float = Field(2.0, gt=0.0)
+    lr: float = Field(2e-4, gt=0.0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(1024, ge=16)  # longer conversations are cut at an assistant turn's end
+    time_limit_s: float | None = Field(None, gt=0.0)  # stop after this much training time (a fair baseline)
+
+
 class RayConfig(_Section):
     enabled: bool = False  # false: everything runs in this process, so a debugger works
     address: str = ""  # "" starts a local Ray bound to 127.0.0.1; "auto" joins the submitting cluster
@@ -177,6 +204,8 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

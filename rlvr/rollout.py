@@ -17,6 +17,7 @@ mismatch is counted as drift (`strict_tokens=True` raises instead).
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from typing import Callable
 
@@ -43,6 +44,7 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
     """Trajectory `index` of `task`'s group. `make_env(task, seed=, tool_timeout_s=)` builds its env
     (an env class fits)."""
     traj_seed = trajectory_seed(seed, task.id, index)
+    started = time.perf_counter()
     env = make_env(task, seed=traj_seed, tool_timeout_s=settings.tool_timeout_s)
     try:
         messages, tools = env.reset()
@@ -104,7 +106,8 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
             id=f"{task.id}/{index}", task_id=task.id, group_id=task.id, policy_version=policy_version, seed=traj_seed,
             prompt_ids=prompt_ids, completion_ids=completion, loss_mask=mask, logprobs=logprobs,
             tool_calls=calls_made, messages=messages, final_answer=final_answer, final_state=env.final_state(),
-            turns=turns, finish_reason=finish, metrics={"token_drift_turns": float(drift)},
+            turns=turns, finish_reason=finish,
+            metrics={"token_drift_turns": float(drift), "latency_s": time.perf_counter() - started},
         )
     finally:
         env.close()

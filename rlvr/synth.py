@@ -1,0 +1,247 @@
+"""`rlvr synth`: SFT conversations, each verified by the run's own rewards.
+
+A conversation is OpenAI-style: messages with `tool_calls` on assistant turns and `tool` results, plus the
+tool schemas. Every source ends the same way: the assistant turns are played through the real agent loop
+(`rollout_trajectory`) against a fresh env, so tool results are the env's own, the trajectory is scored
+by the run's rewards, and only those scoring at least `synth.threshold` are kept.
+
+- gold (`synth.teacher` unset): tasks that carry `gold_calls` (calculator, support_desk, bfcl). Each gold
+  call is one assistant turn, in order; a task's turn (BFCL multi-turn) ends with a short closing message
+  stating the last call's result, and the env's next user message follows.
+- a local teacher (`synth.teacher` = a model name or directory): `synth.samples` trajectories per task
+  sampled with an rlvr engine, in the teacher's own chat template and tool format, the text around the
+  tool calls (its reasoning) kept as the turns' content: rejection sampling.
+- an endpoint (`synth.teacher` = an http(s) URL of an OpenAI-compatible server, `synth.teacher_model` the
+  model it serves): chat completions with the tools, its tool calls executed by the env, up to
+  `rollout.max_turns`; its turns are then replayed through the loop to be scored.
+
+Written as JSON lines {"id", "task_id", "env", "source", "reward", "messages", "tools"}; a conversation
+that repeats another of the same task is dropped; so is one with a tool call that does not parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.progress import track
+
+from rlvr.chat import ChatRenderer, parse_tool_calls, write_tool_calls
+from rlvr.config import Config
+from rlvr.contract import Message, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.engine import Completion, SamplingParams
+from rlvr.rollout import rollout_trajectory
+
+
+class ScriptedEngine:
+    """Writes fixed assistant turns: the i-th call to generate returns turn i (then an empty turn)."""
+
+    def __init__(self, renderer: ChatRenderer, turns: list[str]):
+        self.end = renderer.turn_end_id
+        self.turns = [renderer.tokenizer.encode(t, add_special_tokens=False) + [self.end] for t in turns]
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        ids = self.turns.pop(0) if self.turns else [self.end]
+        return Completion(ids, [0.0] * len(ids), "stop")
+
+
+async def gold_turns(task: Task, env_cls, format: str) -> list[str]:
+    """The assistant turns of a task's gold solution: one per gold call, and a closing message per turn
+    ("The answer is <the last call's result>." when the task has an answer, else "Done."). The calls are
+    run once on a fresh env here to learn the results; the closing message states the result, never the
+    task's answer, so a wrong gold solution fails its reward."""
+    if not task.gold_calls:
+        raise ValueError(f"task {task.id} has no gold_calls to build a conversation from")
+    env = env_cls(task)
+    try:
+        env.reset()
+        turns: list[str] = []
+        calls = task.gold_calls
+        for i, gold in enumerate(calls):
+            [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")])).calls
+            turns.append(write_tool_calls("", [(gold["name"], gold["arguments"])], format))
+            if i == len(calls) - 1 or calls[i + 1].get("turn", 0) != gold.get("turn", 0):
+                turns.append(f"The answer is {call.result}." if task.answer is not None else "Done.")
+                env.next_messages(turns[-1])  # multi-turn envs move on to their next user turn
+        return turns
+    finally:
+        env.close()
+
+
+async def replay(task: Task, turns: list[str], renderer: ChatRenderer, env_cls, settings, scorer) -> Trajectory | None:
+    """Play `turns` through the agent loop as trajectory 0 of `task`, scored (None if a reward dropped it)."""
+    settings = settings.model_copy(update={"max_turns": len(turns) + 1, "temperature": 0.0,
+                                           "max_new_tokens": max(settings.max_new_tokens, 4096),
+                                           "max_total_tokens": max(settings.max_total_tokens, 1 << 16)})
+    trajectory = await rollout_trajectory(task, 0, ScriptedEngine(renderer, turns), renderer, env_cls, settings)
+    return await scorer.score(trajectory, task)
+
+
+def to_openai(trajectory: Trajectory, format: str, tool_names: set[str]) -> list[Message] | None:
+    """The trajectory's messages with tool calls as OpenAI `tool_calls`; None if a call did not parse."""
+    out: list[Message] = []
+    pending: list[str] = []
+    for m in trajectory.messages:
+        if m["role"] == "assistant":
+            content, calls = parse_tool_calls(m["content"], format, tool_names)
+            if any(c.error == ToolCallError.parse for c in calls):
+                return None
+            message: Message = {"role": "assistant", "content": content}
+            if calls:
+                ids = [f"call_{len(out)}_{i}" for i in range(len(calls))]
+                message["tool_calls"] = [{"id": i, "type": "function",
+                                          "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                                         for i, c in zip(ids, calls)]
+                pending = ids
+            out.append(message)
+        elif m["role"] == "tool":
+            out.append({"role": "tool", "tool_call_id": pending.pop(0) if pending else "", "name": m.get("name", ""),
+                        "content": m["content"]})
+        else:
+            out.append(dict(m))
+    return out
+
+
+def openai_turns(messages: list[Message], format: str) -> list[str]:
+    """The assistant turns of an OpenAI-style conversation, written in the tool `format`."""
+    turns = []
+    for m in messages:
+        if m["role"] == "assistant":
+            calls = [(c["function"]["name"], _arguments(c["function"]["arguments"])) for c in m.get("tool_calls") or []]
+            turns.append(write_tool_calls(m.get("content") or "", calls, format))
+    return turns
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
+class Synthesizer:
+    """Turns tasks into verified conversations (see the module docstring) for one run config."""
+
+    def __init__(self, cfg: Config):
+        from rlvr.envs.registry import load_env
+        from rlvr.models import load_tokenizer
+        from rlvr.rewards.scoring import Scorer
+
+        self.cfg = cfg
+        self.env = load_env(cfg.env.name)
+        self.scorer = Scorer.from_config(cfg.rewards, self.env)
+        self.renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
+
+    def run(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        teacher = self.cfg.synth.teacher
+        if teacher is None:
+            found = [self._gold(t) for t in track(tasks, description="gold conversations", transient=True)]
+        elif teacher.startswith(("http://", "https://")):
+            found = [self._endpoint(t) for t in track(tasks, description=f"teacher {teacher}", transient=True)]
+        else:
+            found = self._local_teacher(tasks)
+        return dedupe(r for r in found if r is not None)
+
+    def _record(self, task: Task, trajectory: Trajectory | None, format: str, source: str) -> dict[str, Any] | None:
+        if trajectory is None or trajectory.reward is None or trajectory.reward < self.cfg.synth.threshold:
+            return None
+        env = self.env(task)
+        try:
+            messages, tools = to_openai(trajectory, format, env.tool_names), env.tool_schemas()
+        finally:
+            env.close()
+        if messages is None:
+            return None
+        return {"id": trajectory.id, "task_id": task.id, "env": task.env, "source": source,
+                "reward": trajectory.reward, "messages": messages, "tools": tools}
+
+    def _gold(self, task: Task) -> dict[str, Any] | None:
+        if not task.gold_calls:
+            return None
+        async def play() -> Trajectory | None:
+            turns = await gold_turns(task, self.env, self.renderer.format)
+            return await replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer)
+
+        trajectory = asyncio.run(play())
+        return self._record(task, trajectory, self.renderer.format, "gold")
+
+    def _local_teacher(self, tasks: list[Task]) -> list[dict[str, Any] | None]:
+        from rlvr.workers import RolloutWorker
+
+        synth = self.cfg.synth
+        teacher_cfg = self.cfg.model_copy(deep=True)
+        teacher_cfg.model.name, teacher_cfg.model.init_adapter = synth.teacher, synth.teacher_adapter
+        worker = RolloutWorker(teacher_cfg)
+        try:
+            settings = self.cfg.rollout.model_copy(update={"group_size": synth.samples})
+            groups = worker.rollout(tasks, settings, seed=self.cfg.seed).groups
+        finally:
+            worker.close()
+        return [self._record(g.task, t, worker.renderer.format, f"teacher:{synth.teacher}")
+                for g in groups for t in g.trajectories]
+
+    def _endpoint(self, task: Task) -> dict[str, Any] | None:
+        synth = self.cfg.synth
+        messages = asyncio.run(endpoint_conversation(task, self.env, synth.teacher, synth.teacher_model,
+                                                     self.cfg.rollout.max_turns, synth.temperature))
+        turns = openai_turns(messages, self.renderer.format)
+        trajectory = asyncio.run(replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer))
+        return self._record(task, trajectory, self.renderer.format, f"endpoint:{synth.teacher_model}")
+
+
+async def endpoint_conversation(task: Task, env_cls, url: str, model: str, max_turns: int,
+                                temperature: float) -> list[Message]:
+    """A conversation with an OpenAI-compatible chat endpoint, its tool calls executed by a fresh env."""
+    env = env_cls(task)
+    try:
+        messages, tools = env.reset()
+        for _ in range(max_turns):
+            reply = _chat(url, {"model": model, "messages": messages, "tools": tools, "temperature": temperature})
+            calls = reply.get("tool_calls") or []
+            messages.append({"role": "assistant", "content": reply.get("content") or "",
+                             **({"tool_calls": calls} if calls else {})})
+            if not calls:
+                following = env.next_messages(reply.get("content") or "")
+                if not following:
+                    break
+                messages += following
+                continue
+            executed = await env.step([ToolCall(name=c["function"]["name"], arguments=_arguments(c["function"]["arguments"]),
+                                                raw=json.dumps(c)) for c in calls])
+            messages += [{"role": "tool", "tool_call_id": c.get("id", ""), "name": call.name or "",
+                          "content": call.result or ""} for c, call in zip(calls, executed.calls)]
+            if executed.done:
+                break
+        return messages
+    finally:
+        env.close()
+
+
+def _chat(url: str, body: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
+    request = urllib.request.Request(url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())["choices"][0]["message"]
+    except (urllib.error.URLError, KeyError, IndexError, json.JSONDecodeError) as e:
+        raise RuntimeError(f"teacher endpoint {url}: {type(e).__name__}: {e}") from None
+
+
+def dedupe(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, kept = set(), []
+    for r in records:
+        key = hashlib.sha256(json.dumps([r["task_id"], r["messages"]], sort_keys=True).encode()).hexdigest()
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept
+
+
+def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")

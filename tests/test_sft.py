@@ -1,0 +1,115 @@
+"""rlvr synth and rlvr sft: gold conversations verified by reward, OpenAI tool_calls round-tripped into the
+rollouts' own token format, the assistant-only loss mask on a multi-turn example, and TRL training."""
+
+import asyncio
+import json
+
+import pytest
+
+from rlvr.chat import ChatRenderer
+from rlvr.config import ConfigError, load_config
+from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
+from rlvr.models import load_tokenizer
+from rlvr.rewards.scoring import Scorer
+from rlvr.sft import tokenize_conversation, training_rows
+from rlvr.synth import Synthesizer, gold_turns, replay, write_jsonl
+
+MODEL = "tiny-random-llama"  # SmolLM2's tokenizer and chat template (no native tool support: hermes fallback)
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return ChatRenderer(load_tokenizer(MODEL))
+
+
+def _config(*overrides):
+    return load_config(None, [f"model.name={MODEL}", "logging.wandb=disabled", *overrides])
+
+
+def test_gold_conversations_are_scored_and_written_as_openai_tool_calls():
+    tasks = calculator_tasks(4)
+    records = Synthesizer(_config()).run(tasks + tasks[:1])  # a repeated task: deduplicated
+    assert [r["task_id"] for r in records] == [t.id for t in tasks]
+    first = records[0]
+    assert first["source"] == "gold" and first["reward"] == 1.0 and first["tools"][0]["function"]["name"] == "calculate"
+    roles = [m["role"] for m in first["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
+    call = first["messages"][2]["tool_calls"][0]
+    assert call["function"] == {"name": "calculate", "arguments": json.dumps(tasks[0].gold_calls[0]["arguments"])}
+    assert first["messages"][3]["tool_call_id"] == call["id"]
+    assert first["messages"][-1]["content"] == f"The answer is {tasks[0].answer}."
+
+
+def test_a_conversation_whose_reward_fails_the_threshold_is_dropped():
+    task = calculator_tasks(1)[0].model_copy(update={"answer": -1})  # the gold calls reach another number
+    assert Synthesizer(_config()).run([task]) == []
+
+
+def test_the_loss_mask_covers_exactly_what_a_rollout_samples(renderer):
+    """A 2-call conversation: SFT's ids and mask equal the agent loop's prompt + completion and loss mask."""
+    task = calculator_tasks(1, seed=3)[0]
+    [record] = Synthesizer(_config()).run([task])
+    row = tokenize_conversation(renderer, record["messages"], record["tools"], max_length=4096)
+    cfg = _config()
+    turns = asyncio.run(gold_turns(task, CalculatorEnv, "hermes"))
+    trajectory = asyncio.run(replay(task, turns, renderer, CalculatorEnv, cfg.rollout,
+                                    Scorer.from_config(cfg.rewards, CalculatorEnv)))
+    assert row["input_ids"] == trajectory.prompt_ids + trajectory.completion_ids
+    assert row["assistant_masks"] == [0] * len(trajectory.prompt_ids) + trajectory.loss_mask
+    # read back: the unmasked spans are the three assistant turns, each ending with <|im_end|>
+    ids, mask = row["input_ids"], row["assistant_masks"]
+    spans, start = [], None
+    for i, bit in enumerate(mask + [0]):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            spans.append(renderer.tokenizer.decode(ids[start:i]))
+            start = None
+    expression = task.gold_calls[0]["arguments"]["expression"]
+    assert spans == [f'<tool_call>\n{{"name": "calculate", "arguments": {{"expression": "{expression}"}}}}\n</tool_call><|im_end|>',
+                     spans[1], f"The answer is {task.answer}.<|im_end|>"]
+    masked = renderer.tokenizer.decode([t for t, bit in zip(ids, mask) if not bit])
+    assert task.prompt in masked and "<tool_response>" in masked and "calculate" in masked  # prompt, tools, results
+    assert "<tool_response>" not in "".join(spans)
+
+
+def test_long_conversations_are_cut_after_an_assistant_turn(renderer):
+    [record] = Synthesizer(_config()).run(calculator_tasks(1))
+    full = tokenize_conversation(renderer, record["messages"], record["tools"], max_length=4096)
+    ends = [i for i, t in enumerate(full["input_ids"]) if t == renderer.turn_end_id and full["assistant_masks"][i]]
+    cut = tokenize_conversation(renderer, record["messages"], record["tools"], max_length=ends[1] + 5)
+    assert cut["input_ids"] == full["input_ids"][: ends[1] + 1]  # two of the three assistant turns
+    assert tokenize_conversation(renderer, record["messages"], record["tools"], max_length=10) is None
+
+
+def test_general_chat_is_mixed_in_and_bad_data_is_named(tmp_path, renderer):
+    data, chat = tmp_path / "tools.jsonl", tmp_path / "chat.jsonl"
+    write_jsonl(data, Synthesizer(_config()).run(calculator_tasks(6)))
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "Name a colour."},
+                                             {"role": "assistant", "content": "Blue."}]}) + "\n")
+    rows = training_rows(_config(f"sft.data={data}", f"sft.mix_data={chat}", "sft.mix_fraction=0.25"), renderer)
+    assert len(rows) == 8  # 6 tool conversations + 2 general (a quarter)
+    general = renderer.tokenizer.decode([t for t, m in zip(rows[-1]["input_ids"], rows[-1]["assistant_masks"]) if m])
+    assert general == "Blue.<|im_end|>"
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
+    with pytest.raises(ConfigError, match=r"sft.data: .*bad.jsonl line 1 has no \"messages\" list"):
+        training_rows(_config(f"sft.data={tmp_path / 'bad.jsonl'}"), renderer)
+    with pytest.raises(ConfigError, match="needs sft.mix_data"):
+        training_rows(_config(f"sft.data={data}", "sft.mix_fraction=0.5"), renderer)
+
+
+def test_sft_trains_an_adapter_with_trl_that_rl_starts_from(tmp_path):
+    pytest.importorskip("trl")
+    from rlvr.learner import build_learner
+    from rlvr.sft import sft
+
+    data = tmp_path / "tools.jsonl"
+    write_jsonl(data, Synthesizer(_config()).run(calculator_tasks(8)))
+    run = sft(_config(f"output_dir={tmp_path}", f"sft.data={data}", "sft.epochs=3", "sft.batch_size=4",
+                      "sft.lr=5e-3", "model.lora.rank=4"))
+    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    losses = [r["sft/loss"] for r in rows if "sft/loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # 8 examples / 4 per step x 3 epochs
+    learner = build_learner(_config(f"model.init_adapter={run.path / 'adapter'}"))
+    trained = [p for n, p in learner.model.named_parameters() if "lora_B" in n]
+    assert trained and all(p.requires_grad for p in trained) and any(p.abs().sum() > 0 for p in trained)
