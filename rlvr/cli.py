@@ -66,6 +66,83 @@ def sft_command(config: str = typer.Argument(..., help="YAML run config (model, 
     typer.echo(f"adapter: {run.path / 'adapter'}  (start RL from it: model.init_adapter={run.path / 'adapter'})")
 
 
+@app.command("eval")
+def eval_command(config: str = typer.Argument(..., help="YAML run config (model, env, rewards, rollout)"),
+                 overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+                 tasks: str = typer.Option("test", "--tasks", help="a JSON-lines file of tasks, or a named source: "
+                                           "SPLIT or ENV:SPLIT of an env's task source"),
+                 n: Optional[int] = typer.Option(None, "--n", help="tasks from a named source (default eval.tasks)"),
+                 adapter: Optional[str] = typer.Option(None, "--adapter", help="adapter dir (default: the base model)"),
+                 compare: Optional[list[str]] = typer.Option(None, "--compare", help="LABEL=DIR, repeated: policies "
+                                                             "side by side (DIR 'base' = no adapter)"),
+                 samples: int = typer.Option(1, "--samples", help="k samples per task: pass@k (1 = greedy)"),
+                 bfcl: Optional[str] = typer.Option(None, "--bfcl", help="a BFCL category: its entries, scored "
+                                                    "by BFCL's own checker"),
+                 out: str = typer.Option("report.json", "--out", help="JSON report")):
+    """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
+    import json
+
+    from rlvr.evaluate import comparison_table, evaluate_policy
+
+    extra = [*(overrides or [])]
+    if bfcl:
+        extra += ["env.name=bfcl", f"env.options={{category: {bfcl}}}"]
+        tasks = "all" if tasks == "test" else tasks
+    cfg = _config(config, extra)
+    policies = {"policy": adapter}
+    if compare:
+        policies = {}
+        for item in compare:
+            label, sep, path = item.partition("=")
+            if not sep:
+                typer.echo(f"--compare {item!r}: expected LABEL=DIR", err=True)
+                raise typer.Exit(2)
+            policies[label] = None if path == "base" else path
+    with _config_errors():
+        task_list = _eval_tasks(cfg, tasks, n or cfg.eval.tasks)
+        reports = {label: evaluate_policy(cfg, task_list, path, samples) for label, path in policies.items()}
+    table = comparison_table(reports)
+    report = reports["policy"] if not compare else {"compare": reports, "table": table}
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    typer.echo(table)
+    typer.echo(f"report: {out}")
+
+
+def _eval_tasks(cfg, source: str, n: int):
+    from pathlib import Path
+
+    from rlvr.envs.registry import load_env
+    from rlvr.tasks import load_tasks
+
+    env_name, _, split = source.rpartition(":") if not Path(source).is_file() else ("", "", "")
+    if env_name:
+        cfg.env.name = env_name
+    env = load_env(cfg.env.name)
+    try:
+        if split:
+            return env.tasks(n, seed=cfg.seed, split=split, **cfg.env.options)
+        return load_tasks(source, env, 0, cfg.seed, "test", {}, what="--tasks")
+    except (ValueError, TypeError, NotImplementedError) as e:
+        raise ConfigError(str(e)) from None
+
+
+@app.command("export")
+def export_command(adapter: str = typer.Option(..., "--adapter", help="the adapter dir (a run's adapter/)"),
+                   out: str = typer.Option(..., "--out", help="output dir"),
+                   merge: bool = typer.Option(False, "--merge", help="merge into the base model (float32 merge, "
+                                              "saved in the base's dtype)")):
+    """Export an adapter alone, or merged into its base model (loadable by transformers and vLLM)."""
+    from rlvr.export import export
+
+    try:
+        path = export(adapter, out, merge)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{'merged model' if merge else 'adapter'}: {path}")
+
+
 @contextmanager
 def _config_errors():
     from rlvr.plugins import PluginError

@@ -185,15 +185,17 @@ def dump_jsonl(path: str | Path, items: Iterable[BaseModel]) -> None:
             f.write(item.model_dump_json() + "\n")
 
 
-def load_jsonl(path: str | Path, cls: type[Model]) -> list[Model]:
-    """Read a JSON-lines file of `cls` objects; a broken row fails with its file and line number."""
+def load_jsonl(path: str | Path, cls: type[Model], defaults: dict[str, Any] | None = None) -> list[Model]:
+    """Read a JSON-lines file of `cls` objects (`defaults` fill fields a row leaves out); a broken row fails
+    with its file and line number."""
     items = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                items.append(cls.model_validate(json.loads(line)))
+                row = json.loads(line)
+                items.append(cls.model_validate({**(defaults or {}), **row} if isinstance(row, dict) else row))
             except (json.JSONDecodeError, ValidationError) as e:
                 first = str(e).splitlines()[0] if isinstance(e, json.JSONDecodeError) else _first_error(e)
                 raise ValueError(f"{path}:{lineno}: not a valid {cls.__name__}: {first}") from None

@@ -14,16 +14,23 @@ from pathlib import Path
 from rlvr.contract import Task, load_jsonl
 
 
-def load_tasks(source: str, env, count: int, seed: int, split: str, options: dict) -> list[Task]:
-    """`count` tasks from the env's task source (`source="env"`) or all tasks of a JSON-lines file."""
+def load_tasks(source: str, env, count: int, seed: int, split: str, options: dict,
+               what: str = "data.source") -> list[Task]:
+    """`count` tasks from the env's task source (`source="env"`) or all tasks of a JSON-lines file (rows may
+    leave out "env": they are the run's env's; rows of another env are refused)."""
     if source == "env":
         return env.tasks(count, seed=seed, split=split, **options)
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"data.source: {source!r} is neither 'env' nor a JSON-lines file of tasks")
-    tasks = load_jsonl(path, Task)
+        raise ValueError(f"{what}: {source!r} is neither 'env' nor a JSON-lines file of tasks")
+    tasks = load_jsonl(path, Task, defaults={"env": env.name} if env is not None else None)
     if not tasks:
-        raise ValueError(f"data.source: {path} holds no tasks")
+        raise ValueError(f"{what}: {path} holds no tasks")
+    if env is not None:
+        other = next((t for t in tasks if t.env != env.name), None)
+        if other is not None:
+            raise ValueError(f"{what}: task {other.id!r} in {path} is for env {other.env!r}; this run's env is "
+                             f"{env.name!r}")
     return tasks
 
 

@@ -113,3 +113,75 @@ def test_sft_trains_an_adapter_with_trl_that_rl_starts_from(tmp_path):
     learner = build_learner(_config(f"model.init_adapter={run.path / 'adapter'}"))
     trained = [p for n, p in learner.model.named_parameters() if "lora_B" in n]
     assert trained and all(p.requires_grad for p in trained) and any(p.abs().sum() > 0 for p in trained)
+
+
+def test_a_local_teacher_is_rejection_sampled():
+    """The tiny random teacher never solves a task: at threshold 1 nothing is kept; at 0 its samples are
+    kept as conversations in its own words (no tool call parsed, so no tool_calls)."""
+    tasks = calculator_tasks(2)
+    teacher = ["synth.teacher=tiny-random-llama", "synth.samples=2", "rollout.max_new_tokens=8", "rollout.max_turns=1"]
+    assert Synthesizer(_config(*teacher)).run(tasks) == []
+    kept = Synthesizer(_config(*teacher, "synth.threshold=0")).run(tasks)
+    assert 1 <= len(kept) <= 4 and {r["source"] for r in kept} == {"teacher:tiny-random-llama"}
+    assert all(r["messages"][-1]["role"] == "assistant" and r["reward"] == 0.0 for r in kept)
+
+
+class _Teacher:
+    """An OpenAI-compatible /chat/completions on 127.0.0.1 that solves calculator tasks with their gold
+    calls, reasoning included, and answers `final` at the end."""
+
+    def __init__(self, tasks, final=None):
+        import http.server
+        import threading
+
+        by_prompt = {t.prompt: t for t in tasks}
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                self.requests.append(body)
+                task = by_prompt[next(m["content"] for m in body["messages"] if m["role"] == "user")]
+                done = sum(m["role"] == "tool" for m in body["messages"])
+                if done < len(task.gold_calls):
+                    gold = task.gold_calls[done]
+                    message = {"role": "assistant", "content": f"Step {done + 1}: compute it.", "tool_calls": [
+                        {"id": f"c{done}", "type": "function",
+                         "function": {"name": gold["name"], "arguments": json.dumps(gold["arguments"])}}]}
+                else:
+                    message = {"role": "assistant", "content": f"The answer is {final or body['messages'][-1]['content']}."}
+                payload = json.dumps({"choices": [{"message": message}]}).encode()
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/json")
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_an_openai_compatible_endpoint_teaches_and_its_reasoning_is_kept():
+    tasks = calculator_tasks(3)
+    teacher = _Teacher(tasks)
+    try:
+        records = Synthesizer(_config(f"synth.teacher={teacher.url}", "synth.teacher_model=teacher-7b")).run(tasks)
+    finally:
+        teacher.close()
+    assert [r["task_id"] for r in records] == [t.id for t in tasks] and records[0]["source"] == "endpoint:teacher-7b"
+    assert teacher.requests[0]["model"] == "teacher-7b" and teacher.requests[0]["tools"][0]["function"]["name"] == "calculate"
+    assistant = [m for m in records[0]["messages"] if m["role"] == "assistant"]
+    assert [m["content"] for m in assistant[:2]] == ["Step 1: compute it.", "Step 2: compute it."]  # reasoning kept
+    assert len(assistant[0]["tool_calls"]) == 1 and records[0]["reward"] == 1.0
+    wrong = _Teacher(tasks, final=-5)
+    try:
+        assert Synthesizer(_config(f"synth.teacher={wrong.url}")).run(tasks) == []  # rejected by the reward
+    finally:
+        wrong.close()

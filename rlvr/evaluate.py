@@ -1,0 +1,99 @@
+"""`rlvr eval`: how well a policy (base model, or base + adapter) does its tasks, measured by the run's env
+and rewards through the same agent loop as training.
+
+Greedy by default; with `samples` = k > 1 each task is sampled k times at rollout.temperature and pass@k
+is the share of tasks with at least one success. A trajectory succeeds when every reward with a positive
+weight gives it full marks (1.0). Per trajectory: tool-call validity (calls that parsed, named a known tool
+with valid arguments and ran), format compliance (ended by the model with no unparsable call), turns,
+sampled tokens, latency. A breakdown per task family (metadata "family" or "category", else the env).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from typing import Any
+
+from rlvr.config import Config
+from rlvr.contract import Task, ToolCallError, Trajectory
+
+
+def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples: int = 1) -> dict[str, Any]:
+    """The metrics of the base model with `adapter` (None: the base model alone) on `tasks`."""
+    from rlvr.workers import RolloutWorker
+
+    policy = cfg.model_copy(deep=True)
+    policy.model.init_adapter = adapter
+    worker = RolloutWorker(policy)
+    try:
+        settings = cfg.rollout.model_copy(update={"group_size": samples, "temperature": cfg.rollout.temperature
+                                                  if samples > 1 else 0.0})
+        start = time.perf_counter()
+        result = worker.rollout(tasks, settings, seed=cfg.seed)
+        seconds = time.perf_counter() - start
+        positive = [t.name for t in worker.scorer.terms if t.weight > 0]
+    finally:
+        worker.close()
+    if result.dropped:
+        raise RuntimeError(f"{result.dropped} trajectories were dropped by failing rewards: {result.errors[:3]}")
+    return summarize(result.groups, positive, samples, seconds)
+
+
+def is_success(trajectory: Trajectory, rewards: list[str]) -> bool:
+    return all(trajectory.reward_components.get(name, 0.0) >= 1.0 for name in rewards)
+
+
+def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[str, Any]:
+    trajectories = [t for g in groups for t in g.trajectories]
+    calls = [c for t in trajectories for c in t.tool_calls]
+    report: dict[str, Any] = {
+        "tasks": len(groups), "samples": samples,
+        "success_rate": _mean(is_success(t, rewards) for t in trajectories),
+        "reward_mean": _mean(t.reward for t in trajectories),
+        "tool_call_validity": _mean(c.error is None for c in calls) if calls else None,
+        "tool_calls_per_trajectory": len(calls) / len(trajectories),
+        "format_compliance": _mean(t.finish_reason == "stop" and not any(c.error == ToolCallError.parse
+                                                                        for c in t.tool_calls)
+                                   for t in trajectories),
+        "mean_turns": _mean(t.turns for t in trajectories),
+        "mean_tokens": _mean(t.num_sampled_tokens for t in trajectories),
+        "mean_latency_s": _mean(t.metrics.get("latency_s", 0.0) for t in trajectories),
+        "seconds": seconds,
+    }
+    if samples > 1:
+        report[f"pass@{samples}"] = _mean(any(is_success(t, rewards) for t in g.trajectories) for g in groups)
+    families: dict[str, list[Trajectory]] = defaultdict(list)
+    for g in groups:
+        family = g.task.metadata.get("family") or g.task.metadata.get("category") or g.task.env
+        families[family] += g.trajectories
+    report["per_family"] = {name: {"trajectories": len(ts), "success_rate": _mean(is_success(t, rewards) for t in ts)}
+                            for name, ts in sorted(families.items())}
+    return report
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return statistics.fmean(values) if values else 0.0
+
+
+COLUMNS = ("success_rate", "tool_call_validity", "format_compliance", "mean_turns", "mean_tokens", "mean_latency_s")
+
+
+def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table of several reports side by side (rows: policies)."""
+    extra = sorted({k for r in reports.values() for k in r if k.startswith("pass@")})
+    columns = ["tasks", *COLUMNS[:3], *extra, *COLUMNS[3:]]
+    lines = ["| policy | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for label, r in reports.items():
+        cells = [_cell(r.get(c)) for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
