@@ -127,6 +127,17 @@ def _eval_tasks(cfg, source: str, n: int):
         raise ConfigError(str(e)) from None
 
 
+@app.command()
+def quickstart(config: str = typer.Argument("configs/quickstart.yaml", help="YAML run config"),
+               overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")):
+    """synth -> SFT -> RL -> held-out eval of base / SFT / SFT + more SFT / SFT + RL, with a report."""
+    cfg = _config(config, overrides)
+    from rlvr.quickstart import quickstart as run_quickstart
+
+    with _config_errors():
+        run_quickstart(cfg)
+
+
 @app.command("export")
 def export_command(adapter: str = typer.Option(..., "--adapter", help="the adapter dir (a run's adapter/)"),
                    out: str = typer.Option(..., "--out", help="output dir"),

@@ -5,7 +5,7 @@ format (tools in the system prompt for templates without tool support), OpenAI `
 the model writes them in a rollout. The loss covers assistant tokens only: each assistant turn's text
 (tool calls included) and its end-of-turn token, which are exactly the tokens a rollout samples; the
 prompt, tool results and the template's headers between turns are masked (`assistant_masks`, which TRL
-turns into labels). The adapter is the starting policy of `rlvr train` (`model.init_adapter`); the KL
+turns into labels). With `model.init_adapter` set, training continues that adapter. The adapter is the starting policy of `rlvr train` (`model.init_adapter`); the KL
 reference stays the base model (the adapter disabled).
 """
 
@@ -113,7 +113,7 @@ def sft(cfg: Config):
     from trl import SFTConfig, SFTTrainer
 
     from rlvr.learner import resolve_device
-    from rlvr.models import bf16_supported, load_model, load_tokenizer
+    from rlvr.models import add_lora, bf16_supported, load_model, load_tokenizer
     from rlvr.run import Run
 
     renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
@@ -144,11 +144,14 @@ def sft(cfg: Config):
         logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed, bf16=bf16,
         gradient_checkpointing=False,  # small models: recomputing activations costs more than it saves
         use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False)
-    trainer = SFTTrainer(
-        model=load_model(cfg.model.name, device=device), args=args, train_dataset=Dataset.from_list(rows),
-        processing_class=renderer.tokenizer, callbacks=[Log()],
-        peft_config=PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                   target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    model = load_model(cfg.model.name, device=device)
+    if cfg.model.init_adapter:  # continue training an adapter (e.g. more SFT from an SFT result)
+        model, peft_config = add_lora(model, lora, cfg.model.init_adapter), None
+    else:
+        peft_config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=renderer.tokenizer, callbacks=[Log()], peft_config=peft_config)
     trainer.train()
     trainer.model.save_pretrained(run.path / "adapter")
     run.finish()

@@ -107,3 +107,20 @@ def test_export_the_adapter_alone_or_merged(tmp_path):
         assert not torch.allclose(merged(ids).logits, load_model(MODEL)(ids).logits, atol=1e-3)
     with pytest.raises(FileNotFoundError, match="not a PEFT adapter"):
         export(tmp_path, tmp_path / "x")
+
+
+def test_the_quickstart_pipeline_end_to_end_on_a_tiny_model(tmp_path):
+    """Every stage runs and the report has the four policies; the real targets are bench/quickstart.py's."""
+    from rlvr.config import load_config
+    from rlvr.quickstart import quickstart
+
+    cfg = load_config(str(__import__("pathlib").Path(__file__).parent.parent / "configs/quickstart.yaml"), [
+        f"output_dir={tmp_path}", f"model.name={MODEL}", "model.lora.rank=4", "steps=2", "synth.tasks=4",
+        "sft.epochs=1", "sft.batch_size=4", "data.tasks_per_step=2", "rollout.group_size=2",
+        "rollout.max_new_tokens=8", "rollout.max_turns=2", "eval.tasks=2", "logging.wandb=disabled"])
+    root = quickstart(cfg)
+    report = json.loads((root / "report.json").read_text())
+    assert list(report["policies"]) == ["base", "SFT", "SFT + more SFT", "SFT + RL"]
+    assert report["held_out_tasks"] == 2 and report["conversations"] == 4
+    assert report["seconds"]["sft_more"] >= 0 and set(report["seconds"]) == {"synth", "sft", "rl", "sft_more", "eval"}
+    assert "| SFT + RL |" in (root / "report.md").read_text() and (root / "rl_curves.png").is_file()
