@@ -51,3 +51,11 @@ def test_file_errors(tmp_path):
     bad.write_text("learner:\n  lr: 1e-4\n  micro_batch: 4\n")
     with pytest.raises(ConfigError, match=r"did you mean 'learner.micro_batch_tokens'"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["smoke", "quickstart", "gpu"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.name == name
