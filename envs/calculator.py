@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from rlvr.contract import Task
+from rlvr.contract import Task, ToolCall
 from rlvr.envs.base import ToolEnv, tool
 
 MAX_MAGNITUDE = 1e15  # results beyond this are refused: no arithmetic bombs such as 9**9**9
@@ -102,6 +102,14 @@ class CalculatorEnv(ToolEnv):
 
     def toolsets(self) -> list[Calculator]:
         return [Calculator()]
+
+    def call_progress(self, call: ToolCall) -> float | None:
+        """+1 for a call whose result is a step of the gold solution (an intermediate value or the answer),
+        0 for any other: which calls helped, even in a trajectory whose final answer is wrong."""
+        if not self.task.gold_calls:
+            return None
+        steps = {format_number(evaluate(g["arguments"]["expression"])) for g in self.task.gold_calls}
+        return float(call.result in steps)
 
     @classmethod
     def tasks(cls, n: int, seed: int = 0, split: str = "train", family: str | None = None) -> list[Task]:

@@ -97,3 +97,17 @@ def test_hung_and_crashing_tools_become_error_results_concurrently():
     assert calls[0].error == ToolCallError.timeout and "timed out after 0.3 s" in calls[0].result
     assert calls[1].error == ToolCallError.raised and "RuntimeError: tool blew up" in calls[1].result
     assert calls[2].result == "woke"
+
+
+def test_gold_solutions_reach_the_answer_and_useful_calls_earn_progress():
+    for family in TEMPLATES:
+        for task in calculator_tasks(20, seed=4, family=family):
+            first, second = (g["arguments"]["expression"] for g in task.gold_calls)
+            assert evaluate(second) == task.answer and str(int(evaluate(first))) in second
+    task = calculator_tasks(1, seed=4)[0]
+    env = CalculatorEnv(task)
+    first, second = (g["arguments"]["expression"] for g in task.gold_calls)
+    calls = [ToolCall(name="calculate", arguments={"expression": e}, raw="x") for e in (first, "1 + 1", second)]
+    asyncio.run(env.step(calls[:1]))
+    asyncio.run(env.step(calls[1:]))
+    assert [c.scores.get("progress") for c in calls] == [1.0, 0.0, 1.0]  # the gold steps helped, 1 + 1 did not
