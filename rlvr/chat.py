@@ -154,6 +154,25 @@ def write_tool_calls(content: str, calls: list[tuple[str, dict[str, Any]]], form
     raise ValueError(f"unknown tool-call format {format!r}; choose one of {', '.join(FORMATS)}")
 
 
+def rollout_messages(messages: list[Message], format: str) -> list[Message]:
+    """OpenAI-style messages as a rollout holds them: assistant tool calls as the text the model writes."""
+    out: list[Message] = []
+    for m in messages:
+        if m["role"] == "assistant":
+            calls = [(c["function"]["name"], tool_arguments(c["function"]["arguments"])) for c in m.get("tool_calls") or []]
+            out.append({"role": "assistant", "content": write_tool_calls(m.get("content") or "", calls, format)})
+        elif m["role"] == "tool":
+            out.append({"role": "tool", "name": m.get("name", ""), "content": m["content"]})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def tool_arguments(raw: Any) -> dict[str, Any]:
+    """An OpenAI tool call's arguments: a JSON string (the API's form) or already a dict."""
+    return json.loads(raw) if isinstance(raw, str) else raw
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering tools into the prompt
 

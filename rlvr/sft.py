@@ -17,27 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlvr.chat import ChatRenderer, write_tool_calls
+from rlvr.chat import ChatRenderer, rollout_messages
 from rlvr.config import Config, ConfigError
 from rlvr.contract import Message
-
-
-def rollout_messages(messages: list[Message], format: str) -> list[Message]:
-    """OpenAI-style messages as a rollout holds them: assistant tool calls as the text the model writes."""
-    out: list[Message] = []
-    for m in messages:
-        if m["role"] == "assistant":
-            calls = [(c["function"]["name"], _arguments(c["function"]["arguments"])) for c in m.get("tool_calls") or []]
-            out.append({"role": "assistant", "content": write_tool_calls(m.get("content") or "", calls, format)})
-        elif m["role"] == "tool":
-            out.append({"role": "tool", "name": m.get("name", ""), "content": m["content"]})
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    return out
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    return json.loads(raw) if isinstance(raw, str) else raw
 
 
 def tokenize_conversation(renderer: ChatRenderer, messages: list[Message], tools: list[dict[str, Any]],

@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.progress import track
 
-from rlvr.chat import ChatRenderer, parse_tool_calls, write_tool_calls
+from rlvr.chat import ChatRenderer, parse_tool_calls, rollout_messages, tool_arguments, write_tool_calls
 from rlvr.config import Config
 from rlvr.contract import Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.engine import Completion, SamplingParams
@@ -110,16 +110,7 @@ def to_openai(trajectory: Trajectory, format: str, tool_names: set[str]) -> list
 
 def openai_turns(messages: list[Message], format: str) -> list[str]:
     """The assistant turns of an OpenAI-style conversation, written in the tool `format`."""
-    turns = []
-    for m in messages:
-        if m["role"] == "assistant":
-            calls = [(c["function"]["name"], _arguments(c["function"]["arguments"])) for c in m.get("tool_calls") or []]
-            turns.append(write_tool_calls(m.get("content") or "", calls, format))
-    return turns
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    return json.loads(raw) if isinstance(raw, str) else raw
+    return [m["content"] for m in rollout_messages(messages, format) if m["role"] == "assistant"]
 
 
 class Synthesizer:
@@ -209,7 +200,7 @@ async def endpoint_conversation(task: Task, env_cls, url: str, model: str, max_t
                     break
                 messages += following
                 continue
-            executed = await env.step([ToolCall(name=c["function"]["name"], arguments=_arguments(c["function"]["arguments"]),
+            executed = await env.step([ToolCall(name=c["function"]["name"], arguments=tool_arguments(c["function"]["arguments"]),
                                                 raw=json.dumps(c)) for c in calls])
             messages += [{"role": "tool", "tool_call_id": c.get("id", ""), "name": call.name or "",
                           "content": call.result or ""} for c, call in zip(calls, executed.calls)]
