@@ -26,7 +26,7 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +152,14 @@ class Synthesizer:
     def _gold(self, task: Task) -> dict[str, Any] | None:
         if not task.gold_calls:
             return None
-        async def play() -> Trajectory | None:
-            turns = await gold_turns(task, self.env, self.renderer.format)
-            return await replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer)
+        return self._scripted(task, gold_turns(task, self.env, self.renderer.format), "gold")
 
-        trajectory = asyncio.run(play())
-        return self._record(task, trajectory, self.renderer.format, "gold")
+    def _scripted(self, task: Task, turns: Awaitable[list[str]], source: str) -> dict[str, Any] | None:
+        """Replay the assistant turns `turns` resolves to, scored, as a record (or None)."""
+        async def play() -> Trajectory | None:
+            return await replay(task, await turns, self.renderer, self.env, self.cfg.rollout, self.scorer)
+
+        return self._record(task, asyncio.run(play()), self.renderer.format, source)
 
     def _local_teacher(self, tasks: list[Task]) -> list[dict[str, Any] | None]:
         from rlvr.workers import RolloutWorker
@@ -176,11 +178,13 @@ class Synthesizer:
 
     def _endpoint(self, task: Task) -> dict[str, Any] | None:
         synth = self.cfg.synth
-        messages = asyncio.run(endpoint_conversation(task, self.env, synth.teacher, synth.teacher_model,
-                                                     self.cfg.rollout.max_turns, synth.temperature))
-        turns = openai_turns(messages, self.renderer.format)
-        trajectory = asyncio.run(replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer))
-        return self._record(task, trajectory, self.renderer.format, f"endpoint:{synth.teacher_model}")
+
+        async def turns() -> list[str]:
+            messages = await endpoint_conversation(task, self.env, synth.teacher, synth.teacher_model,
+                                                   self.cfg.rollout.max_turns, synth.temperature)
+            return openai_turns(messages, self.renderer.format)
+
+        return self._scripted(task, turns(), f"endpoint:{synth.teacher_model}")
 
 
 async def endpoint_conversation(task: Task, env_cls, url: str, model: str, max_turns: int,

@@ -48,6 +48,7 @@ class RolloutWorker:
         import torch
 
         from rlvr.engine import HFEngine
+        from rlvr.learner import resolve_device
         from rlvr.models import add_lora, bf16_supported, load_model
 
         cfg = self.cfg
@@ -61,7 +62,7 @@ class RolloutWorker:
                 self.loop.run_until_complete(engine.set_adapter(AdapterState.load(cfg.model.init_adapter)))
             return engine
         if model is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            device = resolve_device("auto")
             dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
             model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora,
                              cfg.model.init_adapter)
