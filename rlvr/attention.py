@@ -1,4 +1,5 @@
-"""Attention for the learner: SDPA for whole sequences, plain matmuls for queries that continue a cache.
+"""Attention for the learner and the HF engine: SDPA for whole sequences, plain matmuls for queries that
+continue a cache (a shared prompt's, or the decoding cache).
 
 Measured on a 2-core CPU (SmolLM2-135M, the shared-prefix step of bench/learner.py): PyTorch's CPU flash
 attention is fast for square causal attention but slow, backward especially, when a few dozen
@@ -34,7 +35,8 @@ def prefix_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     scores = scores.view(batch, kv_heads, groups, q_len, k_len)
     if attention_mask is not None:
         mask = attention_mask[:, :, None]  # (B, 1, 1, q, k): the same for every head
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        # the dtype's lowest finite value, not -inf: a query that may see no key (padding) stays finite
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min) if mask.dtype == torch.bool else scores + mask
     weights = torch.softmax(scores.float(), -1).to(query.dtype).view(batch, kv_heads, groups * q_len, k_len)
     out = (weights @ value).view(batch, heads, q_len, dim)
     return out.transpose(1, 2).contiguous(), None

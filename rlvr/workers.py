@@ -72,9 +72,9 @@ class RolloutWorker:
         return self.version
 
     def set_adapter(self, adapter: AdapterState | None, version: int) -> int:
-        """Serve policy `version`. `adapter` may be None only when the engine shares the learner's model."""
-        if not self.shares_model:
-            self.loop.run_until_complete(self.engine.set_adapter(adapter))
+        """Serve policy `version`. `adapter` may be None only when the engine shares the learner's model
+        (whose adapter the learner has just updated in place)."""
+        self.loop.run_until_complete(self.engine.set_adapter(adapter))
         self.version = version
         return version
 

