@@ -280,7 +280,7 @@ def main():
             ("peak RSS, MiB", "peak_mb", "{:.0f}")]
     print(f"\n{args.tasks_per_step} tasks x G={args.group_size}, {args.max_tokens} completion tokens, "
           f"{args.turns} turns, LoRA r={args.rank}, lr {args.lr}; medians of {stats[frameworks[0]]['steps']} steps")
-    print(f"{'':32s}" + "".join(f"{f:>12s}" for f in frameworks) + ("       ratio" if len(frameworks) == 2 else ""))
+    print(f"{'':32s}" + "".join(f"{f:>12s}" for f in frameworks) + (f"{frameworks[1] + '/' + frameworks[0]:>12s}" if len(frameworks) == 2 else ""))
     for label, key, fmt in rows:
         values = [stats[f][key] for f in frameworks]
         line = f"{label:32s}" + "".join(f"{fmt.format(v):>12s}" for v in values)
