@@ -189,23 +189,32 @@ def main():
     parser.add_argument("--micro-batch-tokens", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default="plain,plain+ref,trl")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each variant, alternating; medians reported")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(worker(args)))
         return
-    results = []
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{variant}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = results[-1]
-        print(f"{variant:9s} {r['tokens_per_s']:8.1f} tokens/s  {r['step_s']:6.2f} s/step  "
-              f"peak +{r['peak_mb']:7.0f} MiB  ({r['tokens']} tokens, {r['dtype']}, {r['device']})  "
-              f"{VARIANTS[variant]}", flush=True)
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):  # variants alternate, so a slow spell of the machine hits each of them
+        for variant in args.variants.split(","):
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{variant}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.setdefault(variant, []).append(r)
+            print(f"{variant:9s} {r['tokens_per_s']:8.1f} tokens/s  {r['step_s']:6.2f} s/step  "
+                  f"peak +{r['peak_mb']:7.0f} MiB  ({r['tokens']} tokens, {r['dtype']}, {r['device']})  "
+                  f"{VARIANTS[variant]}", flush=True)
+    results = [{**rs[0], "step_s": statistics.median(r["step_s"] for r in rs),
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                "peak_mb": max(r["peak_mb"] for r in rs)} for rs in runs.values()]
+    if args.rounds > 1:
+        print(f"medians over {args.rounds} rounds:")
+        for r in results:
+            print(f"{r['variant']:9s} {r['tokens_per_s']:8.1f} tokens/s  {r['step_s']:6.2f} s/step")
     by = {r["variant"]: r for r in results}
     for path in ("plain", "shared"):
         if path in by and f"{path}+ref" in by:

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 NAME = "rlvr_prefix"
-# Above this many queries the materialised (queries x keys) scores of the matmul path cost more than
-# SDPA's masked kernel saves (a 4-turn shape with ~230-token completions ran 0.73x the plain path).
-EAGER_MAX_QUERIES = 128
+# Above this many (batch x heads x queries x keys) scores per layer the matmul path's materialised scores
+# cost more than SDPA's kernel saves: 16 rows of 364 tokens (plain path, 19M) stay on SDPA; a shared
+# prompt of 300 (0.8M) and its completion rows (7 x 85 queries over 385 keys, 2M) take the matmuls.
+EAGER_MAX_SCORES = 4_000_000
 
 
 def prefix_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
@@ -23,12 +24,14 @@ def prefix_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     """query (B, heads, q, d), key/value (B, kv_heads, k, d), mask bool (B, 1, q, k) or None -> (B, q, heads, d)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.shape[-2] == key.shape[-2] or query.shape[-2] > EAGER_MAX_QUERIES or module.training and dropout > 0:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    # grouped-query attention without copying K/V per head: the G query heads of a KV head share its matmul
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
+    if batch * heads * q_len * k_len > EAGER_MAX_SCORES or module.training and dropout > 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if attention_mask is None and q_len > 1:  # what SDPA would do with is_causal: the last q keys are the queries'
+        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)[None, None]
+    # grouped-query attention without copying K/V per head: the G query heads of a KV head share its matmul
     groups = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     scores = (query.reshape(batch, kv_heads, groups * q_len, dim) @ key.transpose(-1, -2)) * scale

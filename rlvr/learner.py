@@ -354,6 +354,11 @@ class Learner:
         gradient on them; one backward through the prompt then carries the sum into the LoRA weights.
         """
         totals: dict[str, float] = {"loss": 0.0}
+        with self._autocast():  # one region for all passes: autocast casts each float32 LoRA weight once
+            self._accumulate(micro, counts, totals)
+        return totals
+
+    def _accumulate(self, micro: list[MicroBatch], counts: BatchCounts, totals: dict[str, float]) -> None:
         for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
             if prompt is None:
                 for mb in group:
@@ -368,7 +373,6 @@ class Learner:
             grads = [t.grad for kv in leaves.kv for t in kv] + [leaves.last_hidden.grad]
             used = [(o, g) for o, g in zip(outputs, grads) if g is not None]
             torch.autograd.backward([o for o, _ in used], [g for _, g in used])
-        return totals
 
     def _backward_one(self, mb: MicroBatch, counts: BatchCounts, totals: dict[str, float],
                       state: PromptState | None = None) -> None:
