@@ -37,13 +37,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-BENCH_CACHE = Path(os.environ.get("RLVR_CACHE", Path.home() / ".cache" / "rlvr")) / "bench"
-
 
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -53,35 +51,33 @@ def peak_rss_mb() -> float:
 
 
 def tool_model_dir() -> Path:
-    """SmolLM2-135M-Instruct with TRL's Qwen2.5 tool template (the weights are symlinked)."""
+    """SmolLM2-135M-Instruct with TRL's Qwen2.5 tool template (the weights are symlinked), in the model cache."""
     from transformers import AutoTokenizer
     from trl.chat_template_utils import qwen2_5_chat_template
 
-    from rlvr.models import resolve_model
+    from rlvr.models import _cached, resolve_model
 
-    out = BENCH_CACHE / "smollm2-135m-qwen2.5-tools"
-    if (out / "tokenizer_config.json").exists():
-        return out
     src = Path(resolve_model("smollm2-135m-instruct"))
-    tmp = Path(tempfile.mkdtemp(dir=BENCH_CACHE.parent if BENCH_CACHE.parent.exists() else None))
-    for f in src.iterdir():
-        if not f.name.startswith("tokenizer") and f.name not in ("special_tokens_map.json", "chat_template.jinja"):
-            (tmp / f.name).symlink_to(f)
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    tokenizer.chat_template = qwen2_5_chat_template
-    tokenizer.save_pretrained(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
+
+    def build(out: Path) -> None:
+        for f in src.iterdir():
+            if not f.name.startswith("tokenizer") and f.name not in ("special_tokens_map.json", "chat_template.jinja"):
+                (out / f.name).symlink_to(f)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        tokenizer.chat_template = qwen2_5_chat_template
+        tokenizer.save_pretrained(out)
+
+    return _cached("smollm2-135m-qwen2.5-tools", build)
 
 
 def start_adapter(model_dir: Path) -> Path:
     """A policy that calls the tool: SFT (lr 1e-3, 1 epoch) on 48 gold calculator conversations, cached."""
     from rlvr.config import load_config
+    from rlvr.models import cache_dir
     from rlvr.sft import sft
     from rlvr.synth import Synthesizer, write_jsonl
 
-    out = BENCH_CACHE / "vs_trl_start_adapter"
+    out = cache_dir() / "bench" / "vs_trl_start_adapter"
     if (out / "adapter_config.json").exists():
         return out
     work = Path(tempfile.mkdtemp())
@@ -153,7 +149,7 @@ def run_trl(args, model_dir: Path, adapter: Path) -> list[dict]:
     def numeric_reward(completions, task_id, **_):
         finals = [c[-1]["content"] if c and c[-1].get("role") == "assistant" and not c[-1].get("tool_calls") else None
                   for c in completions]
-        return [numeric_answer(_Final(text), by_id[i]) for text, i in zip(finals, task_id)]
+        return [numeric_answer(SimpleNamespace(final_answer=text), by_id[i]) for text, i in zip(finals, task_id)]
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -202,11 +198,6 @@ def run_trl(args, model_dir: Path, adapter: Path) -> list[dict]:
     trainer.add_callback(StepTimes())
     trainer.train()
     return steps
-
-
-class _Final:
-    def __init__(self, text):
-        self.final_answer = text
 
 
 # --------------------------------------------------------------------------------------------------

@@ -90,12 +90,7 @@ def _merged_copy(peft_model):
     """A plain (PEFT-free) copy of the base model whose weights carry the adapter merged in."""
     import copy
 
-    base = peft_model.get_base_model()
-    plain = copy.deepcopy(base)
-    for name, module in list(plain.named_modules()):
-        if hasattr(module, "get_base_layer") and hasattr(module, "lora_A"):  # a PEFT LoRA wrapper: unwrap it
-            parent, _, child = name.rpartition(".")
-            setattr(plain.get_submodule(parent) if parent else plain, child, module.get_base_layer())
+    plain = copy.deepcopy(peft_model).unload()  # PEFT's own unwrapping: LoRA layers back to their base layers
     _merge_into(plain, peft_model)
     return plain.eval()
 
@@ -104,8 +99,10 @@ def _merged_copy(peft_model):
 def _merge_into(plain, peft_model) -> None:
     """plain's linear weights = the PEFT model's base weights + its active adapters' deltas (in float32,
     rounded once to the base dtype), so merges never accumulate rounding."""
+    from peft.tuners.lora import LoraLayer
+
     for name, layer in peft_model.get_base_model().named_modules():
-        if not (hasattr(layer, "get_base_layer") and hasattr(layer, "lora_A")):
+        if not isinstance(layer, LoraLayer):
             continue
         weight = layer.get_base_layer().weight
         merged = weight.float()
@@ -196,10 +193,13 @@ class HFEngine:
         width = prefix_width + suffix_width
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros(len(prompts), width, dtype=torch.long)
-        group_of = torch.zeros(len(prompts), dtype=torch.long)
-        for g, (rows, length) in enumerate(groups):
+        heads = []  # one row per distinct prefix, prefilled once
+        slot = torch.zeros(len(prompts), dtype=torch.long)  # each row's prefix cache: 1 + its head, 0 = none
+        for rows, length in groups:
+            if length:
+                heads.append(rows[0])
             for i in rows:
-                prompt, group_of[i] = prompts[i], g
+                prompt, slot[i] = prompts[i], len(heads) if length else 0
                 ids[i, prefix_width - length : prefix_width] = torch.tensor(prompt[:length], dtype=torch.long)
                 ids[i, width - len(prompt) + length :] = torch.tensor(prompt[length:], dtype=torch.long)
                 attention[i, prefix_width - length : prefix_width] = 1
@@ -214,13 +214,11 @@ class HFEngine:
         with self._lock, autocast:
             cache = None
             if prefix_width:  # prefill each distinct prefix once, then give every row its group's cache
-                heads = [rows[0] for rows, length in groups if length]
                 mask = attention[heads, :prefix_width]
                 out = self.model(input_ids=ids[heads, :prefix_width], attention_mask=mask, use_cache=True,
                                  position_ids=(mask.cumsum(-1) - 1).clamp_(min=0), logits_to_keep=1)
                 # a row without a shared prefix (a one-token prompt) gets zeros there, all masked
-                slot = torch.tensor([0] + [1 + heads.index(rows[0]) if length else 0 for rows, length in groups])
-                index = slot[1:][group_of].to(self.device)
+                index = slot.to(self.device)
                 cache = DynamicCache(ddp_cache_data=[
                     (torch.cat([torch.zeros_like(k[:1]), k])[index], torch.cat([torch.zeros_like(v[:1]), v])[index])
                     for k, v, *_ in out.past_key_values])
