@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,25 @@ def training_rows(cfg: Config, renderer: ChatRenderer) -> list[dict[str, list[in
     return [r for r in rows if r is not None]
 
 
+@contextmanager
+def _score_assistant_tokens_only():
+    """TRL's fused LM head projects only the positions with a label where Triton runs (CUDA, XPU) and every
+    position elsewhere, to keep tile shapes fixed for compilers such as Neuron's. On CPU that is pure waste: a
+    tool conversation is mostly masked prompt (system prompt, tool schemas, tool results), and scoring it all
+    made an SFT step 1.8x as long here (SmolLM2-135M, 8 conversations: 25 s vs 14 s, the same losses)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:  # a TRL without this switch: nothing to do
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def sft(cfg: Config):
     """Fine-tune, save the adapter into a run folder `<output_dir>/<name>-sft-<time>/adapter`; returns the Run."""
     from datasets import Dataset
@@ -134,7 +154,8 @@ def sft(cfg: Config):
                                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=renderer.tokenizer, callbacks=[Log()], peft_config=peft_config)
-    trainer.train()
+    with _score_assistant_tokens_only():
+        trainer.train()
     trainer.model.save_pretrained(run.path / "adapter")
     run.finish()
     return run

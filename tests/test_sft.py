@@ -115,6 +115,28 @@ def test_sft_trains_an_adapter_with_trl_that_rl_starts_from(tmp_path):
     assert trained and all(p.requires_grad for p in trained) and any(p.abs().sum() > 0 for p in trained)
 
 
+def test_on_cpu_sft_scores_only_labelled_positions_with_the_same_loss():
+    trl_utils = pytest.importorskip("trl.trainer.utils")
+    import torch
+
+    from rlvr.models import load_model
+    from rlvr.sft import _score_assistant_tokens_only
+
+    model = load_model("tiny-random-llama", device=torch.device("cpu"))
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :16] = -100  # a masked prompt
+    labels[1, 20:] = -100
+    everywhere = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    with _score_assistant_tokens_only():
+        assert trl_utils._use_triton(torch.device("cpu"))
+        compact = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    assert not trl_utils._use_triton(torch.device("cpu"))
+    torch.testing.assert_close(compact.loss, everywhere.loss)
+    torch.testing.assert_close(compact.log_probs, everywhere.log_probs)
+
+
 def test_a_local_teacher_is_rejection_sampled():
     """The tiny random teacher never solves a task: at threshold 1 nothing is kept; at 0 its samples are
     kept as conversations in its own words (no tool call parsed, so no tool_calls)."""
