@@ -130,24 +130,45 @@ class _Template:
 ITEMS = ("boxes", "crates", "tickets", "bottles", "parcels", "books", "chairs", "lamps")
 
 # Two families with disjoint wording: tasks of the "heldout" family never share a template with "train".
+# Both cover the same five solution shapes, a + b*c, a - b*c, a * (b + c), a*b - c and a/b + c, with the
+# numbers in varying order, so a policy has to read which number plays which part from the words rather
+# than from where the numbers stand.
 TEMPLATES: dict[str, tuple[_Template, ...]] = {
     "train": (
         _Template("A warehouse holds {a} {item}. It receives {b} more shipments of {c} {item} each. "
                   "How many {item} does it hold now?", ("{b} * {c}", "{a} + {r}")),
+        _Template("A library starts the year with {a} {item}. During the year {b} donors give {c} {item} each. "
+                  "How many {item} does the library have at the end of the year?", ("{b} * {c}", "{a} + {r}")),
+        _Template("There are {b} trucks carrying {c} {item} each, and a depot already stores {a} {item}. "
+                  "After the trucks unload, how many {item} are in the depot?", ("{b} * {c}", "{a} + {r}")),
+        _Template("A port holds {a} {item}. It sends out {b} ships carrying {c} {item} each. "
+                  "How many {item} are left in the port?", ("{b} * {c}", "{a} - {r}")),
+        _Template("Anna had {a} {item}. She gave {c} {item} to each of her {b} friends. "
+                  "How many {item} does she have left?", ("{b} * {c}", "{a} - {r}")),
         _Template("A store sells {item} at {a} dollars each. On Monday it sold {b} and on Tuesday {c}. "
                   "How many dollars did it take in over the two days?", ("{b} + {c}", "{a} * {r}")),
+        _Template("A club buys {b} {item} in spring and {c} {item} in autumn. Each one costs {a} dollars. "
+                  "How much does the club spend?", ("{b} + {c}", "{a} * {r}")),
         _Template("A factory made {a} {item} per day for {b} days, then shipped {c} of them. "
                   "How many {item} are left?", ("{a} * {b}", "{r} - {c}")),
+        _Template("For {b} months a shop orders {a} {item} a month. It sells {c} of them. "
+                  "How many {item} are still unsold?", ("{a} * {b}", "{r} - {c}")),
         _Template("{a} {item} are shared equally among {b} shops, and each shop then buys {c} more. "
                   "How many {item} does each shop have?", ("{a} / {b}", "{r} + {c}")),
+        _Template("A school splits {a} {item} evenly between {b} classes. Later every class receives another "
+                  "{c}. How many {item} does each class have now?", ("{a} / {b}", "{r} + {c}")),
     ),
     "heldout": (
         _Template("Maria counted {a} {item} in the morning. By evening the pile had grown by {b} groups "
                   "of {c}. What is her evening count?", ("{b} * {c}", "{a} + {r}")),
+        _Template("The depot had {a} {item} on Monday. On Tuesday {b} vans each took away {c}. "
+                  "How many are still at the depot?", ("{b} * {c}", "{a} - {r}")),
         _Template("The price of one of the {item} is {a}. If a school orders {b} of them and later "
                   "orders {c} more, what is the total bill?", ("{b} + {c}", "{a} * {r}")),
         _Template("Over {b} weeks a workshop builds {a} {item} each week. It donates {c} of them. "
                   "What remains?", ("{a} * {b}", "{r} - {c}")),
+        _Template("A baker divides {a} {item} into {b} equal boxes and then adds {c} to every box. "
+                  "How many {item} are in one box?", ("{a} / {b}", "{r} + {c}")),
     ),
 }
 
@@ -155,7 +176,7 @@ TEMPLATES: dict[str, tuple[_Template, ...]] = {
 def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train") -> list[Task]:
     """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`.
 
-    Numbers are drawn so that every answer is an integer and at least one step is a multiplication
+    Numbers are drawn so that every answer is a positive integer and at least one step is a multiplication
     of three- or four-digit numbers. `gold_calls` solve it in two calculator calls, the second using the
     first's result. `split` only names the tasks (ids are `calculator-{split}-{seed}-{i}`).
     """
@@ -166,7 +187,12 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
     for i in range(n):
         template = rng.choice(TEMPLATES[family])
         b, c = rng.randint(12, 99), rng.randint(100, 999)
-        a = b * rng.randint(50, 999) if "shared equally" in template.text else rng.randint(1000, 9999)
+        if template.steps[0] == "{a} / {b}":  # divides evenly
+            a = b * rng.randint(50, 999)
+        elif template.steps[1] == "{a} - {r}":  # more than is taken away
+            a = b * c + rng.randint(1000, 9999)
+        else:
+            a = rng.randint(1000, 9999)
         first = template.steps[0].format(a=a, b=b, c=c)
         second = template.steps[1].format(a=a, b=b, c=c, r=format_number(evaluate(first)))
         tasks.append(Task(

@@ -103,7 +103,7 @@ def test_gold_solutions_reach_the_answer_and_useful_calls_earn_progress():
     for family in TEMPLATES:
         for task in calculator_tasks(20, seed=4, family=family):
             first, second = (g["arguments"]["expression"] for g in task.gold_calls)
-            assert evaluate(second) == task.answer and str(int(evaluate(first))) in second
+            assert evaluate(second) == task.answer > 0 and str(int(evaluate(first))) in second
     task = calculator_tasks(1, seed=4)[0]
     env = CalculatorEnv(task)
     first, second = (g["arguments"]["expression"] for g in task.gold_calls)
