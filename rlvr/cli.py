@@ -78,7 +78,9 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
                  samples: int = typer.Option(1, "--samples", help="k samples per task: pass@k (1 = greedy)"),
                  bfcl: Optional[str] = typer.Option(None, "--bfcl", help="a BFCL category: its entries, scored "
                                                     "by BFCL's own checker"),
-                 out: str = typer.Option("report.json", "--out", help="JSON report")):
+                 out: str = typer.Option("report.json", "--out", help="JSON report"),
+                 transcripts: Optional[str] = typer.Option(None, "--transcripts", help="JSON lines: every "
+                                                           "trajectory (policy, task, success, messages)")):
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
@@ -100,7 +102,10 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
             policies[label] = None if path == "base" else path
     with _config_errors():
         task_list = _eval_tasks(cfg, tasks, n or cfg.eval.tasks)
-        reports = {label: evaluate_policy(cfg, task_list, path, samples) for label, path in policies.items()}
+        if transcripts:
+            open(transcripts, "w").close()  # each policy appends its trajectories
+        reports = {label: evaluate_policy(cfg, task_list, path, samples, transcripts, label)
+                   for label, path in policies.items()}
     table = comparison_table(reports)
     report = reports["policy"] if not compare else {"compare": reports, "table": table}
     with open(out, "w") as f:

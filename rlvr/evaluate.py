@@ -10,17 +10,21 @@ sampled tokens, latency. A breakdown per task family (metadata "family" or "cate
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from rlvr.config import Config
 from rlvr.contract import Task, ToolCallError, Trajectory
 
 
-def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples: int = 1) -> dict[str, Any]:
-    """The metrics of the base model with `adapter` (None: the base model alone) on `tasks`."""
+def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples: int = 1,
+                    transcripts: str | Path | None = None, label: str = "policy") -> dict[str, Any]:
+    """The metrics of the base model with `adapter` (None: the base model alone) on `tasks`; with `transcripts`,
+    every trajectory is appended to that JSON-lines file under `label`, to read what went wrong."""
     from rlvr.workers import RolloutWorker
 
     policy = cfg.model_copy(deep=True)
@@ -37,6 +41,14 @@ def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples
         worker.close()
     if result.dropped:
         raise RuntimeError(f"{result.dropped} trajectories were dropped by failing rewards: {result.errors[:3]}")
+    if transcripts is not None:
+        with open(transcripts, "a") as f:
+            for group in result.groups:
+                for t in group.trajectories:
+                    f.write(json.dumps({"policy": label, "task_id": group.task.id, "answer": group.task.answer,
+                                        "success": is_success(t, positive), "reward": t.reward,
+                                        "reward_components": t.reward_components, "finish_reason": t.finish_reason,
+                                        "messages": t.messages}, default=str) + "\n")
     return summarize(result.groups, positive, samples, seconds)
 
 

@@ -9,7 +9,8 @@
    split (for the calculator: the held-out wording family, templates never seen in training)
 
 Everything goes into one folder `<output_dir>/<name>-<time>/`: sft.jsonl, the SFT, SFT-more and RL run
-folders, report.json and report.md (the table, the timings and the RL reward curve).
+folders, report.json and report.md (the table, the timings and the RL reward curve), and
+eval_transcripts.jsonl (every evaluated trajectory, by policy).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def quickstart(cfg: Config) -> Path:
     reports = {}
     with stage("eval", f"5/5 greedy evaluation on {len(held_out)} held-out tasks"):
         for label, adapter in policies.items():
-            reports[label] = evaluate_policy(cfg, held_out, adapter)
+            reports[label] = evaluate_policy(cfg, held_out, adapter, transcripts=root / "eval_transcripts.jsonl",
+                                             label=label)
             console.print(f"{label}: success {reports[label]['success_rate']:.3f}")
     table = comparison_table(reports)
     report = {"held_out_tasks": len(held_out), "conversations": len(records), "seconds": seconds,

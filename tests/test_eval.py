@@ -62,10 +62,17 @@ def test_eval_a_task_file_and_compare_policies(tmp_path):
     adapter = tmp_path / "adapter"
     build_learner(load_config(None, [f"model.name={MODEL}"])).adapter_state().save(adapter)
     done = _cli("eval", *common, "--samples", "2", "--compare", "base=base", "--compare", f"tuned={adapter}",
-                "--out", "compare.json", cwd=tmp_path)
+                "--out", "compare.json", "--transcripts", "transcripts.jsonl", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     compared = json.loads((tmp_path / "compare.json").read_text())
     assert list(compared["compare"]) == ["base", "tuned"] and "pass@2" in compared["compare"]["base"]
+    lines = [json.loads(line) for line in (tmp_path / "transcripts.jsonl").read_text().splitlines()]
+    assert [(r["policy"], r["task_id"]) for r in lines] == [(p, f"q{i}") for p in ("base", "tuned") for i in range(3)
+                                                           for _ in range(2)]
+    for r in lines:
+        i = int(r["task_id"][1:])
+        assert r["messages"][1] == {"role": "user", "content": f"What is {i} * 1234?"} and r["answer"] == i * 1234
+        assert r["success"] == (r["reward_components"]["numeric_answer"] == 1.0)
     assert "| base |" in done.stdout and "| tuned |" in done.stdout
     bad = _cli("eval", "/dev/null", f"model.name={MODEL}", "--tasks", "nowhere:test", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown env 'nowhere'" in bad.stderr
@@ -124,3 +131,5 @@ def test_the_quickstart_pipeline_end_to_end_on_a_tiny_model(tmp_path):
     assert report["held_out_tasks"] == 2 and report["conversations"] == 4
     assert report["seconds"]["sft_more"] >= 0 and set(report["seconds"]) == {"synth", "sft", "rl", "sft_more", "eval"}
     assert "| SFT + RL |" in (root / "report.md").read_text() and (root / "rl_curves.png").is_file()
+    transcripts = [json.loads(line) for line in (root / "eval_transcripts.jsonl").read_text().splitlines()]
+    assert [r["policy"] for r in transcripts] == [p for p in report["policies"] for _ in range(2)]
