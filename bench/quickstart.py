@@ -1,6 +1,6 @@
 """The quickstart's targets: `rlvr quickstart configs/quickstart.yaml` end to end on this machine.
 
-    python bench/quickstart.py [CONFIG] [key=value ...]
+    python bench/quickstart.py [CONFIG] [key=value ...]   (output_dir=DIR keeps the run folder)
 
 Prints the wall time of the whole command and the held-out success rates of base, SFT, SFT + more SFT
 (RL's time spent on SFT instead) and SFT + RL, with the number of held-out tasks, then each target:
@@ -20,14 +20,18 @@ from pathlib import Path
 
 def main() -> None:
     config = sys.argv[1] if len(sys.argv) > 1 else "configs/quickstart.yaml"
-    with tempfile.TemporaryDirectory() as out:
+    overrides = sys.argv[2:]
+    kept = [o.partition("=")[2] for o in overrides if o.startswith("output_dir=")]  # keep the run to read it later
+    with tempfile.TemporaryDirectory() as scratch:
+        out = kept[-1] if kept else scratch
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "rlvr.cli", "quickstart", config, f"output_dir={out}",
-                        "logging.wandb=disabled", *sys.argv[2:]], check=True,
+                        "logging.wandb=disabled", *overrides], check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
         total = time.perf_counter() - start
-        [report_file] = Path(out).glob("*/report.json")
+        report_file = max(Path(out).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
         report = json.loads(report_file.read_text())
+    print(f"\nrun folder: {report_file.parent}" if kept else "")
     policies = report["policies"]
     print(f"\nquickstart wall time: {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in report['seconds'].items())})")
     print(f"held-out tasks: {report['held_out_tasks']}")
