@@ -31,7 +31,8 @@ def main() -> None:
         total = time.perf_counter() - start
         report_file = max(Path(out).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
         report = json.loads(report_file.read_text())
-    print(f"\nrun folder: {report_file.parent}" if kept else "")
+    if kept:
+        print(f"\nrun folder: {report_file.parent}")
     policies = report["policies"]
     print(f"\nquickstart wall time: {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in report['seconds'].items())})")
     print(f"held-out tasks: {report['held_out_tasks']}")
