@@ -3,7 +3,9 @@
 Every engine returns, for each sampled token, its log-prob under the distribution it was actually
 sampled from (after temperature and top-p), which is what the learner's importance ratios need.
 
-`HFEngine` runs Hugging Face `generate` (KV cache, shared prompt prefixes prefilled once) on CPU or GPU.
+`HFEngine` runs Hugging Face `generate` on CPU or GPU with two prompt caches: prefixes shared within a batch
+are prefilled once, and the KV cache of every finished request is kept (`PrefixStore`), so a conversation's
+next turn, which repeats all of it, prefills only the tool result and what follows.
 Requests arrive through the async `generate` from many concurrent trajectories and are batched: a batch
 stays open while requests keep arriving, and tools run in their own threads while a batch generates.
 Generation itself runs on the event loop's thread (see `_serve`). Sampling is Gumbel-max with
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -135,6 +138,60 @@ def shared_prefixes(prompts: list[list[int]]) -> list[tuple[list[int], int]]:
     return groups
 
 
+KV = list[tuple[Tensor, Tensor]]  # per layer: keys and values, (kv_heads, tokens, head_dim)
+
+
+class PrefixStore:
+    """The KV caches of finished requests (prompt + completion), found again by the longest common token
+    prefix with a new prompt: a multi-turn trajectory's next prompt is its last prompt and completion plus
+    the tool results, so only those need a forward pass. Least recently used entries go first once the
+    entries hold more than `max_tokens` tokens; `clear()` when the weights change (the KV is theirs)."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self._tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, prompts: list[list[int]]) -> list[tuple[int, KV | None]]:
+        """Per prompt, (n, KV whose first n positions are the prompt's first n tokens) for the entry sharing
+        the longest prefix with it, n < len(prompt) (generation needs one uncached token); (0, None) when
+        no entry shares MIN_SHARED_PREFIX tokens."""
+        if not self._entries:
+            return [(0, None)] * len(prompts)
+        keys = list(self._entries)
+        table = torch.nn.utils.rnn.pad_sequence([torch.tensor(k) for k in keys], batch_first=True,
+                                                padding_value=-1)  # (entries, longest)
+        found = []
+        for prompt in prompts:
+            n = min(len(prompt) - 1, table.shape[1])
+            same = table[:, :n] == torch.tensor(prompt[:n])
+            common = same.long().cumprod(-1).sum(-1)  # (entries,) common prefix lengths
+            best = int(common.argmax())
+            length = int(common[best])
+            if length < MIN_SHARED_PREFIX:
+                found.append((0, None))
+                continue
+            self._entries.move_to_end(keys[best])
+            found.append((length, self._entries[keys[best]]))
+        return found
+
+    def put(self, ids: list[int], kv: KV) -> None:
+        key = tuple(ids)
+        if key in self._entries or len(key) > self.max_tokens:
+            return
+        self._entries[key] = kv
+        self._tokens += len(key)
+        while self._tokens > self.max_tokens:
+            self._tokens -= len(self._entries.popitem(last=False)[0])
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._tokens = 0
+
+
 def _top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     """Keep the smallest set of tokens whose probability reaches top_p (always at least the top one)."""
     sorted_logits, order = logits.sort(-1, descending=True)
@@ -153,7 +210,8 @@ class HFEngine:
     (in-process it is the learner's own model); both re-merge.
     """
 
-    def __init__(self, model, tokenizer, *, stop_ids: set[int], max_batch: int = 64, bf16: bool | None = None):
+    def __init__(self, model, tokenizer, *, stop_ids: set[int], max_batch: int = 64, bf16: bool | None = None,
+                 prefix_store_tokens: int = 32768):
         self.peft_model = model if hasattr(model, "get_base_model") else None
         self.model = _merged_copy(model) if self.peft_model is not None else model
         # decoding queries (one token against the cache) run as two matmuls: PyTorch's CPU flash kernel took
@@ -165,6 +223,7 @@ class HFEngine:
         self.device = next(model.parameters()).device
         self.bf16 = (next(model.parameters()).dtype == torch.bfloat16) if bf16 is None else bf16
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.prefix_store = PrefixStore(prefix_store_tokens)
         self._queue: list[_Request] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -177,64 +236,100 @@ class HFEngine:
         """Generate for `prompts` in one `generate` call. All params must share temperature, top_p and stop
         strings (HF applies stop strings to the whole batch).
 
-        Prompts that start alike (a group's G copies, every task's system prompt and tool schemas, earlier
-        turns) have their common prefix prefilled once and its KV cache copied to their rows: each row is
-        [left padding][shared prefix][padding][own suffix], and positions come from the attention mask, so
-        the padding in the middle changes nothing but the work.
+        A row's prompt prefix comes from the KV cache when it can: from the `PrefixStore` (an earlier turn of
+        its conversation, or any earlier prompt sharing its system prompt), else from prefixes shared in this
+        batch (a group's G copies, every task's system prompt and tool schemas), prefilled once for all their
+        rows. Each row is [left padding][cached prefix][padding][own suffix], and positions come from the
+        attention mask, so the padding in the middle changes nothing but the work.
         """
-        from transformers import DynamicCache, GenerationConfig
+        from transformers import GenerationConfig
 
         first = params[0]
         if any(_batch_key(p) != _batch_key(first) for p in params):
             raise ValueError("one batch needs one temperature, top_p and set of stop strings")
-        groups = shared_prefixes(prompts)
-        prefix_width = max(length for _, length in groups)
-        suffix_width = max(len(prompts[i]) - length for rows, length in groups for i in rows)
-        width = prefix_width + suffix_width
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros(len(prompts), width, dtype=torch.long)
-        heads = []  # one row per distinct prefix, prefilled once
-        slot = torch.zeros(len(prompts), dtype=torch.long)  # each row's prefix cache: 1 + its head, 0 = none
-        for rows, length in groups:
-            if length:
-                heads.append(rows[0])
-            for i in rows:
-                prompt, slot[i] = prompts[i], len(heads) if length else 0
+        with self._lock:  # one batch at a time on the model and the store
+            stored = self.prefix_store.lookup(prompts)
+            in_batch = {i: length for rows, length in shared_prefixes(prompts) for i in rows}
+            reused = [i for i, (length, _) in enumerate(stored) if length and length >= in_batch[i]]
+            rest = sorted(set(range(len(prompts))) - set(reused))
+            groups = [([rest[j] for j in rows], length) for rows, length in shared_prefixes([prompts[i] for i in rest])]
+            cached = {i: stored[i][0] for i in reused} | {i: length for rows, length in groups for i in rows}
+            prefix_width = max(cached.values())
+            suffix_width = max(len(prompts[i]) - cached[i] for i in cached)
+            width = prefix_width + suffix_width
+            ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros(len(prompts), width, dtype=torch.long)
+            for i, prompt in enumerate(prompts):
+                length = cached[i]
                 ids[i, prefix_width - length : prefix_width] = torch.tensor(prompt[:length], dtype=torch.long)
                 ids[i, width - len(prompt) + length :] = torch.tensor(prompt[length:], dtype=torch.long)
                 attention[i, prefix_width - length : prefix_width] = 1
                 attention[i, width - len(prompt) + length :] = 1
-        ids, attention = ids.to(self.device), attention.to(self.device)
-        sampler = _SeededSampler([p.seed for p in params], first.temperature, first.top_p, self.device)
-        max_new = max(p.max_tokens for p in params)
-        stop_strings = list(first.stop)
-        config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=self.stop_ids,
-                                  pad_token_id=self.pad_id, stop_strings=stop_strings or None, use_cache=True)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        with self._lock, autocast:
-            cache = None
-            if prefix_width:  # prefill each distinct prefix once, then give every row its group's cache
-                mask = attention[heads, :prefix_width]
-                out = self.model(input_ids=ids[heads, :prefix_width], attention_mask=mask, use_cache=True,
-                                 position_ids=(mask.cumsum(-1) - 1).clamp_(min=0), logits_to_keep=1)
-                # a row without a shared prefix (a one-token prompt) gets zeros there, all masked
-                index = slot.to(self.device)
-                cache = DynamicCache(ddp_cache_data=[
-                    (torch.cat([torch.zeros_like(k[:1]), k])[index], torch.cat([torch.zeros_like(v[:1]), v])[index])
-                    for k, v, *_ in out.past_key_values])
-            out = self.model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                      past_key_values=cache, logits_processor=[sampler],
-                                      tokenizer=self.tokenizer if stop_strings else None)
-        new = out[:, width:].tolist()
-        logprobs = torch.stack(sampler.logprobs, 1).tolist()
-        completions = []
-        for ids, lps, p in zip(new, logprobs, params):
-            end = self._stop_index(ids[: p.max_tokens], p.stop)
-            if end is None:
-                completions.append(Completion(ids[: p.max_tokens], lps[: p.max_tokens], "length"))
-            else:
-                completions.append(Completion(ids[: end + 1], lps[: end + 1], "stop"))
+            ids, attention = ids.to(self.device), attention.to(self.device)
+            sampler = _SeededSampler([p.seed for p in params], first.temperature, first.top_p, self.device)
+            stop_strings = list(first.stop)
+            config = GenerationConfig(max_new_tokens=max(p.max_tokens for p in params), do_sample=False,
+                                      eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                                      stop_strings=stop_strings or None, use_cache=True, return_dict_in_generate=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                cache = self._prefix_cache(ids, attention, prefix_width, groups, {i: stored[i] for i in reused})
+                out = self.model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
+                                          past_key_values=cache, logits_processor=[sampler],
+                                          tokenizer=self.tokenizer if stop_strings else None)
+            new = out.sequences[:, width:].tolist()
+            logprobs = torch.stack(sampler.logprobs, 1).tolist()
+            completions = []
+            for row, lps, p in zip(new, logprobs, params):
+                end = self._stop_index(row[: p.max_tokens], p.stop)
+                if end is None:
+                    completions.append(Completion(row[: p.max_tokens], lps[: p.max_tokens], "length"))
+                else:
+                    completions.append(Completion(row[: end + 1], lps[: end + 1], "stop"))
+            self._store(prompts, completions, attention, out.past_key_values)
         return completions
+
+    def _prefix_cache(self, ids: Tensor, attention: Tensor, prefix_width: int, groups: list[tuple[list[int], int]],
+                      stored: dict[int, tuple[int, KV]]):
+        """The DynamicCache of the batch's first `prefix_width` columns: each in-batch group's prefix
+        prefilled once (through its first row) and copied to its rows, each reused row's stored KV copied in;
+        None when no row has a cached prefix."""
+        from transformers import DynamicCache
+
+        if not prefix_width:
+            return None
+        heads = [rows[0] for rows, length in groups if length]
+        slot = torch.zeros(len(ids), dtype=torch.long, device=self.device)  # a row's head: 1 + index, 0 = none
+        for number, (rows, _) in enumerate((g for g in groups if g[1]), start=1):
+            slot[rows] = number
+        if heads:
+            mask = attention[heads, :prefix_width]
+            prefilled = self.model(input_ids=ids[heads, :prefix_width], attention_mask=mask, use_cache=True,
+                                   position_ids=(mask.cumsum(-1) - 1).clamp_(min=0), logits_to_keep=1)
+            layers = [(k, v) for k, v, *_ in prefilled.past_key_values]
+        else:  # every cached prefix is a stored one: zeros of the stored KV's shape
+            kv = next(iter(stored.values()))[1]
+            layers = [(k.new_zeros(1, k.shape[0], prefix_width, k.shape[2]),) * 2 for k, _ in kv]
+        cache = []
+        for layer, (k, v) in enumerate(layers):
+            # a row without a head gets zeros there (all masked, or overwritten by its stored KV)
+            k, v = torch.cat([torch.zeros_like(k[:1]), k])[slot], torch.cat([torch.zeros_like(v[:1]), v])[slot]
+            for i, (length, kv) in stored.items():
+                k[i, :, prefix_width - length :] = kv[layer][0][:, :length]
+                v[i, :, prefix_width - length :] = kv[layer][1][:, :length]
+            cache.append((k, v))
+        return DynamicCache(ddp_cache_data=cache)
+
+    def _store(self, prompts: list[list[int]], completions: list[Completion], attention: Tensor, cache) -> None:
+        """Keep each row's KV (prompt and completion tokens, the padding left out) in the prefix store. The
+        last sampled token of the batch was never fed through the model, so it may be missing."""
+        layers = [(k, v) for k, v, *_ in cache]
+        width, fed = attention.shape[1], layers[0][0].shape[2]
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            kept = min(len(completion.token_ids), fed - width)
+            columns = torch.cat([attention[i].nonzero()[:, 0],
+                                 torch.arange(width, width + kept, device=attention.device)])
+            self.prefix_store.put(prompt + completion.token_ids[:kept],
+                                  [(k[i][:, columns], v[i][:, columns]) for k, v in layers])
 
     def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
         """Index of the token that ends the completion (a stop token, or the end of a stop string)."""
@@ -298,3 +393,4 @@ class HFEngine:
             if adapter is not None:
                 adapter.load_into(self.peft_model)
             _merge_into(self.model, self.peft_model)
+            self.prefix_store.clear()

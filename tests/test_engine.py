@@ -158,3 +158,55 @@ def test_engine_logprobs_match_the_learner(tiny, temperature):
             logp = learner.completion_logprobs(mb)
             diffs.append(((logp - mb.behaviour_logp).abs() * mb.mask).sum() / mb.mask.sum())
     assert max(diffs) < 1e-4
+
+
+def test_prefix_store_finds_the_longest_common_prefix_and_evicts_the_least_recent():
+    from rlvr.engine import MIN_SHARED_PREFIX, PrefixStore
+
+    kv = lambda n: [(torch.full((1, n, 2), float(n)), torch.zeros(1, n, 2))]  # noqa: E731  one layer, n positions
+    head = list(range(100, 100 + MIN_SHARED_PREFIX))
+    store = PrefixStore(max_tokens=60)
+    store.put(head + [1, 2, 3], kv(19))
+    store.put(head + [1, 2, 9, 9], kv(20))
+    (length, found), = store.lookup([head + [1, 2, 9, 5, 5]])
+    assert length == 19 and found[0][0][0, 0, 0] == 20  # the second entry: 19 tokens in common
+    assert store.lookup([head + [1, 2, 9, 9]])[0][0] == 19  # one token always stays uncached
+    assert store.lookup([head[:-1] + [7, 7]]) == [(0, None)]  # fewer than MIN_SHARED_PREFIX tokens shared
+    store.lookup([head + [1, 2, 3, 4]])  # the first entry is now the most recently used
+    store.put(head + [5] * 10, kv(26))  # 65 tokens > 60: the least recently used entry goes
+    assert len(store) == 2 and store.lookup([head + [1, 2, 9, 9, 9]])[0][0] == MIN_SHARED_PREFIX + 2
+    store.clear()
+    assert len(store) == 0 and store.lookup([head + [1]]) == [(0, None)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_conversations_next_turn_prefills_only_its_new_tokens(tiny, temperature):
+    """Turn 2 of four sampled conversations (two questions x two seeds) reuses turn 1's KV from the prefix
+    store: the model sees only the unfed last token of turn 1 and the tool reply, and the tokens and
+    log-probs equal an engine that keeps no store. A weight change empties the store."""
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
+    no_store = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id}, prefix_store_tokens=0)
+    system = [{"role": "system", "content": "You are a careful assistant. Use the tools. " * 3}]
+    firsts = [tokenizer.apply_chat_template(system + [{"role": "user", "content": q}], add_generation_prompt=True,
+                                            return_dict=False) for q in ("What is 12 times 34?", "Add 5 and 7.")]
+    prompts = [firsts[0], firsts[0], firsts[1], firsts[1]]
+    params = [SamplingParams(max_tokens=8, temperature=temperature, seed=i) for i in range(4)]
+    turn1 = engine.generate_batch(prompts, params)
+    assert [c.token_ids for c in turn1] == [c.token_ids for c in no_store.generate_batch(prompts, params)]
+    reply = tokenizer.encode("<tool_response>408</tool_response>", add_special_tokens=False)
+    prompts2 = [p + c.token_ids + reply for p, c in zip(prompts, turn1)]
+
+    widths = []
+    hook = engine.model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    turn2 = engine.generate_batch(prompts2, params)
+    hook.remove()
+    assert widths[0] == 1 + len(reply)  # the first forward pass: only what no earlier pass fed
+    expected = no_store.generate_batch(prompts2, params)
+    assert len(no_store.prefix_store) == 0
+    for got, want in zip(turn2, expected):
+        assert got.token_ids == want.token_ids
+        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+    asyncio.run(engine.set_adapter(None))
+    assert len(engine.prefix_store) == 0
