@@ -117,7 +117,9 @@ class LearnerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float | None = Field(1.0, gt=0.0)
-    epochs: int = Field(1, ge=1)  # K inner passes over each batch (K > 1 computes old log-probs first)
+    epochs: int = Field(1, ge=1)  # K inner passes over each batch
+    mini_batches: int = Field(1, ge=1)  # optimiser steps per pass, each on 1/N of the groups (N > 1 or K > 1:
+    # old log-probs are computed first, and the clipped ratio keeps the later steps near the sampling policy)
     micro_batch_tokens: int = Field(4096, ge=16)  # tokens packed into one micro-batch (no padding)
     shared_prefix: bool = True  # compute a group's shared prompt once where that pays (see docs/algorithms.md)
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it

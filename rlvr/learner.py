@@ -108,6 +108,20 @@ class MicroBatch:
     attention_mask: Tensor | None = None  # shared prompt: (R, 1, L, P + L) bool, True = may attend
 
 
+def split_groups(batch: Batch, parts: int) -> list[Batch]:
+    """The batch as min(parts, groups) mini-batches of whole groups (consecutive, sizes differing by at most
+    one group), so each keeps its groups' shared prompts."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(batch.trajectories):
+        groups.setdefault(t.group_id, []).append(i)
+    rows = list(groups.values())
+    parts = min(parts, len(rows))
+    bounds = [round(k * len(rows) / parts) for k in range(parts + 1)]
+    chosen = [[i for group in rows[a:b] for i in group] for a, b in zip(bounds, bounds[1:])]
+    return [Batch(trajectories=[batch.trajectories[i] for i in part], advantages=[batch.advantages[i] for i in part])
+            for part in chosen]
+
+
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Group item indices into bins of at most `capacity` (first-fit decreasing; an item longer than
     `capacity` gets a bin of its own). Returns the bins, each a list of indices in input order."""
@@ -277,7 +291,7 @@ class Learner:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.adam_betas,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = get_scheduler(cfg.lr_schedule, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=total_steps * cfg.epochs)
+                                       num_training_steps=total_steps * cfg.epochs * cfg.mini_batches)
         self.steps_done = 0
 
     # ---------------------------------------------------------------------------------------------
@@ -386,9 +400,10 @@ class Learner:
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
-        """Reference log-probs (beta > 0) and old-policy log-probs (epochs > 1), a shared prompt run once per pass."""
-        passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + \
-                 ([("old_logp", True)] if self.cfg.epochs > 1 else [])  # one epoch: old = logp.detach()
+        """Reference log-probs (beta > 0) and old-policy log-probs (more than one optimiser step per batch), a
+        shared prompt run once per pass."""
+        one_update = self.cfg.epochs * self.cfg.mini_batches == 1  # then old = logp.detach(): no extra pass
+        passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([] if one_update else [("old_logp", True)])
         for field, adapter in passes:
             with nullcontext() if adapter else self.model.disable_adapter():
                 for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
@@ -397,25 +412,31 @@ class Learner:
                         setattr(mb, field, self.completion_logprobs(mb, state=state))
 
     def step(self, batch: Batch) -> dict[str, float]:
-        """K epochs of one optimiser step each over the whole batch. Returns metrics of the last epoch."""
+        """K epochs over the batch, each of N optimiser steps on 1/N of its groups (`learner.mini_batches`).
+        Returns the metrics of the last epoch (token means over the whole batch, the mean gradient norm)."""
         start = time.perf_counter()
-        micro = self.micro_batches(batch)
-        counts = self.batch_counts(batch)
-        self._fill_fixed_logprobs(micro)
+        minis = [(self.micro_batches(mini), self.batch_counts(mini))
+                 for mini in split_groups(batch, self.cfg.mini_batches)]
+        for micro, _ in minis:  # all before the first update
+            self._fill_fixed_logprobs(micro)
         self.model.train()  # LoRA dropout, if configured
         for _ in range(self.cfg.epochs):
-            self.optimizer.zero_grad(set_to_none=True)
-            totals = self.backward(micro, counts)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)
-            self.optimizer.step()
-            self.scheduler.step()
+            totals, grad_norms = {"loss": 0.0}, []
+            for micro, counts in minis:
+                self.optimizer.zero_grad(set_to_none=True)
+                for key, value in self.backward(micro, counts).items():  # loss: the mini-batch's; others: token sums
+                    totals[key] = totals.get(key, 0.0) + value
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)))
+                self.optimizer.step()
+                self.scheduler.step()
         self.model.eval()
         self.steps_done += 1
         elapsed = time.perf_counter() - start
-        metrics = {"loss": totals.pop("loss")}
-        metrics.update({k: v / max(counts.tokens, 1) for k, v in totals.items()})  # token means
-        metrics.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
-                       tokens=batch.num_tokens, sampled_tokens=counts.tokens, micro_batches=len(micro),
+        tokens = sum(counts.tokens for _, counts in minis)
+        metrics = {"loss": totals.pop("loss") / len(minis)}
+        metrics.update({k: v / max(tokens, 1) for k, v in totals.items()})  # token means
+        metrics.update(grad_norm=sum(grad_norms) / len(grad_norms), lr=self.scheduler.get_last_lr()[0],
+                       tokens=batch.num_tokens, sampled_tokens=tokens, micro_batches=sum(len(m) for m, _ in minis),
                        step_s=elapsed, tokens_per_s=batch.num_tokens / elapsed)
         return {f"learner/{k}": float(v) for k, v in metrics.items()}
 

@@ -6,7 +6,7 @@ import torch
 from rlvr.algorithms import ObjectiveSpec
 from rlvr.batch import make_batch
 from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
-from rlvr.learner import Learner, pack, plan_micro_batches
+from rlvr.learner import Learner, pack, plan_micro_batches, split_groups
 from rlvr.models import add_lora, load_model
 from rlvr.synthetic import synthetic_groups
 
@@ -118,6 +118,29 @@ def test_step_improves_the_objective_and_runs_k_epochs():
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
     assert 0 <= last["learner/clip_frac"] <= 1 and last["learner/kl"] >= 0
     assert last["learner/tokens"] == batch.num_tokens
+
+
+def test_mini_batches_take_one_optimiser_step_per_slice_of_groups():
+    """learner.mini_batches=2: two optimiser steps per batch, each on half the groups; the first is exactly a
+    one-step learner's step on that half (same gradient normalisation, the same fresh Adam)."""
+    batch = _batch(num_groups=4, seed=5)
+    halves = split_groups(batch, 2)
+    assert [[t.group_id for t in h.trajectories] for h in halves] == [
+        [t.group_id for t in batch.trajectories[:8]], [t.group_id for t in batch.trajectories[8:]]]
+    assert len(split_groups(batch, 9)) == 4
+    assert [len(h.trajectories) for h in split_groups(_batch(num_groups=5), 2)] == [8, 12]
+    split, whole = _policy(), _policy()
+    learner = _learner(split, lr=1e-2, mini_batches=2)
+    after_each = []
+    learner.optimizer.register_step_post_hook(lambda *_: after_each.append(
+        {n: p.detach().clone() for n, p in split.named_parameters() if p.requires_grad}))
+    learner.step(batch)
+    _learner(whole, lr=1e-2).step(halves[0])
+    assert len(after_each) == 2 and learner.scheduler.last_epoch == 2
+    for name, p in whole.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(after_each[0][name], p.detach(), rtol=1e-5, atol=1e-7)
+            assert not torch.equal(after_each[1][name], after_each[0][name])
 
 
 def test_saved_adapter_is_standard_peft_and_state_dict_restores_the_optimizer(tmp_path):
