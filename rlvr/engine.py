@@ -326,6 +326,8 @@ class HFEngine:
         width, fed = attention.shape[1], layers[0][0].shape[2]
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             kept = min(len(completion.token_ids), fed - width)
+            if len(prompt) + kept > self.prefix_store.max_tokens:  # more than the store holds (or it is off)
+                continue
             columns = torch.cat([attention[i].nonzero()[:, 0],
                                  torch.arange(width, width + kept, device=attention.device)])
             self.prefix_store.put(prompt + completion.token_ids[:kept],
