@@ -53,7 +53,7 @@ def tool_model_dir() -> Path:
     from transformers import AutoTokenizer
     from trl.chat_template_utils import qwen2_5_chat_template
 
-    from rlvr.models import _cached, resolve_model
+    from rlvr.models import cached_build, resolve_model
 
     src = Path(resolve_model("smollm2-135m-instruct"))
 
@@ -65,7 +65,7 @@ def tool_model_dir() -> Path:
         tokenizer.chat_template = qwen2_5_chat_template
         tokenizer.save_pretrained(out)
 
-    return _cached("smollm2-135m-qwen2.5-tools", build)
+    return cached_build("smollm2-135m-qwen2.5-tools", build)
 
 
 def start_adapter(model_dir: Path) -> Path:

@@ -178,9 +178,12 @@ class PrefixStore:
             found.append((length, self._entries[keys[best]]))
         return found
 
+    def fits(self, tokens: int) -> bool:
+        return tokens <= self.max_tokens
+
     def put(self, ids: list[int], kv: KV) -> None:
         key = tuple(ids)
-        if key in self._entries or len(key) > self.max_tokens:
+        if key in self._entries or not self.fits(len(key)):
             return
         self._entries[key] = kv
         self._tokens += len(key)
@@ -326,7 +329,7 @@ class HFEngine:
         width, fed = attention.shape[1], layers[0][0].shape[2]
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             kept = min(len(completion.token_ids), fed - width)
-            if len(prompt) + kept > self.prefix_store.max_tokens:  # more than the store holds (or it is off)
+            if not self.prefix_store.fits(len(prompt) + kept):  # gather nothing the store would refuse
                 continue
             columns = torch.cat([attention[i].nonzero()[:, 0],
                                  torch.arange(width, width + kept, device=attention.device)])

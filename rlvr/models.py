@@ -68,9 +68,9 @@ BUILTIN_NAMES = (*BUILTIN_GGUF, *BUILTIN_TINY)
 def resolve_model(name: str) -> str:
     """Return a path (or hub id) that `from_pretrained` can load; builds built-in checkpoints once."""
     if name in BUILTIN_GGUF:
-        return str(_cached(name, lambda out: _convert_gguf(name, BUILTIN_GGUF[name], out)))
+        return str(cached_build(name, lambda out: _convert_gguf(name, BUILTIN_GGUF[name], out)))
     if name in BUILTIN_TINY:
-        return str(_cached(name, lambda out: _build_tiny(BUILTIN_TINY[name], out)))
+        return str(cached_build(name, lambda out: _build_tiny(BUILTIN_TINY[name], out)))
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name.startswith((".", "/", "~")):
@@ -78,7 +78,7 @@ def resolve_model(name: str) -> str:
     return name  # a hub id
 
 
-def _cached(name: str, build: Callable[[Path], None]) -> Path:
+def cached_build(name: str, build: Callable[[Path], None]) -> Path:
     """Build into a temp dir next to the cache entry, then rename: concurrent builders never see half a model."""
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
