@@ -178,13 +178,15 @@ class PrefixStore:
             found.append((length, self._entries[keys[best]]))
         return found
 
-    def fits(self, tokens: int) -> bool:
-        return tokens <= self.max_tokens
+    def wants(self, ids: list[int]) -> bool:
+        """Whether `put(ids, ...)` would keep an entry: one not stored yet (a group's rows often finish alike)
+        that fits at all; asked before gathering its KV."""
+        return len(ids) <= self.max_tokens and tuple(ids) not in self._entries
 
     def put(self, ids: list[int], kv: KV) -> None:
-        key = tuple(ids)
-        if key in self._entries or not self.fits(len(key)):
+        if not self.wants(ids):
             return
+        key = tuple(ids)
         self._entries[key] = kv
         self._tokens += len(key)
         while self._tokens > self.max_tokens:
@@ -329,12 +331,12 @@ class HFEngine:
         width, fed = attention.shape[1], layers[0][0].shape[2]
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             kept = min(len(completion.token_ids), fed - width)
-            if not self.prefix_store.fits(len(prompt) + kept):  # gather nothing the store would refuse
+            key = prompt + completion.token_ids[:kept]
+            if not self.prefix_store.wants(key):  # gather nothing the store would refuse
                 continue
             columns = torch.cat([attention[i].nonzero()[:, 0],
                                  torch.arange(width, width + kept, device=attention.device)])
-            self.prefix_store.put(prompt + completion.token_ids[:kept],
-                                  [(k[i][:, columns], v[i][:, columns]) for k, v in layers])
+            self.prefix_store.put(key, [(k[i][:, columns], v[i][:, columns]) for k, v in layers])
 
     def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
         """Index of the token that ends the completion (a stop token, or the end of a stop string)."""

@@ -168,6 +168,8 @@ def test_prefix_store_finds_the_longest_common_prefix_and_evicts_the_least_recen
     store = PrefixStore(max_tokens=60)
     store.put(head + [1, 2, 3], kv(19))
     store.put(head + [1, 2, 9, 9], kv(20))
+    assert not store.wants(head + [1, 2, 3]) and not store.wants([0] * 61) and store.wants(head + [4])
+    store.put(head + [1, 2, 3], kv(19))  # already stored: counted once
     (length, found), = store.lookup([head + [1, 2, 9, 5, 5]])
     assert length == 19 and found[0][0][0, 0, 0] == 20  # the second entry: 19 tokens in common
     assert store.lookup([head + [1, 2, 9, 9]])[0][0] == 19  # one token always stays uncached
