@@ -3,7 +3,8 @@
     python bench/quickstart.py [CONFIG] [key=value ...]   (output_dir=DIR keeps the run folder)
 
 Prints the wall time of the whole command and the held-out success rates of base, SFT, SFT + more SFT
-(RL's time spent on SFT instead) and SFT + RL, with the number of held-out tasks, then each target:
+(RL's time spent on SFT instead) and SFT + RL, with the number of held-out tasks and per task kind (the
+calculator's solution shapes), then each target:
 total <= 15 min; RL >= SFT + 15 points; RL > SFT + more SFT.
 """
 
@@ -16,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rlvr.evaluate import kind_table
 
 
 def main() -> None:
@@ -39,6 +42,8 @@ def main() -> None:
     for label, r in policies.items():
         print(f"  {label:16s} success {r['success_rate']:.3f}  tool-call validity {r['tool_call_validity'] or 0:.3f}  "
               f"format {r['format_compliance']:.3f}")
+    if kinds := kind_table(policies):
+        print(f"success per task kind:\n{kinds}")
     gain, control = report["rl_gain_over_sft"], report["rl_gain_over_more_sft"]
     print(f"target total <= 900 s: {'met' if total <= 900 else 'NOT met'} ({total:.0f} s)")
     print(f"target RL >= SFT + 15 points: {'met' if gain >= 0.15 else 'NOT met'} ({gain * 100:+.1f})")

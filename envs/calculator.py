@@ -112,9 +112,10 @@ class CalculatorEnv(ToolEnv):
         return float(call.result in steps)
 
     @classmethod
-    def tasks(cls, n: int, seed: int = 0, split: str = "train", family: str | None = None) -> list[Task]:
+    def tasks(cls, n: int, seed: int = 0, split: str = "train", family: str | None = None,
+              shapes: list[str] | None = None) -> list[Task]:
         """Word problems; the "test" split uses the held-out wording family unless `family` is given."""
-        return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split)
+        return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split, shapes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +126,11 @@ class CalculatorEnv(ToolEnv):
 class _Template:
     text: str  # with {a}, {b}, {c} and {item}
     steps: tuple[str, str]  # the gold solution: two calculator expressions, the second using {r}, the first's result
+
+    @property
+    def shape(self) -> str:
+        """The solution as one expression, e.g. "a * (b + c)"."""
+        return self.steps[1].replace("{r}", f"({self.steps[0]})").replace("{", "").replace("}", "")
 
 
 ITEMS = ("boxes", "crates", "tickets", "bottles", "parcels", "books", "chairs", "lamps")
@@ -172,9 +178,13 @@ TEMPLATES: dict[str, tuple[_Template, ...]] = {
     ),
 }
 
+SHAPES = tuple(dict.fromkeys(t.shape for t in TEMPLATES["train"]))
 
-def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train") -> list[Task]:
-    """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`.
+
+def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train",
+                     shapes: list[str] | None = None) -> list[Task]:
+    """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`;
+    `shapes` keeps only templates of those solution shapes (`SHAPES`).
 
     Numbers are drawn so that every answer is a positive integer and at least one step is a multiplication
     of three- or four-digit numbers. `gold_calls` solve it in two calculator calls, the second using the
@@ -182,10 +192,13 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
     """
     if family not in TEMPLATES:
         raise ValueError(f"unknown calculator task family {family!r}; choose one of {', '.join(TEMPLATES)}")
+    templates = [t for t in TEMPLATES[family] if shapes is None or t.shape in shapes]
+    if not templates or shapes is not None and set(shapes) - set(SHAPES):
+        raise ValueError(f"calculator shapes {shapes!r}: choose among {', '.join(map(repr, SHAPES))}")
     rng = random.Random(f"calculator-{family}-{seed}")
     tasks = []
     for i in range(n):
-        template = rng.choice(TEMPLATES[family])
+        template = rng.choice(templates)
         b, c = rng.randint(12, 99), rng.randint(100, 999)
         if template.steps[0] == "{a} / {b}":  # divides evenly
             a = b * rng.randint(50, 999)
@@ -198,7 +211,7 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
         tasks.append(Task(
             id=f"calculator-{split}-{seed}-{i}", env="calculator",
             prompt=template.text.format(a=a, b=b, c=c, item=rng.choice(ITEMS)),
-            answer=int(evaluate(second)), metadata={"family": family},
+            answer=int(evaluate(second)), metadata={"family": family, "kind": template.shape},
             gold_calls=[{"name": "calculate", "arguments": {"expression": e}} for e in (first, second)],
         ))
     return tasks

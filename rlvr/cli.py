@@ -48,7 +48,7 @@ def synth(config: str = typer.Argument(..., help="YAML run config (env, rewards,
 
     with _config_errors():
         synthesizer = Synthesizer(cfg)
-        tasks = synthesizer.env.tasks(cfg.synth.tasks, seed=cfg.seed, split="train", **cfg.env.options)
+        tasks = synthesizer.tasks()
         records = synthesizer.run(tasks)
     write_jsonl(out, records)
     typer.echo(f"{len(records)} conversations from {len(tasks)} tasks -> {out}")
@@ -84,7 +84,7 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
-    from rlvr.evaluate import comparison_table, evaluate_policy
+    from rlvr.evaluate import comparison_table, evaluate_policy, kind_table
 
     extra = [*(overrides or [])]
     if bfcl:
@@ -111,6 +111,8 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     typer.echo(table)
+    if kinds := kind_table(reports):
+        typer.echo(f"\nsuccess per task kind:\n{kinds}")
     typer.echo(f"report: {out}")
 
 

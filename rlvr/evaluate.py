@@ -5,7 +5,8 @@ Greedy by default; with `samples` = k > 1 each task is sampled k times at rollou
 is the share of tasks with at least one success. A trajectory succeeds when every reward with a positive
 weight gives it full marks (1.0). Per trajectory: tool-call validity (calls that parsed, named a known tool
 with valid arguments and ran), format compliance (ended by the model with no unparsable call), turns,
-sampled tokens, latency. A breakdown per task family (metadata "family" or "category", else the env).
+sampled tokens, latency. Success per task family (metadata "family" or "category", else the env) and, where
+tasks carry metadata "kind" (the calculator's solution shape), per kind: where two policies differ.
 """
 
 from __future__ import annotations
@@ -75,13 +76,19 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
     }
     if samples > 1:
         report[f"pass@{samples}"] = _mean(any(is_success(t, rewards) for t in g.trajectories) for g in groups)
-    families: dict[str, list[Trajectory]] = defaultdict(list)
-    for g in groups:
-        family = g.task.metadata.get("family") or g.task.metadata.get("category") or g.task.env
-        families[family] += g.trajectories
-    report["per_family"] = {name: {"trajectories": len(ts), "success_rate": _mean(is_success(t, rewards) for t in ts)}
-                            for name, ts in sorted(families.items())}
+    report["per_family"] = _breakdown(groups, rewards, lambda task: task.metadata.get("family")
+                                      or task.metadata.get("category") or task.env)
+    if any("kind" in g.task.metadata for g in groups):
+        report["per_kind"] = _breakdown(groups, rewards, lambda task: str(task.metadata.get("kind", "-")))
     return report
+
+
+def _breakdown(groups, rewards: list[str], key) -> dict[str, dict[str, Any]]:
+    parts: dict[str, list[Trajectory]] = defaultdict(list)
+    for g in groups:
+        parts[key(g.task)] += g.trajectories
+    return {name: {"trajectories": len(ts), "success_rate": _mean(is_success(t, rewards) for t in ts)}
+            for name, ts in sorted(parts.items())}
 
 
 def _mean(values) -> float:
@@ -99,6 +106,19 @@ def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
     lines = ["| policy | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for label, r in reports.items():
         cells = [_cell(r.get(c)) for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def kind_table(reports: dict[str, dict[str, Any]]) -> str | None:
+    """Success per task kind (columns, with their trajectory counts) of several reports (rows); None when
+    the tasks carry no kind."""
+    kinds = {k: part["trajectories"] for r in reports.values() for k, part in r.get("per_kind", {}).items()}
+    if not kinds:
+        return None
+    lines = ["| policy | " + " | ".join(f"{k} ({n})" for k, n in kinds.items()) + " |", "|---|" + "---|" * len(kinds)]
+    for label, r in reports.items():
+        cells = [_cell(r.get("per_kind", {}).get(k, {}).get("success_rate")) for k in kinds]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

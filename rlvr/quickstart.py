@@ -29,7 +29,7 @@ console = Console(stderr=True)
 
 
 def quickstart(cfg: Config) -> Path:
-    from rlvr.evaluate import comparison_table, evaluate_policy
+    from rlvr.evaluate import comparison_table, evaluate_policy, kind_table
     from rlvr.loop import train
     from rlvr.sft import sft
     from rlvr.synth import Synthesizer, write_jsonl
@@ -49,8 +49,7 @@ def quickstart(cfg: Config) -> Path:
 
     with stage("synth", "1/5 synth: gold conversations"):
         synthesizer = Synthesizer(cfg)
-        records = synthesizer.run(synthesizer.env.tasks(cfg.synth.tasks, seed=cfg.seed, split="train",
-                                                        **cfg.env.options))
+        records = synthesizer.run(synthesizer.tasks())
         write_jsonl(root / "sft.jsonl", records)
     with stage("sft", f"2/5 SFT on {len(records)} conversations"):
         sft_cfg = cfg.model_copy(deep=True)
@@ -82,18 +81,19 @@ def quickstart(cfg: Config) -> Path:
               "rl_gain_over_more_sft": reports["SFT + RL"]["success_rate"] - reports["SFT + more SFT"]["success_rate"]}
     (root / "report.json").write_text(json.dumps(report, indent=2))
     shutil.copy(rl_run.path / "curves.png", root / "rl_curves.png")
-    (root / "report.md").write_text(_markdown(cfg, report, table))
+    (root / "report.md").write_text(_markdown(cfg, report, table, kind_table(reports)))
     console.print(table)
     console.print(f"report: {root / 'report.md'}")
     return root
 
 
-def _markdown(cfg: Config, report: dict, table: str) -> str:
+def _markdown(cfg: Config, report: dict, table: str, kinds: str | None) -> str:
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     return (f"# rlvr quickstart: {cfg.model.name} on {cfg.env.name}\n\n"
             f"Greedy, on {report['held_out_tasks']} held-out tasks (the env's test split). SFT on "
             f"{report['conversations']} gold conversations; RL: {cfg.steps} steps of {cfg.data.tasks_per_step} "
             f"tasks x G={cfg.rollout.group_size}; the control gets RL's time as more SFT.\n\n{table}\n\n"
+            + (f"Success per task kind:\n\n{kinds}\n\n" if kinds else "") +
             f"RL over SFT: {report['rl_gain_over_sft'] * 100:+.1f} points of success; over SFT + more SFT: "
             f"{report['rl_gain_over_more_sft'] * 100:+.1f}.\n\nTime: {times}; total {report['total_s']:.0f} s.\n\n"
             "![RL reward](rl_curves.png)\n")

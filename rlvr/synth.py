@@ -126,6 +126,11 @@ class Synthesizer:
         self.scorer = Scorer.from_config(cfg.rewards, self.env)
         self.renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
 
+    def tasks(self) -> list[Task]:
+        """`synth.tasks` tasks of the env's train split, with `synth.options` over `env.options`."""
+        options = {**self.cfg.env.options, **self.cfg.synth.options}
+        return self.env.tasks(self.cfg.synth.tasks, seed=self.cfg.seed, split="train", **options)
+
     def run(self, tasks: list[Task]) -> list[dict[str, Any]]:
         teacher = self.cfg.synth.teacher
         if teacher is None:

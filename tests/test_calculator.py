@@ -6,7 +6,7 @@ import pytest
 
 from rlvr.contract import Task, ToolCall, ToolCallError
 from rlvr.envs.base import ToolEnv, tool
-from rlvr.envs.calculator import TEMPLATES, CalculationError, CalculatorEnv, calculator_tasks, evaluate
+from rlvr.envs.calculator import SHAPES, TEMPLATES, CalculationError, CalculatorEnv, calculator_tasks, evaluate
 
 
 @pytest.mark.parametrize("expr, value", [
@@ -42,6 +42,19 @@ def test_tasks_are_deterministic_integer_and_families_are_disjoint():
     held = calculator_tasks(200, family="heldout", split="test")
     assert not any(p.fullmatch(h.prompt) for h in held for p in train_patterns)
     assert held[0].id.startswith("calculator-test-")
+
+
+def test_shapes_select_templates_by_solution_and_both_families_cover_every_shape():
+    assert SHAPES == ("a + (b * c)", "a - (b * c)", "a * (b + c)", "(a * b) - c", "(a / b) + c")
+    assert {t.shape for t in TEMPLATES["heldout"]} == set(SHAPES)
+    tasks = CalculatorEnv.tasks(30, seed=1, shapes=["a * (b + c)", "(a / b) + c"])
+    assert {t.metadata["kind"] for t in tasks} == {"a * (b + c)", "(a / b) + c"}
+    for t in tasks:  # the shape is the gold solution: its second call applies the first's result
+        first, second = (g["arguments"]["expression"] for g in t.gold_calls)
+        assert ("+" in first) == (t.metadata["kind"] == "a * (b + c)") and ("/" in first) != ("+" in first)
+    assert calculator_tasks(20, seed=3) == calculator_tasks(20, seed=3, shapes=list(SHAPES))
+    with pytest.raises(ValueError, match=r"shapes \['a \* b'\]: choose among 'a \+ \(b \* c\)'"):
+        calculator_tasks(2, shapes=["a * b"])
 
 
 def _run(env, calls):

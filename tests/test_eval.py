@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.evaluate import comparison_table, summarize
+from rlvr.evaluate import comparison_table, kind_table, summarize
 
 MODEL = "tiny-random-llama"
 
@@ -22,7 +22,7 @@ def _trajectory(task, i, reward, calls=(), finish="stop"):
 
 
 def test_metrics_by_hand():
-    a = Task(id="a", env="calculator", prompt="?", metadata={"family": "train"})
+    a = Task(id="a", env="calculator", prompt="?", metadata={"family": "train", "kind": "a + (b * c)"})
     b = Task(id="b", env="calculator", prompt="?", metadata={"family": "heldout"})
     ok, bad = ToolCall(name="calculate", raw="x"), ToolCall(raw="<tool_call>{", error=ToolCallError.parse)
     groups = [Group(id="a", task=a, trajectories=[_trajectory(a, 0, 1.0, [ok]), _trajectory(a, 1, 0.0, [bad])]),
@@ -35,8 +35,13 @@ def test_metrics_by_hand():
     assert report["mean_turns"] == 2.0 and report["mean_latency_s"] == 0.5
     assert report["per_family"] == {"heldout": {"trajectories": 2, "success_rate": 0.0},
                                     "train": {"trajectories": 2, "success_rate": 0.5}}
+    assert report["per_kind"] == {"-": {"trajectories": 2, "success_rate": 0.0},
+                                  "a + (b * c)": {"trajectories": 2, "success_rate": 0.5}}
     table = comparison_table({"base": report, "rl": report})
     assert table.splitlines()[0].startswith("| policy | tasks | success_rate") and "| rl | 2 | 0.250 |" in table
+    kinds = kind_table({"base": {"per_kind": {}}, "rl": report}).splitlines()
+    assert kinds[0] == "| policy | - (2) | a + (b * c) (2) |" and kinds[2:] == ["| base | - | - |", "| rl | 0.000 | 0.500 |"]
+    assert kind_table({"base": summarize(groups[1:], ["numeric_answer"], 2, 1.0)}) is None
 
 
 def _cli(*args, cwd):
@@ -130,6 +135,7 @@ def test_the_quickstart_pipeline_end_to_end_on_a_tiny_model(tmp_path):
     assert list(report["policies"]) == ["base", "SFT", "SFT + more SFT", "SFT + RL"]
     assert report["held_out_tasks"] == 2 and report["conversations"] == 4
     assert report["seconds"]["sft_more"] >= 0 and set(report["seconds"]) == {"synth", "sft", "rl", "sft_more", "eval"}
-    assert "| SFT + RL |" in (root / "report.md").read_text() and (root / "rl_curves.png").is_file()
+    markdown = (root / "report.md").read_text()
+    assert "| SFT + RL |" in markdown and "Success per task kind" in markdown and (root / "rl_curves.png").is_file()
     transcripts = [json.loads(line) for line in (root / "eval_transcripts.jsonl").read_text().splitlines()]
     assert [r["policy"] for r in transcripts] == [p for p in report["policies"] for _ in range(2)]

@@ -40,6 +40,14 @@ def test_gold_conversations_are_scored_and_written_as_openai_tool_calls():
     assert first["messages"][-1]["content"] == f"The answer is {tasks[0].answer}."
 
 
+def test_synth_options_choose_the_demonstrated_tasks_over_env_options():
+    synthesizer = Synthesizer(_config("synth.tasks=6", "env.options={family: heldout}",
+                                      'synth.options={shapes: ["a * (b + c)"]}'))
+    tasks = synthesizer.tasks()
+    assert len(tasks) == 6 and {(t.metadata["family"], t.metadata["kind"]) for t in tasks} == {("heldout", "a * (b + c)")}
+    assert tasks[0].id.startswith("calculator-train-")
+
+
 def test_a_conversation_whose_reward_fails_the_threshold_is_dropped():
     task = calculator_tasks(1)[0].model_copy(update={"answer": -1})  # the gold calls reach another number
     assert Synthesizer(_config()).run([task]) == []
