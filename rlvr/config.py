@@ -148,7 +148,7 @@ class SynthConfig(_Section):
 
     tasks: int = Field(256, ge=1)  # tasks drawn from the env's train split
     # task-source options for the demonstrations only, over env.options: e.g. gold for some task kinds
-    # and not others, the case RL is for (configs/quickstart.yaml)
+    # and not others, while RL trains on all (docs/environments.md, calculator)
     options: dict[str, Any] = Field(default_factory=dict)
     # None: the tasks' gold calls; a model name or directory: a local teacher sampled with an rlvr engine;
     # an http(s) URL: an OpenAI-compatible chat endpoint serving `teacher_model`
