@@ -193,7 +193,7 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
     if family not in TEMPLATES:
         raise ValueError(f"unknown calculator task family {family!r}; choose one of {', '.join(TEMPLATES)}")
     templates = [t for t in TEMPLATES[family] if shapes is None or t.shape in shapes]
-    if not templates or shapes is not None and set(shapes) - set(SHAPES):
+    if not templates or (shapes is not None and set(shapes) - set(SHAPES)):
         raise ValueError(f"calculator shapes {shapes!r}: choose among {', '.join(map(repr, SHAPES))}")
     rng = random.Random(f"calculator-{family}-{seed}")
     tasks = []

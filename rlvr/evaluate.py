@@ -103,11 +103,7 @@ def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
     """A Markdown table of several reports side by side (rows: policies)."""
     extra = sorted({k for r in reports.values() for k in r if k.startswith("pass@")})
     columns = ["tasks", *COLUMNS[:3], *extra, *COLUMNS[3:]]
-    lines = ["| policy | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for label, r in reports.items():
-        cells = [_cell(r.get(c)) for c in columns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _policy_table(columns, {label: [r.get(c) for c in columns] for label, r in reports.items()})
 
 
 def kind_table(reports: dict[str, dict[str, Any]]) -> str | None:
@@ -116,10 +112,15 @@ def kind_table(reports: dict[str, dict[str, Any]]) -> str | None:
     kinds = {k: part["trajectories"] for r in reports.values() for k, part in r.get("per_kind", {}).items()}
     if not kinds:
         return None
-    lines = ["| policy | " + " | ".join(f"{k} ({n})" for k, n in kinds.items()) + " |", "|---|" + "---|" * len(kinds)]
-    for label, r in reports.items():
-        cells = [_cell(r.get("per_kind", {}).get(k, {}).get("success_rate")) for k in kinds]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return _policy_table([f"{k} ({n})" for k, n in kinds.items()],
+                         {label: [r.get("per_kind", {}).get(k, {}).get("success_rate") for k in kinds]
+                          for label, r in reports.items()})
+
+
+def _policy_table(columns: list[str], rows: dict[str, list]) -> str:
+    """A Markdown table with a row per policy."""
+    lines = ["| policy | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(map(_cell, values)) + " |" for label, values in rows.items()]
     return "\n".join(lines)
 
 
