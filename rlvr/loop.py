@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlvr.batch import make_batch
-from rlvr.checkpoint import find_resumable_run, latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
+from rlvr.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+                             truncate_log)
 from rlvr.config import Config, ConfigError
 from rlvr.learner import build_learner, resolve_device
 from rlvr.run import Run
@@ -44,6 +45,7 @@ def train(cfg: Config) -> Run:
             learner.load_state_dict(state)
             truncate_log(run.metrics_file, done)
             truncate_log(run.tasks_file, done)
+            prune_checkpoints(run.path, cfg.checkpoint.keep)
             console.print(f"resumed from {checkpoint} (step {done})")
         source.start(learner, version=done)
         _steps(cfg, run, learner, source, done)

@@ -105,3 +105,27 @@ def test_resume_from_a_directory_that_is_not_a_checkpoint_fails_before_loading(t
 
     with pytest.raises(ConfigError, match="is not a complete checkpoint"):
         train(load_config(None, [f"output_dir={tmp_path}", f"resume={tmp_path}", "model.name=tiny-random-llama"]))
+
+
+def _train(output_dir, *overrides):
+    from rlvr.config import load_config
+    from rlvr.loop import train
+
+    return train(load_config(None, [*OVERRIDES, f"output_dir={output_dir}", *overrides]))
+
+
+def test_resume_prunes_what_a_kill_between_save_and_pruning_left(tmp_path):
+    run = _train(tmp_path, "steps=2", "checkpoint.keep=2")  # as if killed after saving step 2, before pruning
+    (run.path / "checkpoints" / ".tmp-step-000003").mkdir()  # a save cut short
+    (run.path / "checkpoints" / ".tmp-step-000000.removing").mkdir()  # a delete cut short
+    _train(tmp_path, "steps=2", "checkpoint.keep=1")
+    assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step-000002"]
+
+
+def test_resume_from_an_earlier_checkpoint_redoes_and_replaces_the_later_ones(tmp_path):
+    run = _train(tmp_path, "steps=2")
+    first = run.path / "checkpoints" / "step-000001"
+    redone = _train(tmp_path, "steps=2", f"resume={first}")
+    assert redone.path == run.path
+    assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert [r["step"] for r in _rows(run.metrics_file)] == [1, 2]
