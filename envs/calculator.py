@@ -113,9 +113,10 @@ class CalculatorEnv(ToolEnv):
 
     @classmethod
     def tasks(cls, n: int, seed: int = 0, split: str = "train", family: str | None = None,
-              shapes: list[str] | None = None) -> list[Task]:
+              shapes: list[str] | None = None, wordings_per_shape: int | None = None) -> list[Task]:
         """Word problems; the "test" split uses the held-out wording family unless `family` is given."""
-        return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split, shapes)
+        return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split, shapes,
+                                wordings_per_shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,9 +183,10 @@ SHAPES = tuple(dict.fromkeys(t.shape for t in TEMPLATES["train"]))
 
 
 def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train",
-                     shapes: list[str] | None = None) -> list[Task]:
+                     shapes: list[str] | None = None, wordings_per_shape: int | None = None) -> list[Task]:
     """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`;
-    `shapes` keeps only templates of those solution shapes (`SHAPES`).
+    `shapes` keeps only templates of those solution shapes (`SHAPES`), `wordings_per_shape` only the first
+    that many templates of each shape.
 
     Numbers are drawn so that every answer is a positive integer and at least one step is a multiplication
     of three- or four-digit numbers. `gold_calls` solve it in two calculator calls, the second using the
@@ -195,6 +197,11 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
     templates = [t for t in TEMPLATES[family] if shapes is None or t.shape in shapes]
     if not templates or (shapes is not None and set(shapes) - set(SHAPES)):
         raise ValueError(f"calculator shapes {shapes!r}: choose among {', '.join(map(repr, SHAPES))}")
+    if wordings_per_shape is not None:
+        if wordings_per_shape < 1:
+            raise ValueError(f"calculator wordings_per_shape must be at least 1, got {wordings_per_shape}")
+        templates = [t for i, t in enumerate(templates)
+                     if [u.shape for u in templates[:i]].count(t.shape) < wordings_per_shape]
     rng = random.Random(f"calculator-{family}-{seed}")
     tasks = []
     for i in range(n):

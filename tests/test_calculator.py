@@ -27,17 +27,19 @@ def test_bad_expressions_say_what_is_wrong(expr, message):
         evaluate(expr)
 
 
+def _pattern(template):
+    """A regular expression matching the prompts of one template."""
+    text = re.escape(template.text)
+    for slot in ("a", "b", "c", "item"):
+        text = text.replace(re.escape("{" + slot + "}"), r"\S+")
+    return re.compile(text)
+
+
 def test_tasks_are_deterministic_integer_and_families_are_disjoint():
     a, b = calculator_tasks(20, seed=3), calculator_tasks(20, seed=3)
     assert a == b and a != calculator_tasks(20, seed=4)
     assert all(isinstance(t.answer, int) for t in a)
-    def pattern(template):
-        text = re.escape(template.text)
-        for slot in ("a", "b", "c", "item"):
-            text = text.replace(re.escape("{" + slot + "}"), r"\S+")
-        return re.compile(text)
-
-    train_patterns = [pattern(t) for t in TEMPLATES["train"]]
+    train_patterns = [_pattern(t) for t in TEMPLATES["train"]]
     assert all(any(p.fullmatch(t.prompt) for p in train_patterns) for t in calculator_tasks(50, family="train"))
     held = calculator_tasks(200, family="heldout", split="test")
     assert not any(p.fullmatch(h.prompt) for h in held for p in train_patterns)
@@ -55,6 +57,16 @@ def test_shapes_select_templates_by_solution_and_both_families_cover_every_shape
     assert calculator_tasks(20, seed=3) == calculator_tasks(20, seed=3, shapes=list(SHAPES))
     with pytest.raises(ValueError, match=r"shapes \['a \* b'\]: choose among 'a \+ \(b \* c\)'"):
         calculator_tasks(2, shapes=["a * b"])
+
+
+def test_wordings_per_shape_keeps_the_first_templates_of_each_shape():
+    one = calculator_tasks(60, seed=2, wordings_per_shape=1)
+    assert {t.metadata["kind"] for t in one} == set(SHAPES)
+    first_of_each = [next(t for t in TEMPLATES["train"] if t.shape == shape) for shape in SHAPES]
+    assert all(any(_pattern(t).fullmatch(task.prompt) for t in first_of_each) for task in one)
+    assert calculator_tasks(20, seed=3, wordings_per_shape=3) == calculator_tasks(20, seed=3)  # none has more
+    with pytest.raises(ValueError, match="wordings_per_shape must be at least 1"):
+        calculator_tasks(2, wordings_per_shape=0)
 
 
 def _run(env, calls):
