@@ -16,7 +16,8 @@ def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[
     normalised across the group's calls, or across the calls made from the same env state) added with
     weight `algo.credit_weight` on the tokens of that call's span (docs/credit.md). Groups
     whose rewards are all equal carry no signal; they are counted, and dropped when
-    `algo.filter_zero_variance` (DAPO dynamic sampling) so they do not dilute the token denominator.
+    `algo.filter_zero_variance` (DAPO dynamic sampling) so they do not dilute the token denominator. When
+    that drops every group the batch is empty, and the learner skips its update for the step.
     """
     if not groups:
         raise ValueError("make_batch: no groups")
@@ -27,8 +28,8 @@ def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[
     if algo.filter_zero_variance:
         groups = [g for g, flat_g in zip(groups, flat.tolist()) if not flat_g]
         if not groups:
-            raise ValueError(f"make_batch: all {len(flat)} groups have zero reward variance; nothing to train on "
-                             "(filter_zero_variance=true)")
+            metrics["batch/trajectories"] = 0.0
+            return Batch(trajectories=[], advantages=[]), metrics
         rewards, group_index = _rewards(groups)
     outcome = ADVANTAGES[algo.advantage](rewards, group_index, eps=algo.std_eps)
     trajectories = [t for g in groups for t in g.trajectories]

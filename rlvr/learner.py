@@ -413,7 +413,11 @@ class Learner:
 
     def step(self, batch: Batch) -> dict[str, float]:
         """K epochs over the batch, each of N optimiser steps on 1/N of its groups (`learner.mini_batches`).
-        Returns the metrics of the last epoch (token means over the whole batch, the mean gradient norm)."""
+        Returns the metrics of the last epoch (token means over the whole batch, the mean gradient norm).
+        An empty batch (every group filtered as flat) changes nothing but the version: learner/skipped is 1."""
+        if not batch.trajectories:
+            self.steps_done += 1
+            return {"learner/skipped": 1.0}
         start = time.perf_counter()
         minis = [(self.micro_batches(mini), self.batch_counts(mini))
                  for mini in split_groups(batch, self.cfg.mini_batches)]

@@ -81,12 +81,12 @@ def _steps(cfg: Config, run: Run, learner, source, done: int) -> None:
                 run.write_samples(step, groups)
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0:
                 save_checkpoint(run.path, step, learner.state_dict(), cfg.checkpoint.keep)
-            progress.update(bar, advance=1, description=f"reward {metrics['reward/mean']:.3f}  "
-                                                        f"{metrics['learner/tokens_per_s']:.0f} tok/s")
+            learned = ("no update: every group's rewards were equal" if "learner/skipped" in metrics else
+                       f"loss {metrics['learner/loss']:+.4f}  {metrics['learner/tokens_per_s']:.0f} tok/s")
+            progress.update(bar, advance=1, description=f"reward {metrics['reward/mean']:.3f}")
             if step % cfg.logging.log_every == 0:
-                progress.console.print(f"step {step}/{cfg.steps}  reward {metrics['reward/mean']:.3f}  "
-                                       f"loss {metrics['learner/loss']:+.4f}  "
-                                       f"{metrics['learner/tokens_per_s']:.0f} tok/s  {metrics['time/step_s']:.1f} s"
+                progress.console.print(f"step {step}/{cfg.steps}  reward {metrics['reward/mean']:.3f}  {learned}  "
+                                       f"{metrics['time/step_s']:.1f} s"
                                        + (f"  held-out {metrics['eval/mean']:.3f}" if "eval/mean" in metrics else ""))
 
 

@@ -44,5 +44,5 @@ def test_zero_variance_groups_are_counted_and_optionally_filtered():
     assert batch.advantages[0] == [0.0] * 6
     batch, _ = make_batch(groups, AlgorithmConfig(filter_zero_variance=True))
     assert [t.group_id for t in batch.trajectories] == ["b", "b"]
-    with pytest.raises(ValueError, match="all 1 groups have zero reward variance"):
-        make_batch(groups[:1], AlgorithmConfig(filter_zero_variance=True))
+    batch, metrics = make_batch(groups[:1], AlgorithmConfig(filter_zero_variance=True))
+    assert batch.trajectories == [] and metrics["batch/trajectories"] == 0  # the learner skips this step

@@ -6,6 +6,7 @@ import torch
 from rlvr.algorithms import ObjectiveSpec
 from rlvr.batch import make_batch
 from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
+from rlvr.contract import Batch
 from rlvr.learner import Learner, pack, plan_micro_batches, split_groups
 from rlvr.models import add_lora, load_model
 from rlvr.synthetic import synthetic_groups
@@ -118,6 +119,16 @@ def test_step_improves_the_objective_and_runs_k_epochs():
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
     assert 0 <= last["learner/clip_frac"] <= 1 and last["learner/kl"] >= 0
     assert last["learner/tokens"] == batch.num_tokens
+
+
+def test_an_empty_batch_skips_the_update_but_counts_the_step():
+    """Every group filtered as flat (algorithm.filter_zero_variance): no optimiser step, the version moves on."""
+    model = _policy()
+    learner = _learner(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert learner.step(Batch(trajectories=[], advantages=[])) == {"learner/skipped": 1.0}
+    assert learner.steps_done == 1 and learner.scheduler.last_epoch == 0
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_mini_batches_take_one_optimiser_step_per_slice_of_groups():

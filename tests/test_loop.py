@@ -91,3 +91,11 @@ def test_a_failing_reward_stops_the_run_or_drops_its_trajectories(tmp_path):
     assert [r["batch/trajectories"] for r in rows] == [2, 2]  # one of each group's two trajectories dropped
     assert [r["reward/dropped_trajectories"] for r in rows] == [2, 2]  # per step
     assert all(r["reward/mean"] == 1.0 for r in rows)  # the dropped ones were never scored 0
+
+
+def test_a_step_whose_groups_are_all_flat_skips_the_update_when_they_are_filtered(tmp_path):
+    # the random tiny model never answers right: every group's rewards are equal
+    run = train(_config(tmp_path, "steps=2", "algorithm.filter_zero_variance=true"))
+    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [(r["step"], r["learner/skipped"], r["batch/trajectories"]) for r in rows] == [(1, 1.0, 0.0), (2, 1.0, 0.0)]
+    assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
