@@ -8,8 +8,9 @@ all in it or a function of the step number: the adapter and optimiser state, the
 states, and the step
 (the tasks of step k and its sampling seeds are functions of (seed, k), rlvr/tasks.py). On resume the run's
 metrics.jsonl and tasks.jsonl are cut back to the checkpoint's step, so the steps after it are redone and
-logged once: no gap, no duplicate. Old checkpoints are renamed out of `step-N` before they are deleted, and
-pruned again on resume, so a kill during pruning leaves neither a half checkpoint nor one too many.
+logged once: no gap, no duplicate, and checkpoints after it are dropped. Old checkpoints are renamed out of
+`step-N` before they are deleted, and pruned again on resume, so a kill during pruning leaves neither a half
+checkpoint nor one too many.
 """
 
 from __future__ import annotations
@@ -39,23 +40,25 @@ def save_checkpoint(run_path: Path, step: int, learner_state: dict, keep: int) -
     for file in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
         with open(file, "rb") as f:
             os.fsync(f.fileno())
-    if final.exists():  # resumed from an earlier checkpoint: this step is being redone
-        _remove(final)
     os.replace(tmp, final)
-    prune_checkpoints(run_path, keep)
+    prune_checkpoints(run_path, keep, newest=step)
     return final
 
 
-def prune_checkpoints(run_path: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints; drop the rest and what a killed write or delete left behind.
+def prune_checkpoints(run_path: Path, keep: int, newest: int) -> None:
+    """Keep the `keep` newest checkpoints up to step `newest`; drop the rest, any after `newest`, and what a
+    killed write or delete left behind.
 
-    Called after each save and again on resume, since a kill between a save and its pruning leaves one too many.
+    Called after each save, and on resume from step `newest`: a kill between a save and its pruning leaves
+    one too many, and resuming from an earlier checkpoint rewinds the run, whose later steps are redone.
     """
     root = run_path / "checkpoints"
     for leftover in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for old in sorted(root.glob(f"{PREFIX}*"))[:-keep]:
-        _remove(old)
+    found = sorted(root.glob(f"{PREFIX}*"))
+    for old in found:
+        if int(old.name.removeprefix(PREFIX)) > newest or old in found[:-keep]:
+            _remove(old)
 
 
 def _remove(checkpoint: Path) -> None:

@@ -45,7 +45,7 @@ def train(cfg: Config) -> Run:
             learner.load_state_dict(state)
             truncate_log(run.metrics_file, done)
             truncate_log(run.tasks_file, done)
-            prune_checkpoints(run.path, cfg.checkpoint.keep)
+            prune_checkpoints(run.path, cfg.checkpoint.keep, newest=done)
             console.print(f"resumed from {checkpoint} (step {done})")
         source.start(learner, version=done)
         _steps(cfg, run, learner, source, done)

@@ -122,10 +122,11 @@ def test_resume_prunes_what_a_kill_between_save_and_pruning_left(tmp_path):
     assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step-000002"]
 
 
-def test_resume_from_an_earlier_checkpoint_redoes_and_replaces_the_later_ones(tmp_path):
-    run = _train(tmp_path, "steps=2")
+def test_resume_from_an_earlier_checkpoint_rewinds_the_run(tmp_path):
+    run = _train(tmp_path, "steps=3", "checkpoint.keep=3")
     first = run.path / "checkpoints" / "step-000001"
-    redone = _train(tmp_path, "steps=2", f"resume={first}")
+    redone = _train(tmp_path, "steps=2", "checkpoint.keep=3", f"resume={first}")
     assert redone.path == run.path
+    # the old timeline's steps 2 and 3 are gone (resume=auto would otherwise pick its step 3); step 2 is redone
     assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     assert [r["step"] for r in _rows(run.metrics_file)] == [1, 2]
