@@ -52,12 +52,12 @@ def prune_checkpoints(run_path: Path, keep: int, newest: int) -> None:
     Called after each save, and on resume from step `newest`: a kill between a save and its pruning leaves
     one too many, and resuming from an earlier checkpoint rewinds the run, whose later steps are redone.
     """
-    root = run_path / "checkpoints"
-    for leftover in root.glob(f".tmp-{PREFIX}*"):
+    for leftover in (run_path / "checkpoints").glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    found = sorted(root.glob(f"{PREFIX}*"))
+    found = _checkpoints(run_path)
+    kept = [c for c in found if int(c.name.removeprefix(PREFIX)) <= newest][-keep:]
     for old in found:
-        if int(old.name.removeprefix(PREFIX)) > newest or old in found[:-keep]:
+        if old not in kept:
             _remove(old)
 
 
@@ -68,9 +68,14 @@ def _remove(checkpoint: Path) -> None:
     shutil.rmtree(doomed)
 
 
+def _checkpoints(run_path: Path) -> list[Path]:
+    """The complete checkpoints of a run folder, oldest first."""
+    return sorted((run_path / "checkpoints").glob(f"{PREFIX}*"))
+
+
 def latest_checkpoint(run_path: Path) -> Path | None:
     """The newest complete checkpoint of a run folder, if any."""
-    found = sorted((run_path / "checkpoints").glob(f"{PREFIX}*"))
+    found = _checkpoints(run_path)
     return found[-1] if found else None
 
 

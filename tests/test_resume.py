@@ -130,3 +130,13 @@ def test_resume_from_an_earlier_checkpoint_rewinds_the_run(tmp_path):
     # the old timeline's steps 2 and 3 are gone (resume=auto would otherwise pick its step 3); step 2 is redone
     assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     assert [r["step"] for r in _rows(run.metrics_file)] == [1, 2]
+
+
+def test_pruning_keeps_the_newest_up_to_the_resumed_step(tmp_path):
+    from rlvr.checkpoint import prune_checkpoints
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        (root / f"step-00000{step}").mkdir(parents=True)
+    prune_checkpoints(tmp_path, keep=2, newest=1)  # a rewind to step 1: 2 and 3 go, 1 stays
+    assert [p.name for p in root.iterdir()] == ["step-000001"]
