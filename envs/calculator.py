@@ -118,6 +118,11 @@ class CalculatorEnv(ToolEnv):
         return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split, shapes,
                                 wordings_per_shape)
 
+    @classmethod
+    def no_tool_tasks(cls, n: int, seed: int = 0, split: str = "train") -> list[Task]:
+        """Questions a reader answers without arithmetic (env.conditions.no_tool_fraction)."""
+        return no_tool_calculator_tasks(n, seed, "heldout" if split == "test" else "train", split)
+
 
 # --------------------------------------------------------------------------------------------------
 # Word problems
@@ -136,7 +141,9 @@ class _Template:
 
 ITEMS = ("boxes", "crates", "tickets", "bottles", "parcels", "books", "chairs", "lamps")
 
-# Two families with disjoint wording: tasks of the "heldout" family never share a template with "train".
+# Two families with disjoint wording: tasks of the "heldout" family never share a template with "train",
+# and most of its 25 templates use styles the 11 training ones never do (first person, terse ledgers,
+# other domains), so held-out success measures transfer to wording, not recall of it.
 # Both cover the same five solution shapes, a + b*c, a - b*c, a * (b + c), a*b - c and a/b + c, with the
 # numbers in varying order, so a policy has to read which number plays which part from the words rather
 # than from where the numbers stand.
@@ -176,6 +183,47 @@ TEMPLATES: dict[str, tuple[_Template, ...]] = {
                   "What remains?", ("{a} * {b}", "{r} - {c}")),
         _Template("A baker divides {a} {item} into {b} equal boxes and then adds {c} to every box. "
                   "How many {item} are in one box?", ("{a} / {b}", "{r} + {c}")),
+        # styles the training family never uses: first person, terse ledgers, questions first, other domains
+        _Template("Quick question: my savings account has {a} dollars and I deposit {c} dollars every month "
+                  "for {b} months. What's the balance at the end, ignoring interest?", ("{b} * {c}", "{a} + {r}")),
+        _Template("Inventory check. Opening stock: {a} {item}. Deliveries: {b} pallets, {c} {item} per pallet. "
+                  "Closing stock?", ("{b} * {c}", "{a} + {r}")),
+        _Template("If a stadium already seats {a} people and the owners add {b} new sections with {c} seats in "
+                  "each, how many seats will it have?", ("{b} * {c}", "{a} + {r}")),
+        _Template("Compute the total number of {item}: {b} containers hold {c} each, plus {a} loose ones.",
+                  ("{b} * {c}", "{a} + {r}")),
+        _Template("A water tank holds {a} liters. {b} buckets of {c} liters each are drawn from it. How much "
+                  "water remains in the tank?", ("{b} * {c}", "{a} - {r}")),
+        _Template("Budget: {a} dollars. Expense: {b} laptops at {c} dollars apiece. Remaining budget?",
+                  ("{b} * {c}", "{a} - {r}")),
+        _Template("You start with {a} {item} and hand out {c} to each of {b} volunteers. How many {item} do "
+                  "you still have?", ("{b} * {c}", "{a} - {r}")),
+        _Template("From a stock of {a} {item}, {b} orders of {c} {item} were shipped. What is left in stock?",
+                  ("{b} * {c}", "{a} - {r}")),
+        _Template("Each ticket costs {a} dollars. A school buys {b} tickets for students and {c} tickets for "
+                  "teachers. What is the total cost?", ("{b} + {c}", "{a} * {r}")),
+        _Template("A printer prints {a} pages per hour. It runs {b} hours on Monday and {c} hours on Tuesday. "
+                  "How many pages does it print in total?", ("{b} + {c}", "{a} * {r}")),
+        _Template("Unit price: {a}. Quantity ordered in March: {b}. Quantity ordered in April: {c}. Total "
+                  "spend over both months?", ("{b} + {c}", "{a} * {r}")),
+        _Template("There are {b} red crates and {c} blue crates, and every crate holds {a} {item}. How many "
+                  "{item} are there altogether?", ("{b} + {c}", "{a} * {r}")),
+        _Template("A farm harvests {a} kg of apples a day for {b} days and sells {c} kg. How many kg are not "
+                  "sold?", ("{a} * {b}", "{r} - {c}")),
+        _Template("Production: {a} {item} per shift, {b} shifts. Defective: {c}. Good units?",
+                  ("{a} * {b}", "{r} - {c}")),
+        _Template("I read {a} pages every day for {b} days, but {c} of those pages were ones I had already "
+                  "read. How many new pages did I read?", ("{a} * {b}", "{r} - {c}")),
+        _Template("A machine fills {a} bottles per minute for {b} minutes; {c} bottles break. How many intact "
+                  "bottles are there?", ("{a} * {b}", "{r} - {c}")),
+        _Template("A prize of {a} dollars is split equally among {b} winners, and each winner also gets a {c} "
+                  "dollar bonus. How much does each winner receive?", ("{a} / {b}", "{r} + {c}")),
+        _Template("Split {a} {item} evenly into {b} groups, then add {c} {item} to each group. How many {item} "
+                  "per group?", ("{a} / {b}", "{r} + {c}")),
+        _Template("{b} friends share a bill of {a} dollars equally, and each one adds a {c} dollar tip. What "
+                  "does each friend pay?", ("{a} / {b}", "{r} + {c}")),
+        _Template("A road of {a} meters is divided into {b} equal sections, and each section is extended by "
+                  "{c} meters. How long is each section now?", ("{a} / {b}", "{r} + {c}")),
     ),
 }
 
@@ -221,4 +269,40 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
             answer=int(evaluate(second)), metadata={"family": family, "kind": template.shape},
             gold_calls=[{"name": "calculate", "arguments": {"expression": e}} for e in (first, second)],
         ))
+    return tasks
+
+
+# Questions that need no calculator: the answer is a number the text states (among distractors), or a sum
+# of two numbers below 5. Same two wording families; kind "no tool", no gold calls.
+NO_TOOL_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "train": (
+        "A warehouse holds {a} {item}. No {item} arrive or leave today. How many {item} does it hold at the "
+        "end of the day?",
+        "A shop has {a} {item} and {b} employees. How many {item} does the shop have?",
+        "Sam has {x} {item} and buys {y} more. How many {item} does Sam have now?",
+    ),
+    "heldout": (
+        "The depot stores {a} {item}; {b} trucks are parked outside. How many {item} are stored at the depot?",
+        "Lena owns {a} {item}. She keeps all of them this week. How many {item} does she own at the end of "
+        "the week?",
+        "There are {x} {item} on a table and someone puts down {y} more. How many {item} are on the table?",
+        "Quick check: the report lists {a} {item} in stock and {b} suppliers. How many {item} are in stock?",
+        "I have {x} {item} in one hand and {y} in the other. How many {item} am I holding?",
+        "Order #{b} contains {a} {item}, and nothing was removed from it. How many {item} does it contain?",
+    ),
+}
+
+
+def no_tool_calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train") -> list[Task]:
+    """`n` questions from NO_TOOL_TEMPLATES[`family`], deterministic in `seed`; ids
+    `calculator-{split}-notool-{seed}-{i}`, metadata needs_tool=False."""
+    rng = random.Random(f"calculator-notool-{family}-{seed}")
+    tasks = []
+    for i in range(n):
+        template = rng.choice(NO_TOOL_TEMPLATES[family])
+        a, b, x, y = rng.randint(100, 9999), rng.randint(12, 99), rng.randint(1, 4), rng.randint(1, 4)
+        answer = x + y if "{x}" in template else a
+        tasks.append(Task(id=f"calculator-{split}-notool-{seed}-{i}", env="calculator",
+                          prompt=template.format(a=a, b=b, x=x, y=y, item=rng.choice(ITEMS)), answer=answer,
+                          gold_calls=[], metadata={"family": family, "kind": "no tool", "needs_tool": False}))
     return tasks

@@ -73,6 +73,28 @@ class PythonEnv(ToolEnv):
     def tasks(cls, n: int, seed: int = 0, split: str = "train") -> list[Task]:
         return python_tasks(n, seed, split)
 
+    @classmethod
+    def no_tool_tasks(cls, n: int, seed: int = 0, split: str = "train") -> list[Task]:
+        """Questions answered from common knowledge, no program needed (env.conditions.no_tool_fraction)."""
+        rng = random.Random(f"python-notool-{split}-{seed}")
+        tasks = []
+        for i in range(n):
+            prompt, answer = rng.choice(NO_TOOL_QUESTIONS)
+            if "{x}" in prompt:
+                x, y = rng.randint(1, 4), rng.randint(1, 4)
+                prompt, answer = prompt.format(x=x, y=y), x + y
+            tasks.append(Task(id=f"python-{split}-notool-{seed}-{i}", env="python", prompt=prompt, answer=answer,
+                              gold_calls=[], metadata={"family": "no tool", "needs_tool": False}))
+        return tasks
+
+
+NO_TOOL_QUESTIONS: tuple[tuple[str, int], ...] = (
+    ("How many sides does a triangle have?", 3), ("How many sides does a hexagon have?", 6),
+    ("How many hours are in one day?", 24), ("How many minutes are in one hour?", 60),
+    ("How many days are in one week?", 7), ("How many months are in one year?", 12),
+    ("What is {x} + {y}?", 0),
+)
+
 
 # --------------------------------------------------------------------------------------------------
 # Problems: each family draws its parameters and returns (prompt, answer, parameters)

@@ -19,7 +19,7 @@ from rlvr.rewards.base import Score
 CHECKS = ("parsed", "known_tool", "valid_arguments", "executed", "novel")
 
 _FAILED_AT = {ToolCallError.parse: 0, ToolCallError.unknown_tool: 1, ToolCallError.bad_arguments: 2,
-              ToolCallError.raised: 3, ToolCallError.timeout: 3}
+              ToolCallError.raised: 3, ToolCallError.timeout: 3, ToolCallError.transient: 3}
 
 
 def call_checks(trajectory: Trajectory) -> list[dict[str, float]]:
@@ -50,3 +50,9 @@ def tool_call_validity(trajectory: Trajectory, task: Task) -> Score:
         components[kind.value] = float(sum(c.error == kind for c in trajectory.tool_calls))
     total = sum(valid) / len(valid) if valid else 1.0
     return Score(total=total, components=components, calls=valid)
+
+
+def tool_calls(trajectory: Trajectory, task: Task) -> float:
+    """The number of tool calls the trajectory made. With a negative weight it is a per-call cost
+    (`env.conditions.call_cost` adds it so): calls that are not needed then lower the reward."""
+    return float(len(trajectory.tool_calls))

@@ -20,6 +20,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "format": "rlvr.rewards.answer:answer_format",
     "final_state": "rlvr.rewards.state:final_state_match",
     "tool_call_validity": "rlvr.rewards.calls:tool_call_validity",
+    "tool_calls": "rlvr.rewards.calls:tool_calls",
     "policy_compliance": "rlvr.rewards.support_desk:policy_compliance",
     "reasoning_gym": "rlvr.rewards.reasoning_gym:reasoning_gym_score",
     "bfcl": "rlvr.rewards.bfcl:bfcl_score",

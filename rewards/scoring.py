@@ -89,10 +89,14 @@ class Scorer:
         return cls(terms, **kwargs)
 
     @classmethod
-    def from_config(cls, rewards: Any, env: type) -> Scorer:
-        """From a run's `rewards` config section; with no functions named, the env's own `rewards`."""
+    def from_config(cls, rewards: Any, env: type, call_cost: float = 0.0) -> Scorer:
+        """From a run's `rewards` config section; with no functions named, the env's own `rewards`.
+        `call_cost` > 0 adds the `tool_calls` reward with weight -call_cost (env.conditions.call_cost)."""
         specs = [(f.name, f.weight, f.options) for f in rewards.functions]
-        return cls.from_specs(specs or dict(env.rewards), on_error=rewards.on_error, timeout_s=rewards.timeout_s,
+        specs = specs or [(name, weight, {}) for name, weight in env.rewards.items()]
+        if call_cost:
+            specs.append(("tool_calls", -call_cost, {}))
+        return cls.from_specs(specs, on_error=rewards.on_error, timeout_s=rewards.timeout_s,
                               concurrency=rewards.concurrency)
 
     async def score(self, trajectory: Trajectory, task: Task) -> Trajectory | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from rlvr.algorithms import ADVANTAGES, CREDIT, token_advantages, zero_variance_groups
@@ -25,12 +27,18 @@ def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[
     flat = zero_variance_groups(rewards, group_index)
     metrics = {"batch/zero_variance_groups": float(flat.sum()), "batch/groups": float(len(groups)),
                "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0}
+    if algo.shuffle_rewards:  # the random-reward control: same reward values, assigned at random
+        rewards = rewards[torch.randperm(len(rewards), generator=torch.Generator().manual_seed(
+            zlib.crc32(groups[0].trajectories[0].id.encode())))]
+        flat = zero_variance_groups(rewards, group_index)
     if algo.filter_zero_variance:
-        groups = [g for g, flat_g in zip(groups, flat.tolist()) if not flat_g]
-        if not groups:
+        kept = [i for i, flat_g in enumerate(flat.tolist()) if not flat_g]
+        if not kept:
             metrics["batch/trajectories"] = 0.0
             return Batch(trajectories=[], advantages=[]), metrics
-        rewards, group_index = _rewards(groups)
+        keep = torch.isin(group_index, torch.tensor(kept))
+        groups, rewards = [groups[i] for i in kept], rewards[keep]
+        group_index = torch.tensor([i for i, g in enumerate(groups) for _ in g.trajectories])
     outcome = ADVANTAGES[algo.advantage](rewards, group_index, eps=algo.std_eps)
     trajectories = [t for g in groups for t in g.trajectories]
     metrics["batch/trajectories"] = float(len(trajectories))

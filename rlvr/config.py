@@ -62,9 +62,19 @@ class RolloutConfig(_Section):
     strict_tokens: bool = False  # raise when the token stream drifts from a full re-render (else count it)
 
 
+class ToolConditions(_Section):
+    """Realistic tool conditions for training and evaluation rollouts (rlvr/envs/conditions.py); the
+    demonstrations of `rlvr synth` are always made under clean conditions."""
+
+    failure_rate: float = Field(0.0, ge=0.0, lt=1.0)  # share of tool calls that fail transiently (seeded)
+    call_cost: float = Field(0.0, ge=0.0)  # subtracted from the reward per tool call
+    no_tool_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # share of tasks that need no tool (env.no_tool_tasks)
+
+
 class EnvConfig(_Section):
     name: str = "calculator"  # a built-in name, an entry point (group rlvr.envs) or "package.module:Class"
     options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the env's task source
+    conditions: ToolConditions = Field(default_factory=ToolConditions)
 
 
 class RewardSpec(_Section):
@@ -90,6 +100,9 @@ class AlgorithmConfig(_Section):
     clip_high: float = Field(0.28, ge=0.0)
     std_eps: float = Field(1e-6, gt=0.0)  # grpo: A = (r - mean) / (std + eps)
     filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    # a control, not a method: rewards permuted across the batch's trajectories before advantages, so a gain
+    # that survives it is drift, not learning (bench/quickstart.py's random-reward arm)
+    shuffle_rewards: bool = False
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)

@@ -43,6 +43,7 @@ class ToolCallError(str, Enum):
     bad_arguments = "bad_arguments"  # arguments do not match the tool's schema
     raised = "raised"  # the tool raised an exception
     timeout = "timeout"  # the tool ran past its per-call timeout
+    transient = "transient"  # the tool failed transiently (a rate limit, an outage): a retry may succeed
 
 
 class ToolCall(_Strict):

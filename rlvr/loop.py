@@ -186,13 +186,15 @@ class EnvSource:
         from rlvr.envs.registry import load_env
         from rlvr.plugins import PluginError
         from rlvr.rewards.scoring import Scorer
-        from rlvr.tasks import TaskSampler, load_tasks
+        from rlvr.tasks import TaskSampler, env_tasks, load_tasks
 
         try:
             self.env = load_env(cfg.env.name)
-            Scorer.from_config(cfg.rewards, self.env)  # fail on a bad reward now, not in a worker
-            tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options)
-            self.held_out = (self.env.tasks(cfg.eval.tasks, seed=cfg.seed, split="test", **cfg.env.options)
+            Scorer.from_config(cfg.rewards, self.env, cfg.env.conditions.call_cost)  # fail now, not in a worker
+            no_tool = cfg.env.conditions.no_tool_fraction
+            tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options,
+                               no_tool_fraction=no_tool)
+            self.held_out = (env_tasks(self.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, no_tool)
                              if cfg.eval.every else [])
         except (PluginError, ValueError, TypeError, NotImplementedError) as e:
             raise ConfigError(str(e)) from None

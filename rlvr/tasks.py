@@ -15,11 +15,11 @@ from rlvr.contract import Task, load_jsonl
 
 
 def load_tasks(source: str, env, count: int, seed: int, split: str, options: dict,
-               what: str = "data.source") -> list[Task]:
-    """`count` tasks from the env's task source (`source="env"`) or all tasks of a JSON-lines file (rows may
-    leave out "env": they are the run's env's; rows of another env are refused)."""
+               what: str = "data.source", no_tool_fraction: float = 0.0) -> list[Task]:
+    """`count` tasks from the env's task source (`source="env"`, see `env_tasks`) or all tasks of a
+    JSON-lines file (rows may leave out "env": they are the run's env's; rows of another env are refused)."""
     if source == "env":
-        return env.tasks(count, seed=seed, split=split, **options)
+        return env_tasks(env, count, seed, split, options, no_tool_fraction)
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"{what}: {source!r} is neither 'env' nor a JSON-lines file of tasks")
@@ -31,6 +31,22 @@ def load_tasks(source: str, env, count: int, seed: int, split: str, options: dic
         if other is not None:
             raise ValueError(f"{what}: task {other.id!r} in {path} is for env {other.env!r}; this run's env is "
                              f"{env.name!r}")
+    return tasks
+
+
+def env_tasks(env, count: int, seed: int, split: str, options: dict, no_tool_fraction: float = 0.0) -> list[Task]:
+    """`count` tasks of the env's `split`: round(count * no_tool_fraction) of them from the env's
+    `no_tool_tasks` (answerable without a tool; metadata needs_tool=False), the rest from its `tasks`,
+    in a seeded order."""
+    n_direct = round(count * no_tool_fraction)
+    if n_direct and not hasattr(env, "no_tool_tasks"):
+        raise ValueError(f"env.conditions.no_tool_fraction: env {env.name!r} has no no_tool_tasks() to draw "
+                         "tasks that need no tool from")
+    tasks = env.tasks(count - n_direct, seed=seed, split=split, **options)
+    if not n_direct:
+        return tasks
+    tasks += env.no_tool_tasks(n_direct, seed=seed, split=split)
+    random.Random(f"{seed}/{split}/mix").shuffle(tasks)
     return tasks
 
 

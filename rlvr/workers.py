@@ -31,13 +31,16 @@ class RolloutWorker:
     def __init__(self, cfg: Config, model=None):
         """`model`: the learner's own PEFT model to sample with (in-process HF); None loads a copy."""
         from rlvr.chat import ChatRenderer
+        from rlvr.envs.conditions import with_transient_failures
         from rlvr.envs.registry import load_env
         from rlvr.models import load_tokenizer
         from rlvr.rewards.scoring import Scorer
 
         self.cfg = cfg
         self.env = load_env(cfg.env.name)
-        self.scorer = Scorer.from_config(cfg.rewards, self.env)
+        conditions = cfg.env.conditions
+        self.make_env = with_transient_failures(self.env, conditions.failure_rate)
+        self.scorer = Scorer.from_config(cfg.rewards, self.env, call_cost=conditions.call_cost)
         self.renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
         self.loop = asyncio.new_event_loop()  # one loop for the engine's life: vLLM binds to the first
         self.shares_model = model is not None
@@ -84,7 +87,7 @@ class RolloutWorker:
         stats = self.scorer.stats
         dropped, errors, busy, start = stats.dropped, len(stats.errors), stats.busy_s, time.perf_counter()
         groups = self.loop.run_until_complete(rollout_groups(
-            tasks, self.engine, self.renderer, self.env, settings, seed=seed, policy_version=self.version,
+            tasks, self.engine, self.renderer, self.make_env, settings, seed=seed, policy_version=self.version,
             scorer=self.scorer))
         return RolloutResult(groups, self.version, stats.dropped - dropped, stats.errors[errors:],
                              time.perf_counter() - start, stats.busy_s - busy)

@@ -1,0 +1,163 @@
+"""Realistic tool conditions (env.conditions): transient failures, a per-call cost, tasks that need no tool;
+the behaviour metrics that explain them, paired bootstrap intervals and the random-reward control."""
+
+import asyncio
+import random
+
+import pytest
+
+from rlvr.config import AlgorithmConfig, RewardsConfig, load_config
+from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.envs.calculator import NO_TOOL_TEMPLATES, CalculatorEnv
+from rlvr.envs.conditions import TRANSIENT_ERRORS, UnreliableTools, with_transient_failures
+from rlvr.envs.python import PythonEnv
+from rlvr.envs.sql import SqlEnv
+from rlvr.evaluate import behaviour, difference_table, summarize
+from rlvr.rewards.scoring import Scorer
+from rlvr.stats import paired_bootstrap, wilson_interval
+from rlvr.tasks import env_tasks
+
+TASK = CalculatorEnv.tasks(1, seed=0)[0]
+
+
+def _calls(n):
+    return [ToolCall(name="calculate", arguments={"expression": "6 * 7"}, raw=f"call {i}") for i in range(n)]
+
+
+def _run(env, calls):
+    return asyncio.run(env.step(calls)).calls
+
+
+def test_transient_failures_follow_the_seed_and_rate():
+    make = with_transient_failures(CalculatorEnv, 0.3)
+    first = [c.error for c in _run(make(TASK, seed=11), _calls(200))]
+    assert first == [c.error for c in _run(make(TASK, seed=11), _calls(200))]  # replays exactly
+    assert first != [c.error for c in _run(make(TASK, seed=12), _calls(200))]
+    # call k fails when Random(f"{seed}/{k}").random() < rate: by hand
+    expected = [ToolCallError.transient if random.Random(f"11/{k}").random() < 0.3 else None for k in range(200)]
+    assert first == expected and 40 <= first.count(ToolCallError.transient) <= 80
+    results = _run(make(TASK, seed=11), _calls(200))
+    for call in results:
+        if call.error == ToolCallError.transient:
+            assert call.result in {e.format(tool="calculate") for e in TRANSIENT_ERRORS}
+        else:
+            assert call.result == "42"
+    assert with_transient_failures(CalculatorEnv, 0.0) is CalculatorEnv
+    with pytest.raises(ValueError, match="failure_rate"):
+        with_transient_failures(CalculatorEnv, 1.0)
+
+
+def test_a_failed_call_never_reaches_the_env_and_other_errors_stay_the_envs():
+    env = UnreliableTools(SqlEnv(SqlEnv.tasks(1)[0], seed=0), failure_rate=0.999, seed=0)
+    parse_error = ToolCall(raw="<tool_call>{", error=ToolCallError.parse, result="could not parse")
+    unknown = ToolCall(name="nope", raw="x")
+    query = ToolCall(name="run_query", arguments={"sql": "SELECT 1"}, raw="y")
+    calls = _run(env, [parse_error, unknown, query])
+    assert calls[0].error == ToolCallError.parse and calls[0].result == "could not parse"
+    assert calls[1].error == ToolCallError.unknown_tool
+    assert calls[2].error == ToolCallError.transient and env.final_state() == {"result": None}  # nothing ran
+    assert env.attempts == 1 and "run_query" in env.tool_names  # unknown tools draw no failure
+
+
+def test_call_cost_is_a_negative_weight_reward_and_not_part_of_success():
+    scorer = Scorer.from_config(RewardsConfig(), CalculatorEnv, call_cost=0.05)
+    assert [(t.name, t.weight) for t in scorer.terms] == [("numeric_answer", 1.0), ("tool_call_validity", 0.0),
+                                                          ("tool_calls", -0.05)]
+    trajectory = Trajectory(id="t/0", task_id=TASK.id, group_id=TASK.id, prompt_ids=[1], completion_ids=[2],
+                            loss_mask=[1], logprobs=[0.0], tool_calls=_calls(3), final_answer=str(TASK.answer))
+    scored = asyncio.run(scorer.score(trajectory, TASK))
+    assert scored.reward == pytest.approx(1.0 - 3 * 0.05) and scored.reward_components["tool_calls"] == 3.0
+    assert [t.name for t in Scorer.from_config(RewardsConfig(), CalculatorEnv).terms] == ["numeric_answer",
+                                                                                          "tool_call_validity"]
+
+
+@pytest.mark.parametrize("env", [CalculatorEnv, PythonEnv])
+def test_no_tool_tasks_are_mixed_in_by_fraction_and_seed(env):
+    tasks = env_tasks(env, 40, seed=2, split="train", options={}, no_tool_fraction=0.25)
+    direct = [t for t in tasks if t.metadata.get("needs_tool") is False]
+    assert len(tasks) == 40 and len(direct) == 10 and all(t.gold_calls == [] for t in direct)
+    assert tasks == env_tasks(env, 40, seed=2, split="train", options={}, no_tool_fraction=0.25)
+    assert all(isinstance(t.answer, int) for t in direct) and len({t.id for t in tasks}) == 40
+    assert env_tasks(env, 8, seed=2, split="train", options={}) == env.tasks(8, seed=2, split="train")
+
+
+def test_no_tool_wording_of_the_test_split_is_the_held_out_family():
+    test = CalculatorEnv.no_tool_tasks(30, seed=0, split="test")
+    stems = [t.split("{")[0] for t in NO_TOOL_TEMPLATES["train"]]
+    assert all(t.metadata["family"] == "heldout" for t in test)
+    assert not any(t.prompt.startswith(s) for t in test for s in stems)
+    for t in CalculatorEnv.no_tool_tasks(30, seed=0):  # the answer is in the text, or a sum below 10
+        assert str(t.answer) in t.prompt or t.answer < 10
+
+
+def test_an_env_without_no_tool_tasks_is_refused_by_name():
+    with pytest.raises(ValueError, match="env 'sql' has no no_tool_tasks"):
+        env_tasks(SqlEnv, 4, seed=0, split="train", options={}, no_tool_fraction=0.5)
+
+
+def _trajectory(task, i, success, calls=()):
+    return Trajectory(id=f"{task.id}/{i}", task_id=task.id, group_id=task.id, prompt_ids=[1], completion_ids=[2],
+                      loss_mask=[1], logprobs=[0.0], reward=success, reward_components={"numeric_answer": success},
+                      tool_calls=list(calls))
+
+
+def test_behaviour_metrics_by_hand():
+    tool_task = Task(id="a", env="calculator", prompt="?")
+    direct = Task(id="b", env="calculator", prompt="?", metadata={"needs_tool": False})
+    ok = ToolCall(name="calculate", raw="x", result="1")
+    failed = ToolCall(name="calculate", raw="x", error=ToolCallError.transient, result="Error 503")
+    bad = ToolCall(name="calculate", raw="x", error=ToolCallError.bad_arguments, result="bad")
+    groups = [Group(id="a", task=tool_task, trajectories=[
+        _trajectory(tool_task, 0, 1.0, [failed, ok]),  # retried and recovered
+        _trajectory(tool_task, 1, 0.0, [failed]),  # gave up
+        _trajectory(tool_task, 2, 0.0, [bad, ok]),  # an error, no recovery
+        _trajectory(tool_task, 3, 1.0, [ok])]),
+        Group(id="b", task=direct, trajectories=[_trajectory(direct, 0, 1.0, [ok]), _trajectory(direct, 1, 1.0)])]
+    assert behaviour(groups, ["numeric_answer"]) == {
+        "trajectories_with_tool_errors": 3, "recovery_rate": pytest.approx(1 / 3), "transient_failures": 2,
+        "retry_rate": 0.5, "no_tool_trajectories": 2, "unnecessary_call_rate": 0.5}
+    report = summarize(groups, ["numeric_answer"], samples=1, seconds=1.0)
+    assert report["outcomes"] == {"a": 0.5, "b": 1.0}
+    clean = behaviour([], ["numeric_answer"])
+    assert clean["recovery_rate"] is None and clean["unnecessary_call_rate"] is None
+
+
+def test_paired_bootstrap_by_hand():
+    same = {str(i): float(i % 2) for i in range(50)}
+    assert paired_bootstrap(same, same) == {"diff": 0.0, "low": 0.0, "high": 0.0, "tasks": 50.0}
+    # b solves 10 more of 100 tasks than a: the difference is +0.10; its interval is the spread of a
+    # binomial mean over 100 draws from {0: 90, +1: 10}, +-1.96 * sqrt(0.1 * 0.9 / 100) ~ +-0.059
+    a = {str(i): 0.0 for i in range(100)}
+    b = {str(i): float(i < 10) for i in range(100)}
+    d = paired_bootstrap(a, b, seed=3)
+    assert d["diff"] == pytest.approx(0.10) and 0.03 <= d["low"] <= 0.06 and 0.14 <= d["high"] <= 0.17
+    assert paired_bootstrap(a, {**b, "extra": 1.0})["tasks"] == 100  # only shared tasks are paired
+    with pytest.raises(ValueError, match="share no task"):
+        paired_bootstrap({"x": 1.0}, {"y": 1.0})
+    table = difference_table({"SFT": {"outcomes": a}, "RL": {"outcomes": b}}, [("SFT", "RL")], seed=3)
+    assert table.splitlines()[2].startswith("| RL - SFT | +10.0 | [+")
+
+
+def test_wilson_interval_by_hand():
+    low, high = wilson_interval(0.5, 100)  # centre 0.5, half width 1.96 * sqrt(0.25/100 + 1.96^2/40000)/(1.0384)
+    assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(1.0, 10)[1] == 1.0
+
+
+def test_conditions_config_and_the_shuffled_reward_control():
+    cfg = load_config(None, ["env.conditions.failure_rate=0.3", "env.conditions.no_tool_fraction=0.25",
+                             "env.conditions.call_cost=0.05", "algorithm.shuffle_rewards=true"])
+    assert cfg.env.conditions.failure_rate == 0.3 and cfg.algorithm.shuffle_rewards
+    with pytest.raises(Exception, match="failure_rate"):
+        load_config(None, ["env.conditions.failure_rate=1.5"])
+    from rlvr.batch import make_batch
+
+    tasks = [Task(id=f"t{k}", env="calculator", prompt="?") for k in range(4)]
+    groups = [Group(id=t.id, task=t, trajectories=[_trajectory(t, i, float(i == k % 4)) for i in range(4)])
+              for k, t in enumerate(tasks)]
+    plain, _ = make_batch(groups, AlgorithmConfig())
+    shuffled, metrics = make_batch(groups, AlgorithmConfig(shuffle_rewards=True))
+    assert metrics["reward/mean"] == 0.25  # logged rewards stay the real ones
+    rewards = [a[0] for a in shuffled.advantages]
+    assert rewards != [a[0] for a in plain.advantages]  # the permutation moved some rewards between groups
+    assert shuffled.advantages == make_batch(groups, AlgorithmConfig(shuffle_rewards=True))[0].advantages
