@@ -1,15 +1,21 @@
-"""The quickstart's targets: `rlvr quickstart configs/quickstart.yaml` end to end on this machine.
+"""The quickstart's targets, with its controls: `rlvr quickstart` end to end, then a larger re-evaluation.
 
     python bench/quickstart.py [CONFIG] [key=value ...]   (output_dir=DIR keeps the run folder)
+        --eval-tasks N (400)   held-out tasks of the re-evaluation, drawn with seed + 1
+        --skip-quickstart DIR  reuse a finished quickstart folder (its report.json and adapters)
 
-Prints the wall time of the whole command and the held-out success rates of base, SFT, SFT + more SFT
-(RL's time spent on SFT instead) and SFT + RL, with the number of held-out tasks and per task kind (the
-calculator's solution shapes), then each target:
-total <= 15 min; RL >= SFT + 15 points; RL > SFT + more SFT.
+1. runs `rlvr quickstart CONFIG` and times it;
+2. the random-reward control: the same RL run from the same SFT adapter with rewards shuffled within each
+   batch (`algorithm.shuffle_rewards=true`); a gain it shares is drift, not learning;
+3. re-evaluates base, SFT, SFT + more SFT, SFT + RL and the control on N held-out tasks of another seed,
+   under the config's tool conditions, and prints each difference with its 95% paired bootstrap interval;
+4. checks the SFT start is a sensible one: its success on training-wording tasks under clean conditions;
+then prints every target of the quickstart (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,36 +24,110 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlvr.evaluate import kind_table
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rlvr.config import load_config  # noqa: E402
+from rlvr.evaluate import comparison_table, difference_table, evaluate_policy, kind_table, plot_policies  # noqa: E402
+from rlvr.stats import paired_bootstrap  # noqa: E402
 
 
 def main() -> None:
-    config = sys.argv[1] if len(sys.argv) > 1 else "configs/quickstart.yaml"
-    overrides = sys.argv[2:]
-    kept = [o.partition("=")[2] for o in overrides if o.startswith("output_dir=")]  # keep the run to read it later
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", nargs="?", default="configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--eval-tasks", type=int, default=400)
+    parser.add_argument("--skip-quickstart", default=None)
+    args = parser.parse_args()
+    kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
     with tempfile.TemporaryDirectory() as scratch:
         out = kept[-1] if kept else scratch
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "rlvr.cli", "quickstart", config, f"output_dir={out}",
-                        "logging.wandb=disabled", *overrides], check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        total = time.perf_counter() - start
-        report_file = max(Path(out).glob("*/report.json"), key=lambda p: p.stat().st_mtime)
-        report = json.loads(report_file.read_text())
-    if kept:
-        print(f"\nrun folder: {report_file.parent}")
-    policies = report["policies"]
-    print(f"\nquickstart wall time: {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in report['seconds'].items())})")
-    print(f"held-out tasks: {report['held_out_tasks']}")
-    for label, r in policies.items():
-        print(f"  {label:16s} success {r['success_rate']:.3f}  tool-call validity {r['tool_call_validity'] or 0:.3f}  "
-              f"format {r['format_compliance']:.3f}")
-    if kinds := kind_table(policies):
+        if args.skip_quickstart:
+            root, total = Path(args.skip_quickstart), None
+        else:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "rlvr.cli", "quickstart", args.config, f"output_dir={out}",
+                            "logging.wandb=disabled", *args.overrides], check=True)
+            total = time.perf_counter() - start
+            root = max(Path(out).glob("*/report.json"), key=lambda p: p.stat().st_mtime).parent
+        report = json.loads((root / "report.json").read_text())
+        bench(args, root, report, total)
+
+
+def bench(args, root: Path, report: dict, total: float | None) -> None:
+    from rlvr.loop import train
+    from rlvr.envs.registry import load_env
+    from rlvr.tasks import env_tasks
+
+    cfg = load_config(args.config, [*args.overrides, f"output_dir={root}", "logging.wandb=disabled"])
+    adapters = dict(report["adapters"])
+    print(f"\nquickstart: {root}")
+    if total is not None:
+        print(f"quickstart wall time: {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in report['seconds'].items())})")
+    for name, d in report["differences"].items():
+        print(f"  quickstart ({report['held_out_tasks']} tasks) {name}: {d['diff'] * 100:+.1f} "
+              f"[{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]")
+
+    control = cfg.model_copy(update={"name": f"{cfg.name}-random-reward"}, deep=True)
+    control.model.init_adapter = adapters["SFT"]
+    control.algorithm.shuffle_rewards = True
+    start = time.perf_counter()
+    adapters["SFT + random-reward RL"] = str(train(control).path / "adapter")
+    print(f"random-reward RL: {time.perf_counter() - start:.0f} s")
+
+    env = load_env(cfg.env.name)
+    seed = cfg.seed + 1
+    held_out = env_tasks(env, args.eval_tasks, seed, "test", cfg.env.options, cfg.env.conditions.no_tool_fraction)
+    evaluation = cfg.model_copy(update={"seed": seed}, deep=True)
+    reports = {label: evaluate_policy(evaluation, held_out, adapter, label=label) for label, adapter in adapters.items()}
+    pairs = [("SFT", "SFT + RL"), ("SFT + more SFT", "SFT + RL"), ("SFT", "SFT + random-reward RL"),
+             ("SFT", "SFT + more SFT")]
+    print(f"\nre-evaluation on {len(held_out)} held-out tasks (seed {seed}), under the same tool conditions:")
+    print(comparison_table(reports))
+    if kinds := kind_table(reports):
         print(f"success per task kind:\n{kinds}")
-    gain, control = report["rl_gain_over_sft"], report["rl_gain_over_more_sft"]
-    print(f"target total <= 900 s: {'met' if total <= 900 else 'NOT met'} ({total:.0f} s)")
-    print(f"target RL >= SFT + 15 points: {'met' if gain >= 0.15 else 'NOT met'} ({gain * 100:+.1f})")
-    print(f"target RL > SFT + more SFT: {'met' if control > 0 else 'NOT met'} ({control * 100:+.1f})")
+    print(difference_table(reports, pairs, seed))
+    plot_policies(reports, root / "policies_reevaluation.png")
+
+    clean = cfg.model_copy(deep=True)
+    clean.env.conditions = clean.env.conditions.model_copy(update={"failure_rate": 0.0, "call_cost": 0.0,
+                                                                    "no_tool_fraction": 0.0})
+    train_wording = env_tasks(env, 100, seed, "train", cfg.env.options)
+    start_check = evaluate_policy(clean, train_wording, adapters["SFT"], label="SFT")
+    print(f"\nSFT start on 100 training-wording tasks, clean conditions: success {start_check['success_rate']:.3f}")
+
+    d = {f"{b} - {a}": paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed) for a, b in pairs}
+    (root / "bench.json").write_text(json.dumps({"reevaluation": reports, "differences": d,
+                                                 "sft_start_clean_train": start_check, "total_s": total}, indent=2))
+    rl, over_more, random_arm = d["SFT + RL - SFT"], d["SFT + RL - SFT + more SFT"], d["SFT + random-reward RL - SFT"]
+    sft, rl_report = reports["SFT"], reports["SFT + RL"]
+    print()
+    if total is not None:
+        print(f"target total <= 900 s: {'met' if total <= 900 else 'NOT met'} ({total:.0f} s)")
+    print(f"target RL >= SFT + 15 points, interval above 0: {_met(rl['diff'] >= 0.15 and rl['low'] > 0)} "
+          f"({_fmt(rl)})")
+    print(f"target RL >= SFT + more SFT + 10 points, interval above 0: "
+          f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({_fmt(over_more)})")
+    print(f"target random-reward arm < SFT + 3 points: {_met(random_arm['diff'] < 0.03)} ({_fmt(random_arm)})")
+    recovery = (sft.get("recovery_rate"), rl_report.get("recovery_rate"))
+    unnecessary = (sft.get("unnecessary_call_rate"), rl_report.get("unnecessary_call_rate"))
+    doubled = None not in recovery and recovery[1] >= 2 * recovery[0] and recovery[1] > 0
+    halved = (None not in unnecessary and unnecessary[1] <= unnecessary[0] / 2
+              and rl_report["success_rate"] >= sft["success_rate"] - 0.02)
+    print(f"target learned behaviour visible (recovery x2, or unnecessary calls /2 at <= 2 points lost): "
+          f"{_met(doubled or halved)} (recovery {_rate(recovery[0])} -> {_rate(recovery[1])}, unnecessary calls "
+          f"{_rate(unnecessary[0])} -> {_rate(unnecessary[1])})")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _fmt(d: dict) -> str:
+    return f"{d['diff'] * 100:+.1f} points, 95% [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}], {d['tasks']:.0f} tasks"
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
-    from rlvr.evaluate import comparison_table, evaluate_policy, kind_table
+    from rlvr.evaluate import comparison_table, difference_table, evaluate_policy, kind_table
 
     extra = [*(overrides or [])]
     if bfcl:
@@ -111,6 +111,10 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     typer.echo(table)
+    if len(reports) > 1:
+        first, *others = reports
+        typer.echo("\nsuccess against the first policy, 95% paired bootstrap intervals:\n"
+                   + difference_table(reports, [(first, other) for other in others], cfg.seed))
     if kinds := kind_table(reports):
         typer.echo(f"\nsuccess per task kind:\n{kinds}")
     typer.echo(f"report: {out}")
@@ -120,7 +124,7 @@ def _eval_tasks(cfg, source: str, n: int):
     from pathlib import Path
 
     from rlvr.envs.registry import load_env
-    from rlvr.tasks import load_tasks
+    from rlvr.tasks import env_tasks, load_tasks
 
     env_name, _, split = source.rpartition(":") if not Path(source).is_file() else ("", "", "")
     if env_name:
@@ -128,7 +132,7 @@ def _eval_tasks(cfg, source: str, n: int):
     env = load_env(cfg.env.name)
     try:
         if split:
-            return env.tasks(n, seed=cfg.seed, split=split, **cfg.env.options)
+            return env_tasks(env, n, cfg.seed, split, cfg.env.options, cfg.env.conditions.no_tool_fraction)
         return load_tasks(source, env, 0, cfg.seed, "test", {}, what="--tasks")
     except (ValueError, TypeError, NotImplementedError) as e:
         raise ConfigError(str(e)) from None

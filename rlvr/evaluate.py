@@ -73,6 +73,8 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
         "mean_tokens": _mean(t.num_sampled_tokens for t in trajectories),
         "mean_latency_s": _mean(t.metrics.get("latency_s", 0.0) for t in trajectories),
         "seconds": seconds,
+        **behaviour(groups, rewards),
+        "outcomes": {g.task.id: _mean(is_success(t, rewards) for t in g.trajectories) for g in groups},
     }
     if samples > 1:
         report[f"pass@{samples}"] = _mean(any(is_success(t, rewards) for t in g.trajectories) for g in groups)
@@ -81,6 +83,27 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
     if any("kind" in g.task.metadata for g in groups):
         report["per_kind"] = _breakdown(groups, rewards, lambda task: str(task.metadata.get("kind", "-")))
     return report
+
+
+def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
+    """What explains success under realistic tool conditions (env.conditions), None where nothing to count:
+    recovery_rate     success among trajectories that met a tool error (any kind)
+    retry_rate        share of transiently failed calls that the trajectory called again (same tool)
+    unnecessary_call_rate   share of trajectories on tasks that need no tool (needs_tool=False) with a call
+    """
+    trajectories = [t for g in groups for t in g.trajectories]
+    errored = [t for t in trajectories if any(c.error is not None for c in t.tool_calls)]
+    failed = [(t, k) for t in trajectories for k, c in enumerate(t.tool_calls) if c.error == ToolCallError.transient]
+    no_tool = [t for g in groups if g.task.metadata.get("needs_tool") is False for t in g.trajectories]
+    return {
+        "trajectories_with_tool_errors": len(errored),
+        "recovery_rate": _mean(is_success(t, rewards) for t in errored) if errored else None,
+        "transient_failures": len(failed),
+        "retry_rate": _mean(any(c.name == t.tool_calls[k].name for c in t.tool_calls[k + 1:]) for t, k in failed)
+        if failed else None,
+        "no_tool_trajectories": len(no_tool),
+        "unnecessary_call_rate": _mean(bool(t.tool_calls) for t in no_tool) if no_tool else None,
+    }
 
 
 def _breakdown(groups, rewards: list[str], key) -> dict[str, dict[str, Any]]:
@@ -97,13 +120,29 @@ def _mean(values) -> float:
 
 
 COLUMNS = ("success_rate", "tool_call_validity", "format_compliance", "mean_turns", "mean_tokens", "mean_latency_s")
+BEHAVIOUR_COLUMNS = ("tool_calls_per_trajectory", "recovery_rate", "retry_rate", "unnecessary_call_rate")
 
 
 def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table of several reports side by side (rows: policies)."""
+    """A Markdown table of several reports side by side (rows: policies); the behaviour columns appear
+    where some report has them (tasks under env.conditions)."""
     extra = sorted({k for r in reports.values() for k in r if k.startswith("pass@")})
-    columns = ["tasks", *COLUMNS[:3], *extra, *COLUMNS[3:]]
+    behaviours = [c for c in BEHAVIOUR_COLUMNS[1:] if any(r.get(c) is not None for r in reports.values())]
+    columns = ["tasks", *COLUMNS[:3], *extra, BEHAVIOUR_COLUMNS[0], *behaviours, *COLUMNS[3:]]
     return _policy_table(columns, {label: [r.get(c) for c in columns] for label, r in reports.items()})
+
+
+def difference_table(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], seed: int = 0) -> str:
+    """A Markdown table of success differences `b - a` for each (a, b) in `pairs`, with 95% paired bootstrap
+    intervals over the tasks both were evaluated on."""
+    from rlvr.stats import paired_bootstrap
+
+    lines = ["| difference | points | 95% interval | tasks |", "|---|---|---|---|"]
+    for a, b in pairs:
+        d = paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed)
+        lines.append(f"| {b} - {a} | {d['diff'] * 100:+.1f} | [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}] "
+                     f"| {d['tasks']} |")
+    return "\n".join(lines)
 
 
 def kind_table(reports: dict[str, dict[str, Any]]) -> str | None:
@@ -130,3 +169,35 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def plot_policies(reports: dict[str, dict[str, Any]], out: str | Path) -> None:
+    """A PNG with one panel per measure (success with its 95% Wilson interval, calls per task, recovery
+    after a tool error, unnecessary calls), a bar per policy; panels with nothing measured are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlvr.stats import wilson_interval
+
+    panels = [(m, title) for m, title in (("success_rate", "held-out success"),
+                                          ("tool_calls_per_trajectory", "tool calls per task"),
+                                          ("recovery_rate", "success after a tool error"),
+                                          ("unnecessary_call_rate", "calls on no-tool tasks"))
+              if any(r.get(m) is not None for r in reports.values())]
+    labels = list(reports)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (measure, title) in zip(axes[0], panels):
+        values = [reports[p].get(measure) or 0.0 for p in labels]
+        errors = None
+        if measure == "success_rate":
+            bounds = [wilson_interval(v, len(reports[p]["outcomes"])) for p, v in zip(labels, values)]
+            errors = [[v - lo for v, (lo, _) in zip(values, bounds)], [hi - v for v, (_, hi) in zip(values, bounds)]]
+        ax.bar(range(len(labels)), values, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(labels))])
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

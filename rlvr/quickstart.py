@@ -8,8 +8,12 @@
 5. greedy evaluation of base, SFT, SFT + more SFT and SFT + RL on `eval.tasks` tasks of the env's "test"
    split (for the calculator: the held-out wording family, templates never seen in training)
 
+RL and evaluation run under `env.conditions` (transient tool failures, a per-call cost, tasks that need no
+tool); the demonstrations are always clean. Differences in success carry 95% paired bootstrap intervals.
+
 Everything goes into one folder `<output_dir>/<name>-<time>/`: sft.jsonl, the SFT, SFT-more and RL run
-folders, report.json and report.md (the table, the timings and the RL reward curve), and
+folders, report.json and report.md (the tables, the differences with their intervals, policies.png, the
+timings and the RL reward curve), and
 eval_transcripts.jsonl (every evaluated trajectory, by policy).
 """
 
@@ -29,8 +33,10 @@ console = Console(stderr=True)
 
 
 def quickstart(cfg: Config) -> Path:
-    from rlvr.evaluate import comparison_table, evaluate_policy, kind_table
+    from rlvr.evaluate import comparison_table, difference_table, evaluate_policy, kind_table, plot_policies
     from rlvr.loop import train
+    from rlvr.stats import paired_bootstrap
+    from rlvr.tasks import env_tasks
     from rlvr.sft import sft
     from rlvr.synth import Synthesizer, write_jsonl
 
@@ -65,7 +71,8 @@ def quickstart(cfg: Config) -> Path:
         more_cfg.sft.time_limit_s = seconds["rl"]
         more_cfg.sft.epochs = 1000.0  # the time limit ends it
         more_adapter = sft(more_cfg).path / "adapter"
-    held_out = synthesizer.env.tasks(cfg.eval.tasks, seed=cfg.seed, split="test", **cfg.env.options)
+    conditions = cfg.env.conditions
+    held_out = env_tasks(synthesizer.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, conditions.no_tool_fraction)
     policies = {"base": None, "SFT": str(sft_adapter), "SFT + more SFT": str(more_adapter),
                 "SFT + RL": str(rl_run.path / "adapter")}
     reports = {}
@@ -75,25 +82,43 @@ def quickstart(cfg: Config) -> Path:
                                              label=label)
             console.print(f"{label}: success {reports[label]['success_rate']:.3f}")
     table = comparison_table(reports)
+    differences = {f"{b} - {a}": paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=cfg.seed)
+                   for a, b in COMPARISONS}
     report = {"held_out_tasks": len(held_out), "conversations": len(records), "seconds": seconds,
-              "total_s": sum(seconds.values()), "policies": reports,
-              "rl_gain_over_sft": reports["SFT + RL"]["success_rate"] - reports["SFT"]["success_rate"],
-              "rl_gain_over_more_sft": reports["SFT + RL"]["success_rate"] - reports["SFT + more SFT"]["success_rate"]}
+              "total_s": sum(seconds.values()), "conditions": conditions.model_dump(), "adapters": policies,
+              "policies": reports,
+              "differences": differences,
+              "rl_gain_over_sft": differences["SFT + RL - SFT"]["diff"],
+              "rl_gain_over_more_sft": differences["SFT + RL - SFT + more SFT"]["diff"]}
     (root / "report.json").write_text(json.dumps(report, indent=2))
     shutil.copy(rl_run.path / "curves.png", root / "rl_curves.png")
-    (root / "report.md").write_text(_markdown(cfg, report, table, kind_table(reports)))
+    plot_policies(reports, root / "policies.png")
+    (root / "report.md").write_text(_markdown(cfg, report, table, difference_table(reports, COMPARISONS, cfg.seed),
+                                              kind_table(reports)))
     console.print(table)
+    console.print(difference_table(reports, COMPARISONS, cfg.seed))
     console.print(f"report: {root / 'report.md'}")
     return root
 
 
-def _markdown(cfg: Config, report: dict, table: str, kinds: str | None) -> str:
+COMPARISONS = [("SFT", "SFT + RL"), ("SFT + more SFT", "SFT + RL"), ("SFT", "SFT + more SFT")]
+
+
+def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: str | None) -> str:
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+    c = cfg.env.conditions
     return (f"# rlvr quickstart: {cfg.model.name} on {cfg.env.name}\n\n"
-            f"Greedy, on {report['held_out_tasks']} held-out tasks (the env's test split). SFT on "
-            f"{report['conversations']} gold conversations; RL: {cfg.steps} steps of {cfg.data.tasks_per_step} "
-            f"tasks x G={cfg.rollout.group_size}; the control gets RL's time as more SFT.\n\n{table}\n\n"
+            f"**Demonstrations**: {report['conversations']} clean gold conversations (happy path: every call "
+            f"succeeds, every task needs the tool) of the training wording. **Tool conditions** of RL and "
+            f"evaluation: {c.failure_rate:.0%} of tool calls fail transiently (seeded, an API-like error text), "
+            f"{c.call_cost:g} reward per call, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
+            f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further training-wording "
+            f"tasks that have answers only. **Controls**: SFT + more SFT trains RL's wall time on the same "
+            f"demonstrations; the random-reward arm is in `python bench/quickstart.py`.\n\n"
+            f"Greedy, on {report['held_out_tasks']} held-out tasks (the env's test split: wording the training "
+            f"tasks never use), under the same conditions.\n\n{table}\n\n"
+            f"Differences in success, with 95% paired bootstrap intervals over the held-out tasks:\n\n"
+            f"{differences}\n\n"
             + (f"Success per task kind:\n\n{kinds}\n\n" if kinds else "") +
-            f"RL over SFT: {report['rl_gain_over_sft'] * 100:+.1f} points of success; over SFT + more SFT: "
-            f"{report['rl_gain_over_more_sft'] * 100:+.1f}.\n\nTime: {times}; total {report['total_s']:.0f} s.\n\n"
-            "![RL reward](rl_curves.png)\n")
+            f"Time: {times}; total {report['total_s']:.0f} s.\n\n"
+            "![policies](policies.png)\n\n![RL reward](rl_curves.png)\n")

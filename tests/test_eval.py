@@ -58,12 +58,15 @@ def test_eval_a_task_file_and_compare_policies(tmp_path):
                              for i in range(3)))
     common = ["/dev/null", f"model.name={MODEL}", "rollout.max_new_tokens=8", "rollout.max_turns=2",
               "--tasks", str(tasks)]
-    done = _cli("eval", *common, "--out", "report.json", cwd=tmp_path)
+    done = _cli("eval", *common, "env.conditions.failure_rate=0.5", "env.conditions.call_cost=0.1",
+                "--out", "report.json", cwd=tmp_path)  # under the config's tool conditions
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tasks"] == 3 and report["samples"] == 1 and 0.0 <= report["success_rate"] <= 1.0
     assert set(report) >= {"tool_call_validity", "format_compliance", "mean_turns", "mean_tokens", "mean_latency_s",
-                           "per_family"}
+                           "per_family", "recovery_rate", "retry_rate", "unnecessary_call_rate"}
+    assert set(report["outcomes"]) == {"q0", "q1", "q2"}
+    assert report["no_tool_trajectories"] == 0 and report["unnecessary_call_rate"] is None
     adapter = tmp_path / "adapter"
     build_learner(load_config(None, [f"model.name={MODEL}"])).adapter_state().save(adapter)
     done = _cli("eval", *common, "--samples", "2", "--compare", "base=base", "--compare", f"tuned={adapter}",
@@ -79,6 +82,7 @@ def test_eval_a_task_file_and_compare_policies(tmp_path):
         assert r["messages"][1] == {"role": "user", "content": f"What is {i} * 1234?"} and r["answer"] == i * 1234
         assert r["success"] == (r["reward_components"]["numeric_answer"] == 1.0)
     assert "| base |" in done.stdout and "| tuned |" in done.stdout
+    assert "95% paired bootstrap" in done.stdout and "| tuned - base |" in done.stdout
     bad = _cli("eval", "/dev/null", f"model.name={MODEL}", "--tasks", "nowhere:test", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown env 'nowhere'" in bad.stderr
 

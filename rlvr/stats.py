@@ -1,0 +1,34 @@
+"""Intervals for comparing policies evaluated on the same tasks (torch-free, no numpy needed)."""
+
+from __future__ import annotations
+
+import random
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], resamples: int = 10_000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """The mean of b - a over the tasks both were scored on, with a `level` percentile interval from
+    resampling those tasks with replacement (pairs stay together, so the task-to-task spread that both
+    policies share cancels).
+
+    a, b: {task id: score} (success 0/1, or the mean over a task's samples).
+    Returns {"diff", "low", "high", "tasks"}."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError("paired_bootstrap: the two policies share no task")
+    diffs = [b[t] - a[t] for t in shared]
+    n = len(diffs)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    tail = (1.0 - level) / 2
+    return {"diff": sum(diffs) / n, "low": means[int(tail * resamples)],
+            "high": means[min(resamples - 1, int((1 - tail) * resamples))], "tasks": float(n)}
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z=1.96) of a success rate measured on `n` trials."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (rate * (1 - rate) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
