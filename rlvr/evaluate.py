@@ -4,9 +4,12 @@ and rewards through the same agent loop as training.
 Greedy by default; with `samples` = k > 1 each task is sampled k times at rollout.temperature and pass@k
 is the share of tasks with at least one success. A trajectory succeeds when every reward with a positive
 weight gives it full marks (1.0). Per trajectory: tool-call validity (calls that parsed, named a known tool
-with valid arguments and ran), format compliance (ended by the model with no unparsable call), turns,
+with valid arguments and ran, or failed transiently: env.conditions), format compliance (ended by the model with no unparsable call), turns,
 sampled tokens, latency. Success per task family (metadata "family" or "category", else the env) and, where
 tasks carry metadata "kind" (the calculator's solution shape), per kind: where two policies differ.
+Under realistic tool conditions (env.conditions), the behaviours that explain success: recovery after a
+tool error, retries of transient failures, unnecessary calls on tasks that need no tool (`behaviour`).
+Per-task outcomes feed paired bootstrap intervals between policies (`difference_table`, rlvr/stats.py).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
         "tasks": len(groups), "samples": samples,
         "success_rate": _mean(is_success(t, rewards) for t in trajectories),
         "reward_mean": _mean(t.reward for t in trajectories),
-        "tool_call_validity": _mean(c.error is None for c in calls) if calls else None,
+        # a transient failure is the tool's, not the call's: the call itself was valid
+        "tool_call_validity": _mean(c.error in (None, ToolCallError.transient) for c in calls) if calls else None,
         "tool_calls_per_trajectory": len(calls) / len(trajectories),
         "format_compliance": _mean(t.finish_reason == "stop" and not any(c.error == ToolCallError.parse
                                                                         for c in t.tool_calls)
