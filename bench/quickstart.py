@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rlvr.evaluate import kind_table
+from rlvr.stages.evaluate import kind_table
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from rlvr.contract import Message, Task, ToolCall, ToolCallError
+from rlvr.core.contract import Message, Task, ToolCall, ToolCallError
 
 # Tool calls run here rather than in asyncio's default pool (min(32, cores + 4) threads), so 64
 # concurrent trajectories with slow tools do not queue behind each other. A call that times out keeps

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from rlvr.contract import Task, ToolCall
+from rlvr.core.contract import Task, ToolCall
 from rlvr.envs.base import StepResult, ToolEnv, tool
 
 MAX_RESULT_ROWS = 1000  # a larger result is refused: aggregate or add a LIMIT

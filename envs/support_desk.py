@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rlvr.contract import Task, ToolCall
+from rlvr.core.contract import Task, ToolCall
 from rlvr.envs.base import StepResult, ToolEnv, tool
 
 POLICIES: dict[str, str] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlvr.contract import Task, ToolCall, Trajectory
+from rlvr.core.contract import Task, ToolCall, Trajectory
 from rlvr.envs.support_desk import REFUSAL_PREFIX
 from rlvr.rewards.base import Score
 

@@ -7,7 +7,7 @@ With `ray.enabled=false` all of it runs in this process (the HF engine samples w
 model, so a debugger steps through everything); with `ray.enabled=true` the learner and the rollout
 workers are Ray actors (rlvr/distributed.py) and the same loop calls them the same way.
 Checkpoints every `checkpoint.every` steps; `resume=auto` continues the newest run of the same name
-(rlvr/checkpoint.py). `data.source=synthetic` skips rollouts (random scored trajectories): the smoke
+(rlvr/training/checkpoint.py). `data.source=synthetic` skips rollouts (random scored trajectories): the smoke
 run, which exercises model loading, advantages, the learner and the run folder.
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rlvr.batch import make_batch
-from rlvr.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+from rlvr.training.advantages import make_batch
+from rlvr.training.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
                              truncate_log)
-from rlvr.config import Config, ConfigError
-from rlvr.learner import build_learner, resolve_device
+from rlvr.core.config import Config, ConfigError
+from rlvr.training.learner import build_learner, resolve_device
 from rlvr.run import Run
 
 console = Console(stderr=True)
@@ -155,12 +155,12 @@ class SyntheticSource:
     def start(self, learner, version: int) -> None:
         from transformers import AutoConfig
 
-        from rlvr.models import resolve_model
+        from rlvr.training.models import resolve_model
 
         self.vocab = AutoConfig.from_pretrained(resolve_model(self.cfg.model.name)).vocab_size
 
     def rollouts(self, step: int):
-        from rlvr.synthetic import synthetic_groups
+        from rlvr.training.synthetic import synthetic_groups
 
         data = self.cfg.data
         return synthetic_groups(data.tasks_per_step, self.cfg.rollout.group_size, data.synthetic_prompt_tokens,
@@ -184,9 +184,9 @@ class EnvSource:
 
     def __init__(self, cfg: Config):
         from rlvr.envs.registry import load_env
-        from rlvr.plugins import PluginError
+        from rlvr.core.plugins import PluginError
         from rlvr.rewards.scoring import Scorer
-        from rlvr.tasks import TaskSampler, load_tasks
+        from rlvr.core.tasks import TaskSampler, load_tasks
 
         try:
             self.env = load_env(cfg.env.name)
@@ -211,7 +211,7 @@ class EnvSource:
 
             self.backend = RayRollouts(self.cfg)
         else:
-            from rlvr.workers import LocalRollouts, RolloutWorker
+            from rlvr.rollout.workers import LocalRollouts, RolloutWorker
 
             self.backend = LocalRollouts(RolloutWorker(self.cfg, model=learner.model if self.cfg.rollout.engine == "hf"
                                                        else None))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlvr.algorithms import (
+from rlvr.training.algorithms import (
     ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES, BatchCounts, ObjectiveSpec, policy_objective, tis_weights,
     token_advantages, zero_variance_groups,
 )

@@ -1,6 +1,6 @@
 import pytest
 
-from rlvr.config import Config, ConfigError, load_config
+from rlvr.core.config import Config, ConfigError, load_config
 
 
 def test_defaults_file_and_overrides(tmp_path):

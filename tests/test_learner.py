@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from rlvr.algorithms import ObjectiveSpec
-from rlvr.batch import make_batch
-from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
-from rlvr.contract import Batch
-from rlvr.learner import Learner, pack, plan_micro_batches, split_groups
-from rlvr.models import add_lora, load_model
-from rlvr.synthetic import synthetic_groups
+from rlvr.training.algorithms import ObjectiveSpec
+from rlvr.training.advantages import make_batch
+from rlvr.core.config import AlgorithmConfig, LearnerConfig, LoraConfig
+from rlvr.core.contract import Batch
+from rlvr.training.learner import Learner, pack, plan_micro_batches, split_groups
+from rlvr.training.models import add_lora, load_model
+from rlvr.training.synthetic import synthetic_groups
 
 
 def _policy(name="tiny-random-llama", seed=0):

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from rlvr.contract import ToolCall, ToolCallError
+from rlvr.core.contract import ToolCall, ToolCallError
 from rlvr.envs.registry import load_env
 from rlvr.envs.sql import (MAX_RESULT_BYTES, MAX_RESULT_ROWS, SHOWN_ROWS, TEMPLATES, ShopDatabase, SqlEnv,
                            normalise_rows, questions, sql_tasks)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from rlvr.contract import Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.contract import Task, ToolCall, ToolCallError, Trajectory
 from rlvr.envs.registry import load_env
 from rlvr.envs.support_desk import (POLICIES, SCENARIOS, SupportDeskEnv, generate_db, support_desk_tasks,
                                     transactions_of)

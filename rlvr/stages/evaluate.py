@@ -18,15 +18,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import Config
-from rlvr.contract import Task, ToolCallError, Trajectory
+from rlvr.core.config import Config
+from rlvr.core.contract import Task, ToolCallError, Trajectory
 
 
 def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples: int = 1,
                     transcripts: str | Path | None = None, label: str = "policy") -> dict[str, Any]:
     """The metrics of the base model with `adapter` (None: the base model alone) on `tasks`; with `transcripts`,
     every trajectory is appended to that JSON-lines file under `label`, to read what went wrong."""
-    from rlvr.workers import RolloutWorker
+    from rlvr.rollout.workers import RolloutWorker
 
     policy = cfg.model_copy(deep=True)
     policy.model.init_adapter = adapter

@@ -139,12 +139,12 @@ class LoggingConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    every: int = Field(0, ge=0)  # save every N steps (atomically, see rlvr/checkpoint.py); 0 = only the final adapter
+    every: int = Field(0, ge=0)  # save every N steps (atomically, see rlvr/training/checkpoint.py); 0 = only the final adapter
     keep: int = Field(2, ge=1)  # newest checkpoints kept
 
 
 class SynthConfig(_Section):
-    """`rlvr synth`: where SFT conversations come from (rlvr/synth.py)."""
+    """`rlvr synth`: where SFT conversations come from (rlvr/stages/synth.py)."""
 
     tasks: int = Field(256, ge=1)  # tasks drawn from the env's train split
     # task-source options for the demonstrations only, over env.options: e.g. gold for some task kinds
@@ -161,7 +161,7 @@ class SynthConfig(_Section):
 
 
 class SFTConfig(_Section):
-    """`rlvr sft`: LoRA supervised fine-tuning with TRL's SFTTrainer (rlvr/sft.py)."""
+    """`rlvr sft`: LoRA supervised fine-tuning with TRL's SFTTrainer (rlvr/stages/sft.py)."""
 
     data: str = ""  # JSON lines from `rlvr synth`
     mix_data: str | None = None  # general chat conversations (JSON lines with "messages") against forgetting

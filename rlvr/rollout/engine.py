@@ -24,8 +24,8 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-from rlvr.attention import use_prefix_attention
-from rlvr.models import AdapterState
+from rlvr.training.attention import use_prefix_attention
+from rlvr.training.models import AdapterState
 
 
 @dataclass(frozen=True)
