@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.rollout.chat import ChatRenderer  # noqa: E402
 from rlvr.core.config import RolloutConfig  # noqa: E402
-from rlvr.rollout.engine import Completion, SamplingParams  # noqa: E402
+from rlvr.core.protocols import Completion, SamplingParams  # noqa: E402
 from rlvr.envs.base import tool  # noqa: E402
 from rlvr.envs.calculator import Calculator, CalculatorEnv, calculator_tasks  # noqa: E402
 from rlvr.rollout.agent import rollout_groups  # noqa: E402

@@ -20,7 +20,8 @@ from rlvr.core.config import Config, RayConfig, RolloutConfig
 from rlvr.core.contract import Task
 from rlvr.training.learner import build_learner
 from rlvr.training.models import AdapterState
-from rlvr.rollout.workers import RolloutResult, RolloutWorker
+from rlvr.core.protocols import RolloutResult
+from rlvr.rollout.workers import RolloutWorker
 
 MAX_REISSUES = 3  # per shard and step: a worker that dies this often on the same tasks is a bug, not bad luck
 console = Console(stderr=True)

@@ -8,7 +8,8 @@ import torch
 from rlvr.training.algorithms import ObjectiveSpec
 from rlvr.core.config import LearnerConfig, LoraConfig
 from rlvr.core.contract import Batch, Trajectory
-from rlvr.rollout.engine import HFEngine, SamplingParams
+from rlvr.core.protocols import SamplingParams
+from rlvr.rollout.engine import HFEngine
 from rlvr.training.learner import Learner
 from rlvr.training.models import add_lora, load_model, load_tokenizer
 

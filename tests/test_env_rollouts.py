@@ -9,7 +9,7 @@ import pytest
 from rlvr.training.advantages import make_batch
 from rlvr.rollout.chat import ChatRenderer
 from rlvr.core.config import AlgorithmConfig, RolloutConfig
-from rlvr.rollout.engine import Completion
+from rlvr.core.protocols import Completion
 from rlvr.training.models import load_tokenizer
 from rlvr.rewards.scoring import Scorer
 from rlvr.rollout.agent import rollout_groups, trajectory_seed

@@ -8,7 +8,8 @@ import torch
 
 from rlvr.rollout.chat import ChatRenderer
 from rlvr.core.contract import ToolCallError
-from rlvr.rollout.engine import Completion, HFEngine, SamplingParams
+from rlvr.core.protocols import Completion, SamplingParams
+from rlvr.rollout.engine import HFEngine
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
 from rlvr.training.models import load_model, load_tokenizer
 from rlvr.core.config import RolloutConfig

@@ -14,7 +14,8 @@ from rlvr.training.algorithms import ObjectiveSpec  # noqa: E402
 from rlvr.rollout.chat import ChatRenderer  # noqa: E402
 from rlvr.core.config import LearnerConfig, LoraConfig, RolloutConfig  # noqa: E402
 from rlvr.core.contract import Batch, Trajectory  # noqa: E402
-from rlvr.rollout.engine import HFEngine, SamplingParams  # noqa: E402
+from rlvr.core.protocols import SamplingParams  # noqa: E402
+from rlvr.rollout.engine import HFEngine  # noqa: E402
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
 from rlvr.training.learner import Learner  # noqa: E402
 from rlvr.training.models import AdapterState, add_lora, load_model, load_tokenizer  # noqa: E402

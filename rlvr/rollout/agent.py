@@ -24,7 +24,7 @@ from typing import Callable
 from rlvr.rollout.chat import ChatRenderer, parse_tool_calls
 from rlvr.core.config import RolloutConfig
 from rlvr.core.contract import Group, Message, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.rollout.engine import Engine, SamplingParams
+from rlvr.core.protocols import Engine, SamplingParams
 from rlvr.envs.base import ToolEnv
 from rlvr.rewards.scoring import Scorer
 

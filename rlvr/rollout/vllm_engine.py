@@ -22,7 +22,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.core.protocols import Completion, SamplingParams
 from rlvr.training.models import AdapterState, resolve_model
 
 

@@ -10,21 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from rlvr.core.config import Config, RolloutConfig
-from rlvr.core.contract import Group, Task
+from rlvr.core.contract import Task
+from rlvr.core.protocols import RolloutResult
 from rlvr.training.models import AdapterState
-
-
-@dataclass
-class RolloutResult:
-    groups: list[Group]  # groups left empty by a dropping reward (rewards.on_error=drop) are left out
-    version: int  # the policy version that sampled them
-    dropped: int  # trajectories dropped by a failing reward
-    errors: list[str]  # why, one line each
-    seconds: float  # wall time of the whole rollout
-    score_s: float  # wall time with a reward running (overlaps generation)
 
 
 class RolloutWorker:

@@ -35,7 +35,7 @@ from rich.progress import track
 from rlvr.rollout.chat import ChatRenderer, parse_tool_calls, rollout_messages, tool_arguments, write_tool_calls
 from rlvr.core.config import Config
 from rlvr.core.contract import Message, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.rollout.engine import Completion, SamplingParams
+from rlvr.core.protocols import Completion, SamplingParams
 from rlvr.rollout.agent import rollout_trajectory
 
 
