@@ -80,10 +80,19 @@ class RewardsConfig(_Section):
     concurrency: int = Field(256, ge=1)  # reward calls in flight at once
 
 
+# The names of the algorithm registries in rlvr/training/algorithms.py, declared here so that a config
+# is checked without importing torch; algorithms.py refuses to import when a registry differs from these.
+ADVANTAGE_NAMES = ("grpo", "dr_grpo", "rloo")
+CREDIT_NAMES = ("none", "per_call", "step_grouped")
+LOSS_NAMES = ("grpo", "gspo", "cispo")
+AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATOR_NAMES = ("k1", "k3")
+
+
 class AlgorithmConfig(_Section):
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    loss: Literal["grpo", "gspo", "cispo"] = "grpo"
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    advantage: Literal[ADVANTAGE_NAMES] = "grpo"
+    loss: Literal[LOSS_NAMES] = "grpo"
+    aggregation: Literal[AGGREGATION_NAMES] = "token-mean"
     # PPO-style ratio bounds [1 - clip_low, 1 + clip_high]; clip_high > clip_low is DAPO's clip-higher.
     # cispo clips its (detached) IS weight to the same range: MiniMax-M1/ScaleRL use clip_low=1, clip_high=4.
     clip_low: float = Field(0.2, ge=0.0)
@@ -91,11 +100,11 @@ class AlgorithmConfig(_Section):
     std_eps: float = Field(1e-6, gt=0.0)  # grpo: A = (r - mean) / (std + eps)
     filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
-    kl_estimator: Literal["k1", "k3"] = "k3"
+    kl_estimator: Literal[KL_ESTIMATOR_NAMES] = "k3"
     tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
     # per-call credit (docs/credit.md): none | per_call (normalised over the group's calls) |
     # step_grouped (over calls made from the same env state, GiGPO-style); A_token = A_outcome + w * A_call
-    credit: Literal["none", "per_call", "step_grouped"] = "per_call"
+    credit: Literal[CREDIT_NAMES] = "per_call"
     credit_weight: float = Field(1.0, ge=0.0)
     # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
     loss_norm_tokens: int | None = Field(None, ge=1)
