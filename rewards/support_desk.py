@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rlvr.core.contract import Task, ToolCall, Trajectory
-from rlvr.envs.support_desk import REFUSAL_PREFIX
+from rlvr.envs.support_desk.backend import REFUSAL_PREFIX
 from rlvr.rewards.base import Score
 
 
