@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 from rlvr.core.contract import Task, ToolCall
 from rlvr.envs.base import StepResult, ToolEnv, tool
-from rlvr.envs.support_desk.backend import (POLICIES, STATE_CHANGING_TOOLS, PolicyViolation, differing_records,
-                                            generate_db, orders_of, paid_and_refunded, snapshot, to_cents,
-                                            to_dollars, transactions_of)
+from rlvr.envs.support_desk.backend import (POLICIES, STATE_CHANGING_TOOLS, PolicyViolation,
+                                            differing_records, generate_db, orders_of, paid_and_refunded,
+                                            snapshot, to_cents, to_dollars, transactions_of)
 
 
 class SupportDeskEnv(ToolEnv):

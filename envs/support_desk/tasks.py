@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rlvr.core.contract import Task
-from rlvr.envs.support_desk.backend import (Db, Snapshot, generate_db, orders_of, paid_and_refunded, random_address,
-                                            to_cents, to_dollars, transactions_of)
+from rlvr.envs.support_desk.backend import (Db, Snapshot, generate_db, orders_of, paid_and_refunded,
+                                            random_address, to_cents, to_dollars, transactions_of)
 from rlvr.envs.support_desk.env import SupportDeskEnv
 
 

@@ -320,11 +320,12 @@ def policy_objective(
 
 def _check_names() -> None:
     """Each registry holds exactly the names the config accepts (rlvr/core/config.py declares them torch-free)."""
-    for registry, names, declared in ((ADVANTAGES, ADVANTAGE_NAMES, "ADVANTAGE_NAMES"), (CREDIT, CREDIT_NAMES, "CREDIT_NAMES"),
-                                      (LOSSES, LOSS_NAMES, "LOSS_NAMES"), (AGGREGATIONS, AGGREGATION_NAMES, "AGGREGATION_NAMES"),
-                                      (KL_ESTIMATORS, KL_ESTIMATOR_NAMES, "KL_ESTIMATOR_NAMES")):
+    declared = {"ADVANTAGE_NAMES": (ADVANTAGES, ADVANTAGE_NAMES), "CREDIT_NAMES": (CREDIT, CREDIT_NAMES),
+                "LOSS_NAMES": (LOSSES, LOSS_NAMES), "AGGREGATION_NAMES": (AGGREGATIONS, AGGREGATION_NAMES),
+                "KL_ESTIMATOR_NAMES": (KL_ESTIMATORS, KL_ESTIMATOR_NAMES)}
+    for constant, (registry, names) in declared.items():
         if set(registry) != set(names):
-            raise ImportError(f"rlvr.core.config.{declared} {sorted(names)} differs from its registry's names "
+            raise ImportError(f"rlvr.core.config.{constant} {sorted(names)} differs from its registry's names "
                               f"{sorted(registry)}: add or remove the name in both")
 
 
