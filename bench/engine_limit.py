@@ -23,28 +23,28 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlvr.chat import ChatRenderer  # noqa: E402
-from rlvr.config import RolloutConfig  # noqa: E402
-from rlvr.engine import Completion, SamplingParams  # noqa: E402
+from rlvr.rollout.chat import ChatRenderer  # noqa: E402
+from rlvr.core.config import RolloutConfig  # noqa: E402
+from rlvr.core.protocols import Completion, SamplingParams  # noqa: E402
 from rlvr.envs.base import tool  # noqa: E402
 from rlvr.envs.calculator import Calculator, CalculatorEnv, calculator_tasks  # noqa: E402
-from rlvr.rollout import rollout_groups  # noqa: E402
+from rlvr.rollout.agent import rollout_groups  # noqa: E402
 
 
 def make_engine(kind: str, model_name: str, stop_ids: set[int], prefix_store_tokens: int = 32768):
-    from rlvr.models import load_model, load_tokenizer
+    from rlvr.training.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
     if kind == "hf":
         import torch
 
-        from rlvr.engine import HFEngine
-        from rlvr.models import bf16_supported
+        from rlvr.rollout.engine import HFEngine
+        from rlvr.training.models import bf16_supported
 
         dtype = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
         return HFEngine(load_model(model_name, dtype=dtype), tokenizer, stop_ids=stop_ids,
                         prefix_store_tokens=prefix_store_tokens), tokenizer
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(model_name, stop_ids=stop_ids), tokenizer
 

@@ -16,7 +16,7 @@ import asyncio
 import statistics
 import time
 
-from rlvr.contract import Task, ToolCall
+from rlvr.core.contract import Task, ToolCall
 from rlvr.envs.registry import load_env
 
 REPRESENTATIVE_CALLS = {

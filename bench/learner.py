@@ -73,7 +73,7 @@ def _base_model(args, dtype, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rlvr.models import load_model
+    from rlvr.training.models import load_model
 
     if args.model == "qwen2-1.5b-random":
         config = AutoConfig.for_model("qwen2", **QWEN2_1P5B)
@@ -85,12 +85,12 @@ def _base_model(args, dtype, device):
 def worker(args) -> dict:
     import torch
 
-    from rlvr.algorithms import ObjectiveSpec
-    from rlvr.batch import make_batch
-    from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
-    from rlvr.learner import Learner, _use_bf16, resolve_device
-    from rlvr.models import add_lora
-    from rlvr.synthetic import synthetic_groups
+    from rlvr.training.algorithms import ObjectiveSpec
+    from rlvr.training.advantages import make_batch
+    from rlvr.core.config import AlgorithmConfig, LearnerConfig, LoraConfig
+    from rlvr.training.learner import Learner, _use_bf16, resolve_device
+    from rlvr.training.models import add_lora
+    from rlvr.training.synthetic import synthetic_groups
 
     torch.manual_seed(0)
     device = resolve_device(args.device)

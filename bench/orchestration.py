@@ -27,7 +27,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from rlvr.config import load_config  # noqa: E402
+from rlvr.core.config import load_config  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 SHAPE = [f"model.name={MODEL}", "model.lora.rank=16", "model.lora.alpha=32", "env.name=calculator",
@@ -36,9 +36,9 @@ SHAPE = [f"model.name={MODEL}", "model.lora.rank=16", "model.lora.alpha=32", "en
 
 
 def bench_sync(engine: str, syncs: int) -> None:
-    from rlvr.batch import make_batch
+    from rlvr.training.advantages import make_batch
     from rlvr.distributed import RayRollouts, RemoteLearner, start_ray
-    from rlvr.synthetic import synthetic_groups
+    from rlvr.training.synthetic import synthetic_groups
 
     cfg = load_config(None, SHAPE + ["ray.enabled=true", f"rollout.engine={engine}"])
     stop_ray = start_ray(cfg.ray, 1)

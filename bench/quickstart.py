@@ -26,9 +26,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlvr.config import load_config  # noqa: E402
-from rlvr.evaluate import comparison_table, difference_table, evaluate_policy, kind_table, plot_policies  # noqa: E402
-from rlvr.stats import paired_bootstrap  # noqa: E402
+from rlvr.core.config import load_config  # noqa: E402
+from rlvr.reporting import plot_policies  # noqa: E402
+from rlvr.stages.evaluate import comparison_table, difference_table, evaluate_policy, kind_table  # noqa: E402
+from rlvr.core.stats import paired_bootstrap  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
 def bench(args, root: Path, report: dict, total: float | None) -> None:
     from rlvr.loop import train
     from rlvr.envs.registry import load_env
-    from rlvr.tasks import env_tasks
+    from rlvr.core.tasks import env_tasks
 
     cfg = load_config(args.config, [*args.overrides, f"output_dir={root}", "logging.wandb=disabled"])
     adapters = dict(report["adapters"])

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import time
 
-from rlvr.contract import Task, ToolCall, Trajectory
+from rlvr.core.contract import Task, ToolCall, Trajectory
 from rlvr.rewards.scoring import RewardTerm, Scorer
 
 

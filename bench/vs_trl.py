@@ -53,7 +53,7 @@ def tool_model_dir() -> Path:
     from transformers import AutoTokenizer
     from trl.chat_template_utils import qwen2_5_chat_template
 
-    from rlvr.models import cached_build, resolve_model
+    from rlvr.training.models import cached_build, resolve_model
 
     src = Path(resolve_model("smollm2-135m-instruct"))
 
@@ -70,10 +70,10 @@ def tool_model_dir() -> Path:
 
 def start_adapter(model_dir: Path) -> Path:
     """A policy that calls the tool: SFT (lr 1e-3, 1 epoch) on 48 gold calculator conversations, cached."""
-    from rlvr.config import load_config
-    from rlvr.models import cache_dir
-    from rlvr.sft import sft
-    from rlvr.synth import Synthesizer, write_jsonl
+    from rlvr.core.config import load_config
+    from rlvr.training.models import cache_dir
+    from rlvr.stages.sft import sft
+    from rlvr.stages.synth import Synthesizer, write_jsonl
 
     out = cache_dir() / "bench" / "vs_trl_start_adapter"
     if (out / "adapter_config.json").exists():
@@ -102,7 +102,7 @@ def calculator_rows(n: int, seed: int):
 
 
 def run_rlvr(args, model_dir: Path, adapter: Path) -> list[dict]:
-    from rlvr.config import load_config
+    from rlvr.core.config import load_config
     from rlvr.loop import train
 
     out = tempfile.mkdtemp()

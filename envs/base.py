@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from rlvr.contract import Message, Task, ToolCall, ToolCallError
+from rlvr.core.contract import Message, Task, ToolCall, ToolCallError
+from rlvr.core.schemas import tool_schema
 
 # Tool calls run here rather than in asyncio's default pool (min(32, cores + 4) threads), so 64
 # concurrent trajectories with slow tools do not queue behind each other. A call that times out keeps
@@ -197,9 +198,7 @@ def _tool_methods(cls: type) -> tuple[str, ...]:
 
 @functools.cache
 def _schema(cls: type, name: str) -> dict[str, Any]:
-    from transformers.utils import get_json_schema  # no torch import behind it
-
-    return get_json_schema(getattr(cls, name))
+    return tool_schema(getattr(cls, name))
 
 
 _SCHEMA_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),

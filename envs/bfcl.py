@@ -41,7 +41,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from rlvr.contract import Message, Task, ToolCall, ToolCallError
+from rlvr.core.contract import Message, Task, ToolCall, ToolCallError
 from rlvr.envs.base import StepResult, ToolEnv, run_tool, schema_problem
 
 INSTALL_HINT = "pip install bfcl-eval"

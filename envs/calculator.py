@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from rlvr.contract import Task, ToolCall
+from rlvr.core.contract import Task, ToolCall
 from rlvr.envs.base import ToolEnv, tool
 
 MAX_MAGNITUDE = 1e15  # results beyond this are refused: no arithmetic bombs such as 9**9**9

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlvr.contract import Task, ToolCall, ToolCallError
+from rlvr.core.contract import Task, ToolCall, ToolCallError
 from rlvr.envs.base import ToolEnv
 
 _ROLES = {"system", "user", "assistant", "tool"}

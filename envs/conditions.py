@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from rlvr.contract import Task, ToolCall, ToolCallError
+from rlvr.core.contract import Task, ToolCall, ToolCallError
 
 TRANSIENT_ERRORS = (
     "Error 429 Too Many Requests: rate limit exceeded for {tool}. Retry the call.",

@@ -18,7 +18,7 @@ import math
 import random
 from typing import Any, Callable
 
-from rlvr.contract import Task
+from rlvr.core.contract import Task
 from rlvr.envs.base import ToolEnv, tool
 from rlvr.envs.sandbox import SandboxLimits, SandboxResult, run_sandboxed
 

@@ -17,7 +17,7 @@ import importlib
 import zlib
 from typing import Any
 
-from rlvr.contract import Task
+from rlvr.core.contract import Task
 from rlvr.envs.base import ToolEnv
 
 INSTALL_HINT = "pip install reasoning-gym"

@@ -10,7 +10,7 @@ A third-party package registers its env in its pyproject.toml:
 from __future__ import annotations
 
 from rlvr.envs.base import ToolEnv
-from rlvr.plugins import PluginError, installed_plugins, load_plugin
+from rlvr.core.plugins import PluginError, installed_plugins, load_plugin
 
 ENTRY_POINT_GROUP = "rlvr.envs"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from rlvr.contract import Task, Trajectory
+from rlvr.core.contract import Task, Trajectory
 from rlvr.envs.base import ToolEnv, tool
 
 FACTORS = {"m": 1.0, "km": 1000.0, "cm": 0.01, "mile": 1609.344, "ft": 0.3048, "inch": 0.0254}

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 
-from rlvr.contract import Task, Trajectory
+from rlvr.core.contract import Task, Trajectory
 from rlvr.rewards.base import Score
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)

@@ -22,7 +22,7 @@ import types
 import uuid
 from typing import Any
 
-from rlvr.contract import Task, ToolCallError, Trajectory
+from rlvr.core.contract import Task, ToolCallError, Trajectory
 from rlvr.envs.bfcl import (NO_GROUND_TRUTH, import_bfcl, is_multi_turn, method_parameters, parse_call)
 from rlvr.rewards.base import Score
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from rlvr.contract import Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.contract import Task, ToolCall, ToolCallError, Trajectory
 from rlvr.rewards.base import Score
 
 CHECKS = ("parsed", "known_tool", "valid_arguments", "executed", "novel")

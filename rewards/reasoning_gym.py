@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from rlvr.contract import Task, Trajectory
+from rlvr.core.contract import Task, Trajectory
 from rlvr.envs.reasoning_gym import decode_entry, import_reasoning_gym
 from rlvr.rewards.answer import extract_answer
 from rlvr.rewards.base import Score

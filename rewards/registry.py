@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rlvr.plugins import PluginError, installed_plugins, load_plugin
+from rlvr.core.plugins import PluginError, installed_plugins, load_plugin
 
 ENTRY_POINT_GROUP = "rlvr.rewards"
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
-from rlvr.contract import Group, Task, Trajectory
+from rlvr.core.contract import Group, Task, Trajectory
 from rlvr.rewards.base import Score
 from rlvr.rewards.calls import call_checks
 from rlvr.rewards.registry import load_reward

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlvr.contract import Task, Trajectory
+from rlvr.core.contract import Task, Trajectory
 from rlvr.rewards.base import Score
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rlvr.contract import Task, ToolCall, Trajectory
-from rlvr.envs.support_desk import REFUSAL_PREFIX
+from rlvr.core.contract import Task, ToolCall, Trajectory
+from rlvr.envs.support_desk.backend import REFUSAL_PREFIX
 from rlvr.rewards.base import Score
 
 

@@ -4,9 +4,9 @@ Importing `rlvr` is cheap (no torch): the data contract and config are torch-fre
 and reward plugins can use them in a plain Python shell.
 """
 
-from rlvr.chat import parse_tool_calls
-from rlvr.config import Config, ConfigError, load_config
-from rlvr.contract import Batch, Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.rollout.chat import parse_tool_calls
+from rlvr.core.config import Config, ConfigError, load_config
+from rlvr.core.contract import Batch, Group, Task, ToolCall, ToolCallError, Trajectory
 
 __version__ = "0.1.0"
 __all__ = ["Batch", "Config", "ConfigError", "Group", "Task", "ToolCall", "ToolCallError", "Trajectory",

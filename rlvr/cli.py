@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from rlvr.config import ConfigError, load_config
+from rlvr.core.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL from verifiable rewards for tool-using LLM agents.")
 models_app = typer.Typer(no_args_is_help=True, help="Built-in offline models.")
@@ -44,7 +44,7 @@ def synth(config: str = typer.Argument(..., help="YAML run config (env, rewards,
           out: str = typer.Option(..., "--out", help="JSON-lines file to write")):
     """Build SFT conversations from gold solutions or a teacher, kept when their reward passes synth.threshold."""
     cfg = _config(config, overrides)
-    from rlvr.synth import Synthesizer, write_jsonl
+    from rlvr.stages.synth import Synthesizer, write_jsonl
 
     with _config_errors():
         synthesizer = Synthesizer(cfg)
@@ -59,7 +59,7 @@ def sft_command(config: str = typer.Argument(..., help="YAML run config (model, 
                 overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")):
     """Supervised fine-tuning of a LoRA adapter (TRL's SFTTrainer) on `rlvr synth` conversations."""
     cfg = _config(config, overrides)
-    from rlvr.sft import sft
+    from rlvr.stages.sft import sft
 
     with _config_errors():
         run = sft(cfg)
@@ -84,7 +84,7 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
-    from rlvr.evaluate import comparison_table, difference_table, evaluate_policy, kind_table
+    from rlvr.stages.evaluate import comparison_table, difference_table, evaluate_policy, kind_table
 
     extra = [*(overrides or [])]
     if bfcl:
@@ -124,7 +124,7 @@ def _eval_tasks(cfg, source: str, n: int):
     from pathlib import Path
 
     from rlvr.envs.registry import load_env
-    from rlvr.tasks import env_tasks, load_tasks
+    from rlvr.core.tasks import env_tasks, load_tasks
 
     env_name, _, split = source.rpartition(":") if not Path(source).is_file() else ("", "", "")
     if env_name:
@@ -143,7 +143,7 @@ def quickstart(config: str = typer.Argument("configs/quickstart.yaml", help="YAM
                overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")):
     """synth -> SFT -> RL -> held-out eval of base / SFT / SFT + more SFT / SFT + RL, with a report."""
     cfg = _config(config, overrides)
-    from rlvr.quickstart import quickstart as run_quickstart
+    from rlvr.stages.quickstart import quickstart as run_quickstart
 
     with _config_errors():
         run_quickstart(cfg)
@@ -155,7 +155,7 @@ def export_command(adapter: str = typer.Option(..., "--adapter", help="the adapt
                    merge: bool = typer.Option(False, "--merge", help="merge into the base model (float32 merge, "
                                               "saved in the base's dtype)")):
     """Export an adapter alone, or merged into its base model (loadable by transformers and vLLM)."""
-    from rlvr.export import export
+    from rlvr.stages.export import export
 
     try:
         path = export(adapter, out, merge)
@@ -167,7 +167,7 @@ def export_command(adapter: str = typer.Option(..., "--adapter", help="the adapt
 
 @contextmanager
 def _config_errors():
-    from rlvr.plugins import PluginError
+    from rlvr.core.plugins import PluginError
 
     try:
         yield
@@ -186,7 +186,7 @@ def config(config: str = typer.Argument(..., help="YAML run config"),
 @models_app.command("list")
 def models_list():
     """Built-in model names and whether their packages are installed."""
-    from rlvr.models import BUILTIN_GGUF, BUILTIN_TINY
+    from rlvr.training.models import BUILTIN_GGUF, BUILTIN_TINY
     import importlib.util
 
     for name, source in BUILTIN_GGUF.items():
@@ -199,7 +199,7 @@ def models_list():
 @models_app.command("prepare")
 def models_prepare(name: str):
     """Convert a built-in model to its cached checkpoint now (otherwise done on first use)."""
-    from rlvr.models import ModelNotAvailable, resolve_model
+    from rlvr.training.models import ModelNotAvailable, resolve_model
 
     try:
         typer.echo(resolve_model(name))
@@ -212,7 +212,7 @@ def models_prepare(name: str):
 def envs_list():
     """Built-in and installed environments, with their default rewards (import failures are shown)."""
     from rlvr.envs.registry import env_specs, load_env
-    from rlvr.plugins import PluginError
+    from rlvr.core.plugins import PluginError
 
     for name, spec in env_specs().items():
         try:
@@ -233,7 +233,7 @@ def envs_check(name: str = typer.Argument(..., help="env name, entry point or pa
 
     from rlvr.envs.checker import check_env
     from rlvr.envs.registry import load_env
-    from rlvr.plugins import PluginError
+    from rlvr.core.plugins import PluginError
 
     try:
         env = load_env(name)

@@ -16,11 +16,12 @@ from typing import Callable
 import ray
 from rich.console import Console
 
-from rlvr.config import Config, RayConfig, RolloutConfig
-from rlvr.contract import Task
-from rlvr.learner import build_learner
-from rlvr.models import AdapterState
-from rlvr.workers import RolloutResult, RolloutWorker
+from rlvr.core.config import Config, RayConfig, RolloutConfig
+from rlvr.core.contract import Task
+from rlvr.training.learner import build_learner
+from rlvr.training.models import AdapterState
+from rlvr.core.protocols import RolloutResult
+from rlvr.rollout.workers import RolloutWorker
 
 MAX_REISSUES = 3  # per shard and step: a worker that dies this often on the same tasks is a bug, not bad luck
 console = Console(stderr=True)

@@ -5,28 +5,31 @@
 
 With `ray.enabled=false` all of it runs in this process (the HF engine samples with the learner's own
 model, so a debugger steps through everything); with `ray.enabled=true` the learner and the rollout
-workers are Ray actors (rlvr/distributed.py) and the same loop calls them the same way.
+workers are Ray actors (rlvr/distributed.py) and the same loop calls them the same way, through the
+hand-offs of rlvr/core/protocols.py. Where the scored groups come from is rlvr/rollout/sources.py.
 Checkpoints every `checkpoint.every` steps; `resume=auto` continues the newest run of the same name
-(rlvr/checkpoint.py). `data.source=synthetic` skips rollouts (random scored trajectories): the smoke
-run, which exercises model loading, advantages, the learner and the run folder.
+(rlvr/training/checkpoint.py). `data.source=synthetic` skips rollouts (random scored trajectories): the
+smoke run, which exercises model loading, advantages, the learner and the run folder.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rlvr.batch import make_batch
-from rlvr.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
-                             truncate_log)
-from rlvr.config import Config, ConfigError
-from rlvr.learner import build_learner, resolve_device
+from rlvr.core.config import Config, ConfigError
+from rlvr.core.protocols import Learner, RolloutBackend, RolloutSource
+from rlvr.reporting import plot_curves
+from rlvr.rollout.sources import EnvSource, SyntheticSource
 from rlvr.run import Run
+from rlvr.training.advantages import make_batch
+from rlvr.training.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                      save_checkpoint, truncate_log)
+from rlvr.training.learner import build_learner
 
 console = Console(stderr=True)
 
@@ -59,7 +62,7 @@ def train(cfg: Config) -> Run:
     return run
 
 
-def _steps(cfg: Config, run: Run, learner, source, done: int) -> None:
+def _steps(cfg: Config, run: Run, learner: Learner, source: RolloutSource, done: int) -> None:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         bar = progress.add_task("rlvr", total=cfg.steps, completed=done)
@@ -109,6 +112,9 @@ class Timer:
         return {**{f"time/{k}_s": v for k, v in self.seconds.items()}, "time/step_s": time.perf_counter() - self.start}
 
 
+# -- where things run: Ray only decides that; the loop above calls both variants the same way --------------
+
+
 def _start_ray(cfg: Config):
     """Start or join Ray when enabled; returns what stops it again (a no-op when it was running already)."""
     if not cfg.ray.enabled:
@@ -118,12 +124,30 @@ def _start_ray(cfg: Config):
     return start_ray(cfg.ray, cfg.ray.rollout_workers)
 
 
-def _learner(cfg: Config):
+def _learner(cfg: Config) -> Learner:
     if cfg.ray.enabled:
         from rlvr.distributed import RemoteLearner
 
         return RemoteLearner(cfg)
     return build_learner(cfg)
+
+
+def _rollout_backend(cfg: Config, learner: Learner) -> RolloutBackend:
+    """Ray: `ray.rollout_workers` actors; in-process: one worker, sampling with the learner's own model (HF)."""
+    if cfg.ray.enabled:
+        from rlvr.distributed import RayRollouts
+
+        return RayRollouts(cfg)
+    from rlvr.rollout.workers import LocalRollouts, RolloutWorker
+
+    return LocalRollouts(RolloutWorker(cfg, model=learner.model if cfg.rollout.engine == "hf" else None))
+
+
+def _data_source(cfg: Config) -> RolloutSource:
+    """The run's source of scored groups, resolved (env, rewards, tasks) before any model loads."""
+    if cfg.data.source == "synthetic":
+        return SyntheticSource(cfg)
+    return EnvSource(cfg, backend=lambda learner: _rollout_backend(cfg, learner))
 
 
 def _checkpoint_to_resume(cfg: Config) -> Path | None:
@@ -137,189 +161,3 @@ def _checkpoint_to_resume(cfg: Config) -> Path | None:
         raise ConfigError(f"resume: {checkpoint} is not a complete checkpoint (no meta.json); "
                           "give 'auto', 'never' or a run's checkpoints/step-N directory")
     return checkpoint
-
-
-def _data_source(cfg: Config):
-    """The run's source of scored groups, resolved (env, rewards, tasks) before any model loads."""
-    return SyntheticSource(cfg) if cfg.data.source == "synthetic" else EnvSource(cfg)
-
-
-class SyntheticSource:
-    """data.source=synthetic: random scored groups and no rollouts (the smoke run, the learner benchmarks)."""
-
-    def __init__(self, cfg: Config):
-        if cfg.eval.every:
-            raise ConfigError("eval.every: synthetic data has no held-out tasks to evaluate on")
-        self.cfg = cfg
-
-    def start(self, learner, version: int) -> None:
-        from transformers import AutoConfig
-
-        from rlvr.models import resolve_model
-
-        self.vocab = AutoConfig.from_pretrained(resolve_model(self.cfg.model.name)).vocab_size
-
-    def rollouts(self, step: int):
-        from rlvr.synthetic import synthetic_groups
-
-        data = self.cfg.data
-        return synthetic_groups(data.tasks_per_step, self.cfg.rollout.group_size, data.synthetic_prompt_tokens,
-                                data.synthetic_completion_tokens, self.vocab, seed=self.cfg.seed * 1_000_003 + step), {}
-
-    def engines_asleep(self):
-        return nullcontext()
-
-    def sync(self, learner, version: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class EnvSource:
-    """Tasks from an env's task source (or a file), rolled out by rollout workers (in-process: one, with the
-    learner's own model under the HF engine; on Ray: `ray.rollout_workers` actors), each trajectory scored
-    as it ends. With ray.max_staleness = s, the rollouts of the next s steps are sent before the learner
-    trains on this one."""
-
-    def __init__(self, cfg: Config):
-        from rlvr.envs.registry import load_env
-        from rlvr.plugins import PluginError
-        from rlvr.rewards.scoring import Scorer
-        from rlvr.tasks import TaskSampler, env_tasks, load_tasks
-
-        try:
-            self.env = load_env(cfg.env.name)
-            Scorer.from_config(cfg.rewards, self.env, cfg.env.conditions.call_cost)  # fail now, not in a worker
-            no_tool = cfg.env.conditions.no_tool_fraction
-            tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options,
-                               no_tool_fraction=no_tool)
-            self.held_out = (env_tasks(self.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, no_tool)
-                             if cfg.eval.every else [])
-        except (PluginError, ValueError, TypeError, NotImplementedError) as e:
-            raise ConfigError(str(e)) from None
-        self.sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
-        self.sleep = _engines_share_the_learner_gpu(cfg)
-        if self.sleep and cfg.ray.max_staleness:
-            raise ConfigError("ray.max_staleness: the engines and the learner share one GPU, so rollouts cannot "
-                              "overlap learner steps; use 0")
-        self.cfg = cfg
-        self.backend = None
-        self.pending = {}  # step -> rollouts sent ahead (max_staleness > 0)
-
-    def start(self, learner, version: int) -> None:
-        if self.cfg.ray.enabled:
-            from rlvr.distributed import RayRollouts
-
-            self.backend = RayRollouts(self.cfg)
-        else:
-            from rlvr.workers import LocalRollouts, RolloutWorker
-
-            self.backend = LocalRollouts(RolloutWorker(self.cfg, model=learner.model if self.cfg.rollout.engine == "hf"
-                                                       else None))
-        self.backend.sync(learner, version, wait=True)
-
-    def _submit(self, step: int):
-        return self.backend.submit(self.sampler.batch(step), self.cfg.rollout, self.cfg.seed * 1_000_003 + step,
-                                   min_version=step - 1 - self.cfg.ray.max_staleness)
-
-    def rollouts(self, step: int):
-        pending = self.pending.pop(step, None) or self._submit(step)
-        for ahead in range(step + 1, min(step + self.cfg.ray.max_staleness, self.cfg.steps) + 1):
-            if ahead not in self.pending:
-                self.pending[ahead] = self._submit(ahead)
-        results = self.backend.collect(pending)
-        groups = [g for r in results for g in r.groups]
-        if not groups:
-            errors = [e for r in results for e in r.errors]
-            raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
-                               f"({errors[-1] if errors else 'no error recorded'})")
-        return groups, _rollout_metrics(step, results, self.backend.restarts)
-
-    def engines_asleep(self):
-        return self._asleep() if self.sleep else nullcontext()
-
-    @contextmanager
-    def _asleep(self):
-        self.backend.sleep()
-        try:
-            yield
-        finally:
-            self.backend.wake_up()
-
-    def sync(self, learner, version: int) -> None:
-        self.backend.sync(learner, version, wait=not self.cfg.ray.max_staleness)
-
-    def evaluate(self, step: int) -> dict[str, float]:
-        """One greedy trajectory per held-out task by policy v{step}: eval/mean and every reward component."""
-        greedy = self.cfg.rollout.model_copy(update={"group_size": 1, "temperature": 0.0})
-        results = self.backend.collect(self.backend.submit(self.held_out, greedy, self.cfg.seed, min_version=step))
-        groups = [g for r in results for g in r.groups]
-        trajectories = [t for g in groups for t in g.trajectories]
-        return {**_reward_means(trajectories, "eval"), "eval/tasks": float(len(groups))}
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-
-
-def _engines_share_the_learner_gpu(cfg: Config) -> bool:
-    """vLLM engines sleep during learner steps when they and the learner share one GPU."""
-    if cfg.rollout.engine != "vllm":
-        return False
-    if not cfg.ray.enabled:
-        return resolve_device(cfg.learner.device).type == "cuda"
-    r = cfg.ray
-    return r.learner_gpus > 0 and r.worker_gpus > 0 and r.learner_gpus + r.worker_gpus * r.rollout_workers <= 1
-
-
-def plot_curves(metrics_file: Path, out: Path) -> None:
-    """A PNG of the training reward and, when evaluated, the held-out reward per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in rows], [r["reward/mean"] for r in rows], label="train reward (mean)")
-    evals = [r for r in rows if "eval/mean" in r]
-    if evals:
-        ax.plot([r["step"] for r in evals], [r["eval/mean"] for r in evals], "o-", label="held-out reward (greedy)")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
-def _rollout_metrics(step: int, results, reissued: int) -> dict[str, float]:
-    trajectories = [t for r in results for g in r.groups for t in g.trajectories]
-    sampled = sum(t.num_sampled_tokens for t in trajectories)
-    seconds = max(r.seconds for r in results)  # the workers run side by side
-    calls = [c for t in trajectories for c in t.tool_calls]
-    lags = [step - 1 - t.policy_version for t in trajectories]  # versions behind the policy of step `step`
-    n = len(trajectories)
-    return {"rollout/sampled_tokens": float(sampled),
-            "rollout/tokens_per_s": sampled / seconds if seconds else 0.0,
-            "rollout/turns": sum(t.turns for t in trajectories) / n,
-            "rollout/tool_calls": len(calls) / n,
-            "rollout/tool_errors": sum(c.error is not None for c in calls) / max(len(calls), 1),
-            "rollout/finished": sum(t.finish_reason == "stop" for t in trajectories) / n,
-            "rollout/staleness_mean": sum(lags) / n, "rollout/staleness_max": float(max(lags)),
-            "rollout/reissued_shards": float(reissued),
-            "reward/dropped_trajectories": float(sum(r.dropped for r in results)),
-            "time/score_s": max(r.score_s for r in results),
-            **_reward_means(trajectories, "reward")}
-
-
-def _reward_means(trajectories, prefix: str) -> dict[str, float]:
-    """<prefix>/mean of the rewards and <prefix>/<name> of every reward component."""
-    metrics = {f"{prefix}/mean": sum(t.reward for t in trajectories) / len(trajectories)}
-    for name in trajectories[0].reward_components:
-        metrics[f"{prefix}/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / len(trajectories)
-    return metrics

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import Config
-from rlvr.contract import Group, Trajectory
+from rlvr.core.config import Config
+from rlvr.core.contract import Group, Trajectory
 
 
 class Run:

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from rlvr.batch import make_batch
-from rlvr.config import AlgorithmConfig
-from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.training.advantages import make_batch
+from rlvr.core.config import AlgorithmConfig
+from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
 
 
 def _traj(i, reward, calls=(), group="g", n=6):

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("bfcl_eval")
 
-from rlvr.contract import Task, ToolCall, ToolCallError, Trajectory  # noqa: E402
+from rlvr.core.contract import Task, ToolCall, ToolCallError, Trajectory  # noqa: E402
 from rlvr.envs.bfcl import (MULTI_TURN_CATEGORIES, SINGLE_TURN_CATEGORIES, BfclEnv, bfcl_tasks,  # noqa: E402
                             format_call, in_split, load_entries, parse_call)
 from rlvr.rewards.bfcl import MODEL_NAME, bfcl_ast, bfcl_multi_turn  # noqa: E402

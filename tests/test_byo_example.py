@@ -4,10 +4,10 @@ become verified SFT conversations, and `rlvr train` runs on it with its own rewa
 import asyncio
 import json
 
-from rlvr.config import load_config
+from rlvr.core.config import load_config
 from rlvr.envs.checker import check_env
 from rlvr.loop import train
-from rlvr.synth import Synthesizer
+from rlvr.stages.synth import Synthesizer
 
 ENV = "examples.units:UnitsEnv"
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from rlvr.contract import Task, ToolCall, ToolCallError
+from rlvr.core.contract import Task, ToolCall, ToolCallError
 from rlvr.envs.base import ToolEnv, tool
 from rlvr.envs.calculator import SHAPES, TEMPLATES, CalculationError, CalculatorEnv, calculator_tasks, evaluate
 

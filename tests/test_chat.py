@@ -3,7 +3,7 @@
 import pytest
 
 from rlvr import parse_tool_calls
-from rlvr.contract import ToolCallError
+from rlvr.core.contract import ToolCallError
 
 
 def test_hermes_several_calls_and_content():

@@ -6,16 +6,16 @@ import random
 
 import pytest
 
-from rlvr.config import AlgorithmConfig, RewardsConfig, load_config
-from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.config import AlgorithmConfig, RewardsConfig, load_config
+from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.envs.calculator import NO_TOOL_TEMPLATES, CalculatorEnv
 from rlvr.envs.conditions import TRANSIENT_ERRORS, UnreliableTools, with_transient_failures
 from rlvr.envs.python import PythonEnv
 from rlvr.envs.sql import SqlEnv
-from rlvr.evaluate import behaviour, difference_table, summarize
+from rlvr.stages.evaluate import behaviour, difference_table, summarize
 from rlvr.rewards.scoring import Scorer
-from rlvr.stats import paired_bootstrap, wilson_interval
-from rlvr.tasks import env_tasks
+from rlvr.core.stats import paired_bootstrap, wilson_interval
+from rlvr.core.tasks import env_tasks
 
 TASK = CalculatorEnv.tasks(1, seed=0)[0]
 
@@ -150,7 +150,7 @@ def test_conditions_config_and_the_shuffled_reward_control():
     assert cfg.env.conditions.failure_rate == 0.3 and cfg.algorithm.shuffle_rewards
     with pytest.raises(Exception, match="failure_rate"):
         load_config(None, ["env.conditions.failure_rate=1.5"])
-    from rlvr.batch import make_batch
+    from rlvr.training.advantages import make_batch
 
     tasks = [Task(id=f"t{k}", env="calculator", prompt="?") for k in range(4)]
     groups = [Group(id=t.id, task=t, trajectories=[_trajectory(t, i, float(i == k % 4)) for i in range(4)])

@@ -1,6 +1,6 @@
 import pytest
 
-from rlvr.config import Config, ConfigError, load_config
+from rlvr.core.config import LOSS_NAMES, Config, ConfigError, load_config
 
 
 def test_defaults_file_and_overrides(tmp_path):
@@ -24,7 +24,8 @@ def test_resolved_config_round_trips(tmp_path):
     (["learner.learning_rate=1e-4"], "unknown key 'learner.learning_rate' (did you mean 'learner.lr'?)"),
     (["algoritm.beta=0.1"], "unknown key 'algoritm' (did you mean 'algorithm'?)"),
     (["learner.lr=fast"], "learner.lr: Input should be a valid number"),
-    (["algorithm.loss=ppo"], "algorithm.loss: Input should be 'grpo', 'gspo' or 'cispo'"),
+    (["algorithm.loss=ppo"], "algorithm.loss: Input should be " + ", ".join(map(repr, LOSS_NAMES[:-1]))
+     + f" or {LOSS_NAMES[-1]!r}"),
     (["rollout.group_size=0"], "rollout.group_size: Input should be greater than or equal to 1"),
     (["learner.lr"], "override 'learner.lr' is not of the form key.sub=value"),
     (["steps.sub=1"], "steps: Input should be a valid integer"),

@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from rlvr.contract import Batch, Group, Task, ToolCall, ToolCallError, Trajectory, dump_jsonl, load_jsonl
+from rlvr.core.contract import Batch, Group, Task, ToolCall, ToolCallError, Trajectory, dump_jsonl, load_jsonl
 
 
 def _trajectory(**kw):
@@ -62,5 +62,5 @@ def test_contract_and_plugins_import_without_torch():
     import subprocess
     import sys
 
-    code = "import rlvr, rlvr.envs, rlvr.rewards, rlvr.contract, sys; assert 'torch' not in sys.modules, 'torch'"
+    code = "import rlvr, rlvr.envs, rlvr.rewards, rlvr.core.contract, sys; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from rlvr.batch import make_batch
-from rlvr.config import AlgorithmConfig
-from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.training.advantages import make_batch
+from rlvr.core.config import AlgorithmConfig
+from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.rewards.base import Score
 from rlvr.rewards.scoring import RewardTerm, Scorer
 

@@ -5,12 +5,13 @@ import asyncio
 import pytest
 import torch
 
-from rlvr.algorithms import ObjectiveSpec
-from rlvr.config import LearnerConfig, LoraConfig
-from rlvr.contract import Batch, Trajectory
-from rlvr.engine import HFEngine, SamplingParams
-from rlvr.learner import Learner
-from rlvr.models import add_lora, load_model, load_tokenizer
+from rlvr.training.algorithms import ObjectiveSpec
+from rlvr.core.config import LearnerConfig, LoraConfig
+from rlvr.core.contract import Batch, Trajectory
+from rlvr.core.protocols import SamplingParams
+from rlvr.rollout.engine import HFEngine
+from rlvr.training.learner import Learner
+from rlvr.training.models import add_lora, load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_shared_prefixes_are_prefilled_once_and_change_nothing(tiny):
     """Rows sharing a prefix (a group's copies, a common system prompt with questions of different lengths),
     an unrelated prompt and a one-token prompt in one batch: greedy tokens equal HF's own generate of each
     prompt alone, and log-probs agree; the prefix pass sees each distinct prefix once."""
-    from rlvr.engine import MIN_SHARED_PREFIX, shared_prefixes
+    from rlvr.rollout.engine import MIN_SHARED_PREFIX, shared_prefixes
 
     model, tokenizer = tiny
     engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
@@ -87,7 +88,7 @@ def test_shared_prefixes_are_prefilled_once_and_change_nothing(tiny):
 def test_the_merged_generation_copy_follows_the_adapter(tiny):
     """The engine generates with the adapter merged into a plain copy: an in-place adapter change (a learner
     step) is served after set_adapter(None), and an AdapterState sent from elsewhere after set_adapter(state)."""
-    from rlvr.models import AdapterState
+    from rlvr.training.models import AdapterState
 
     model, tokenizer = tiny
     engine = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
@@ -161,7 +162,7 @@ def test_engine_logprobs_match_the_learner(tiny, temperature):
 
 
 def test_prefix_store_finds_the_longest_common_prefix_and_evicts_the_least_recent():
-    from rlvr.engine import MIN_SHARED_PREFIX, PrefixStore
+    from rlvr.rollout.engine import MIN_SHARED_PREFIX, PrefixStore
 
     kv = lambda n: [(torch.full((1, n, 2), float(n)), torch.zeros(1, n, 2))]  # noqa: E731  one layer, n positions
     head = list(range(100, 100 + MIN_SHARED_PREFIX))

@@ -9,11 +9,11 @@ from rlvr.cli import app
 from rlvr.envs.calculator import CalculatorEnv
 from rlvr.envs.checker import check_env
 from rlvr.envs.registry import env_specs, load_env
-from rlvr.plugins import PluginError
+from rlvr.core.plugins import PluginError
 
 BROKEN_ENVS = '''
 import random
-from rlvr.contract import Task
+from rlvr.core.contract import Task
 from rlvr.envs.base import ToolEnv, tool
 
 

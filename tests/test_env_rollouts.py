@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from rlvr.batch import make_batch
-from rlvr.chat import ChatRenderer
-from rlvr.config import AlgorithmConfig, RolloutConfig
-from rlvr.engine import Completion
-from rlvr.models import load_tokenizer
+from rlvr.training.advantages import make_batch
+from rlvr.rollout.chat import ChatRenderer
+from rlvr.core.config import AlgorithmConfig, RolloutConfig
+from rlvr.core.protocols import Completion
+from rlvr.training.models import load_tokenizer
 from rlvr.rewards.scoring import Scorer
-from rlvr.rollout import rollout_groups, trajectory_seed
+from rlvr.rollout.agent import rollout_groups, trajectory_seed
 
 
 class ScriptByTrajectory:

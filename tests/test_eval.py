@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.evaluate import comparison_table, kind_table, summarize
+from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.stages.evaluate import comparison_table, kind_table, summarize
 
 MODEL = "tiny-random-llama"
 
@@ -50,8 +50,8 @@ def _cli(*args, cwd):
 
 
 def test_eval_a_task_file_and_compare_policies(tmp_path):
-    from rlvr.learner import build_learner
-    from rlvr.config import load_config
+    from rlvr.training.learner import build_learner
+    from rlvr.core.config import load_config
 
     tasks = tmp_path / "tasks.jsonl"  # the calculator's plain task format: no env field
     tasks.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"What is {i} * 1234?", "answer": i * 1234}) + "\n"
@@ -100,10 +100,10 @@ def test_export_the_adapter_alone_or_merged(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from rlvr.config import load_config
-    from rlvr.export import export
-    from rlvr.learner import build_learner
-    from rlvr.models import load_model
+    from rlvr.core.config import load_config
+    from rlvr.stages.export import export
+    from rlvr.training.learner import build_learner
+    from rlvr.training.models import load_model
 
     learner = build_learner(load_config(None, [f"model.name={MODEL}"]))
     with torch.no_grad():
@@ -127,8 +127,8 @@ def test_export_the_adapter_alone_or_merged(tmp_path):
 
 def test_the_quickstart_pipeline_end_to_end_on_a_tiny_model(tmp_path):
     """Every stage runs and the report has the four policies; the real targets are bench/quickstart.py's."""
-    from rlvr.config import load_config
-    from rlvr.quickstart import quickstart
+    from rlvr.core.config import load_config
+    from rlvr.stages.quickstart import quickstart
 
     cfg = load_config(str(__import__("pathlib").Path(__file__).parent.parent / "configs/quickstart.yaml"), [
         f"output_dir={tmp_path}", f"model.name={MODEL}", "model.lora.rank=4", "steps=2", "synth.tasks=4",

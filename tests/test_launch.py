@@ -49,7 +49,7 @@ def test_kuberay_manifest_and_slurm_script_are_well_formed():
 
     import yaml
 
-    from rlvr.config import load_config
+    from rlvr.core.config import load_config
 
     job = yaml.safe_load((ROOT / "launch/rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and job["apiVersion"] == "ray.io/v1"

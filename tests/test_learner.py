@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from rlvr.algorithms import ObjectiveSpec
-from rlvr.batch import make_batch
-from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
-from rlvr.contract import Batch
-from rlvr.learner import Learner, pack, plan_micro_batches, split_groups
-from rlvr.models import add_lora, load_model
-from rlvr.synthetic import synthetic_groups
+from rlvr.training.algorithms import AGGREGATIONS, LOSSES, ObjectiveSpec
+from rlvr.training.advantages import make_batch
+from rlvr.core.config import AlgorithmConfig, LearnerConfig, LoraConfig
+from rlvr.core.contract import Batch
+from rlvr.training.learner import Learner, pack, plan_micro_batches, split_groups
+from rlvr.training.models import add_lora, load_model
+from rlvr.training.synthetic import synthetic_groups
 
 
 def _policy(name="tiny-random-llama", seed=0):
@@ -67,8 +67,8 @@ def test_packed_logprobs_equal_one_sequence_at_a_time(name):
             torch.testing.assert_close(packed[i, : len(t.completion_ids)], expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-@pytest.mark.parametrize("loss", ["grpo", "gspo", "cispo"])
+@pytest.mark.parametrize("aggregation", list(AGGREGATIONS))
+@pytest.mark.parametrize("loss", list(LOSSES))
 def test_micro_batch_gradients_equal_full_batch_gradient(loss, aggregation):
     batch = _batch()
     spec = ObjectiveSpec(loss=loss, aggregation=aggregation, beta=0.05)

@@ -6,12 +6,12 @@ from collections import Counter
 
 import pytest
 
-from rlvr.config import ConfigError, load_config
-from rlvr.contract import dump_jsonl
+from rlvr.core.config import ConfigError, load_config
+from rlvr.core.contract import dump_jsonl
 from rlvr.envs.calculator import calculator_tasks
 from rlvr.loop import train
 from rlvr.rewards.scoring import RewardError
-from rlvr.tasks import TaskSampler, load_tasks
+from rlvr.core.tasks import TaskSampler, load_tasks
 
 
 def test_sampler_visits_every_task_once_per_epoch_and_is_a_function_of_the_step():

@@ -1,6 +1,6 @@
 import pytest
 
-from rlvr import models
+from rlvr.training import models
 
 
 def test_missing_package_names_what_to_install(monkeypatch, tmp_path):

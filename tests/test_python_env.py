@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rlvr.contract import ToolCall
+from rlvr.core.contract import ToolCall
 from rlvr.envs.python import COINS, FAMILIES, PythonEnv, PythonSandbox, limits_within, python_tasks
 from rlvr.envs.sandbox import SandboxLimits, run_sandboxed, sandbox_layers
 

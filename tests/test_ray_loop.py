@@ -8,7 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from rlvr.config import RayConfig, load_config  # noqa: E402
+from rlvr.core.config import RayConfig, load_config  # noqa: E402
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
 from rlvr.loop import train  # noqa: E402
 
@@ -54,8 +54,8 @@ def _rows(run):
 
 def test_generation_changes_after_a_sync_through_the_object_store(local_ray):
     from rlvr.distributed import RayRollouts, RemoteLearner
-    from rlvr.synthetic import synthetic_groups
-    from rlvr.batch import make_batch
+    from rlvr.training.synthetic import synthetic_groups
+    from rlvr.training.advantages import make_batch
 
     cfg = _config("/unused", "ray.rollout_workers=1", "learner.lr=0.05", "rollout.temperature=0")
     learner, rollouts = RemoteLearner(cfg), RayRollouts(cfg)

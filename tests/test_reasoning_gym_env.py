@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("reasoning_gym")
 
-from rlvr.contract import Task, ToolCall, Trajectory  # noqa: E402
+from rlvr.core.contract import Task, ToolCall, Trajectory  # noqa: E402
 from rlvr.envs.reasoning_gym import ReasoningGymEnv, decode_entry, encode_entry, reasoning_gym_tasks  # noqa: E402
 from rlvr.rewards.answer import extract_answer
 from rlvr.rewards.reasoning_gym import reasoning_gym_score  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlvr.envs.calculator import CalculatorEnv
-from rlvr.tasks import TaskSampler
+from rlvr.core.tasks import TaskSampler
 
 STEPS = 4
 OVERRIDES = [f"steps={STEPS}", "model.name=tiny-random-llama", "model.lora.rank=4",
@@ -100,7 +100,7 @@ def test_sigkill_at_three_points_then_resume_loses_nothing(tmp_path):
 
 
 def test_resume_from_a_directory_that_is_not_a_checkpoint_fails_before_loading(tmp_path):
-    from rlvr.config import ConfigError, load_config
+    from rlvr.core.config import ConfigError, load_config
     from rlvr.loop import train
 
     with pytest.raises(ConfigError, match="is not a complete checkpoint"):
@@ -108,7 +108,7 @@ def test_resume_from_a_directory_that_is_not_a_checkpoint_fails_before_loading(t
 
 
 def _train(output_dir, *overrides):
-    from rlvr.config import load_config
+    from rlvr.core.config import load_config
     from rlvr.loop import train
 
     return train(load_config(None, [*OVERRIDES, f"output_dir={output_dir}", *overrides]))
@@ -133,7 +133,7 @@ def test_resume_from_an_earlier_checkpoint_rewinds_the_run(tmp_path):
 
 
 def test_pruning_keeps_the_newest_up_to_the_resumed_step(tmp_path):
-    from rlvr.checkpoint import prune_checkpoints
+    from rlvr.training.checkpoint import prune_checkpoints
 
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from rlvr.contract import Group, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.plugins import PluginError
+from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.plugins import PluginError
 from rlvr.rewards.answer import (answer_format, exact_answer, extract_answer, extract_number, math_equivalence,
                                  numeric_answer)
 from rlvr.rewards.base import Score

@@ -6,13 +6,14 @@ import importlib.util
 import pytest
 import torch
 
-from rlvr.chat import ChatRenderer
-from rlvr.contract import ToolCallError
-from rlvr.engine import Completion, HFEngine, SamplingParams
+from rlvr.rollout.chat import ChatRenderer
+from rlvr.core.contract import ToolCallError
+from rlvr.core.protocols import Completion, SamplingParams
+from rlvr.rollout.engine import HFEngine
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
-from rlvr.models import load_model, load_tokenizer
-from rlvr.config import RolloutConfig
-from rlvr.rollout import rollout_groups, rollout_trajectory
+from rlvr.training.models import load_model, load_tokenizer
+from rlvr.core.config import RolloutConfig
+from rlvr.rollout.agent import rollout_groups, rollout_trajectory
 
 SCRIPT = [
     '<tool_call>\n{"name": "calculate", "arguments": {"expression": "1234 * 7"}}\n</tool_call>',
@@ -128,8 +129,8 @@ def test_real_engine_rollouts_are_reproducible_given_a_seed():
 
 
 def test_recorded_tool_calls_replay_to_the_same_results(tmp_path):
-    from rlvr.contract import Trajectory, dump_jsonl, load_jsonl
-    from rlvr.rollout import replay_tool_calls
+    from rlvr.core.contract import Trajectory, dump_jsonl, load_jsonl
+    from rlvr.rollout.agent import replay_tool_calls
 
     tokenizer = _tokenizer("smollm2-135m-instruct")
     renderer = ChatRenderer(tokenizer)

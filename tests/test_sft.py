@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from rlvr.chat import ChatRenderer
-from rlvr.config import ConfigError, load_config
+from rlvr.rollout.chat import ChatRenderer
+from rlvr.core.config import ConfigError, load_config
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
-from rlvr.models import load_tokenizer
+from rlvr.training.models import load_tokenizer
 from rlvr.rewards.scoring import Scorer
-from rlvr.sft import tokenize_conversation, training_rows
-from rlvr.synth import Synthesizer, gold_turns, replay, write_jsonl
+from rlvr.stages.sft import tokenize_conversation, training_rows
+from rlvr.stages.synth import Synthesizer, gold_turns, replay, write_jsonl
 
 MODEL = "tiny-random-llama"  # SmolLM2's tokenizer and chat template (no native tool support: hermes fallback)
 
@@ -108,8 +108,8 @@ def test_general_chat_is_mixed_in_and_bad_data_is_named(tmp_path, renderer):
 
 def test_sft_trains_an_adapter_with_trl_that_rl_starts_from(tmp_path):
     pytest.importorskip("trl")
-    from rlvr.learner import build_learner
-    from rlvr.sft import sft
+    from rlvr.training.learner import build_learner
+    from rlvr.stages.sft import sft
 
     data = tmp_path / "tools.jsonl"
     write_jsonl(data, Synthesizer(_config()).run(calculator_tasks(8)))
@@ -127,8 +127,8 @@ def test_on_cpu_sft_scores_only_labelled_positions_with_the_same_loss():
     trl_utils = pytest.importorskip("trl.trainer.utils")
     import torch
 
-    from rlvr.models import load_model
-    from rlvr.sft import _score_assistant_tokens_only
+    from rlvr.training.models import load_model
+    from rlvr.stages.sft import _score_assistant_tokens_only
 
     model = load_model("tiny-random-llama", device=torch.device("cpu"))
     trl_utils.add_fused_lm_head(model)

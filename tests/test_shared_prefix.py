@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from rlvr.algorithms import ObjectiveSpec
-from rlvr.batch import make_batch
-from rlvr.config import AlgorithmConfig, LearnerConfig, LoraConfig
-from rlvr.learner import Learner, plan_shared_prefix
-from rlvr.models import add_lora, load_model
-from rlvr.synthetic import synthetic_groups
+from rlvr.training.algorithms import ObjectiveSpec
+from rlvr.training.advantages import make_batch
+from rlvr.core.config import AlgorithmConfig, LearnerConfig, LoraConfig
+from rlvr.training.learner import Learner, plan_shared_prefix
+from rlvr.training.models import add_lora, load_model
+from rlvr.training.synthetic import synthetic_groups
 
 
 def _policy(name):

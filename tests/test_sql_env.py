@@ -3,10 +3,11 @@ import time
 
 import pytest
 
-from rlvr.contract import ToolCall, ToolCallError
+from rlvr.core.contract import ToolCall, ToolCallError
 from rlvr.envs.registry import load_env
-from rlvr.envs.sql import (MAX_RESULT_BYTES, MAX_RESULT_ROWS, SHOWN_ROWS, TEMPLATES, ShopDatabase, SqlEnv,
-                           normalise_rows, questions, sql_tasks)
+from rlvr.envs.sql import SqlEnv, sql_tasks
+from rlvr.envs.sql.backend import MAX_RESULT_BYTES, MAX_RESULT_ROWS, SHOWN_ROWS, ShopDatabase, normalise_rows
+from rlvr.envs.sql.tasks import TEMPLATES, questions
 
 
 def _run(env, *calls):

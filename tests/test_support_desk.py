@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from rlvr.contract import Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.contract import Task, ToolCall, ToolCallError, Trajectory
 from rlvr.envs.registry import load_env
-from rlvr.envs.support_desk import (POLICIES, SCENARIOS, SupportDeskEnv, generate_db, support_desk_tasks,
-                                    transactions_of)
+from rlvr.envs.support_desk import SupportDeskEnv, support_desk_tasks
+from rlvr.envs.support_desk.backend import POLICIES, generate_db, transactions_of
+from rlvr.envs.support_desk.tasks import SCENARIOS
 from rlvr.rewards.registry import load_reward
 from rlvr.rewards.support_desk import policy_compliance
 

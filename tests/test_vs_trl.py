@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective, tis_weights
+from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, policy_objective, tis_weights
 
 trl = pytest.importorskip("trl")
 

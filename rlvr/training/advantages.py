@@ -6,9 +6,9 @@ import zlib
 
 import torch
 
-from rlvr.algorithms import ADVANTAGES, CREDIT, token_advantages, zero_variance_groups
-from rlvr.config import AlgorithmConfig
-from rlvr.contract import Batch, Group
+from rlvr.training.algorithms import ADVANTAGES, CREDIT, token_advantages, zero_variance_groups
+from rlvr.core.config import AlgorithmConfig
+from rlvr.core.contract import Batch, Group
 
 
 def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[str, float]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from rlvr.contract import Task, load_jsonl
+from rlvr.core.contract import Task, load_jsonl
 
 
 def load_tasks(source: str, env, count: int, seed: int, split: str, options: dict,

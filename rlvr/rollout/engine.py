@@ -19,35 +19,13 @@ import asyncio
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
 
-from rlvr.attention import use_prefix_attention
-from rlvr.models import AdapterState
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0
-    stop: tuple[str, ...] = ()  # stop strings, kept in the output (the stop tokens are always honoured)
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]  # sampled ids, ending with the stop token when finish_reason == "stop"
-    logprobs: list[float]  # one per sampled id, under the sampling distribution
-    finish_reason: Literal["stop", "length"]
-
-
-class Engine(Protocol):
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion: ...
-
-    async def set_adapter(self, adapter: AdapterState | None) -> None: ...
+from rlvr.core.protocols import Completion, SamplingParams
+from rlvr.training.attention import use_prefix_attention
+from rlvr.training.models import AdapterState
 
 
 @dataclass

@@ -16,6 +16,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from rlvr.core.config import (ADVANTAGE_NAMES, AGGREGATION_NAMES, CREDIT_NAMES, KL_ESTIMATOR_NAMES,
+                              LOSS_NAMES)
+
 # Log-ratios are clamped before exp() so one wild token cannot produce inf (verl uses the same bound).
 LOG_RATIO_BOUND = 20.0
 
@@ -313,3 +316,17 @@ def policy_objective(
     if behaviour_logp is not None:
         metrics["behaviour_logp_abs_diff"] = ((old - behaviour_logp).abs() * mask).sum()
     return AGGREGATIONS[spec.aggregation](per_token, mask, counts), metrics
+
+
+def _check_names() -> None:
+    """Each registry holds exactly the names the config accepts (rlvr/core/config.py declares them torch-free)."""
+    declared = {"ADVANTAGE_NAMES": (ADVANTAGES, ADVANTAGE_NAMES), "CREDIT_NAMES": (CREDIT, CREDIT_NAMES),
+                "LOSS_NAMES": (LOSSES, LOSS_NAMES), "AGGREGATION_NAMES": (AGGREGATIONS, AGGREGATION_NAMES),
+                "KL_ESTIMATOR_NAMES": (KL_ESTIMATORS, KL_ESTIMATOR_NAMES)}
+    for constant, (registry, names) in declared.items():
+        if set(registry) != set(names):
+            raise ImportError(f"rlvr.core.config.{constant} {sorted(names)} differs from its registry's names "
+                              f"{sorted(registry)}: add or remove the name in both")
+
+
+_check_names()

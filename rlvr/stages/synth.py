@@ -32,11 +32,11 @@ from typing import Any
 
 from rich.progress import track
 
-from rlvr.chat import ChatRenderer, parse_tool_calls, rollout_messages, tool_arguments, write_tool_calls
-from rlvr.config import Config
-from rlvr.contract import Message, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.engine import Completion, SamplingParams
-from rlvr.rollout import rollout_trajectory
+from rlvr.rollout.chat import ChatRenderer, parse_tool_calls, rollout_messages, tool_arguments, write_tool_calls
+from rlvr.core.config import Config
+from rlvr.core.contract import Message, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.protocols import Completion, SamplingParams
+from rlvr.rollout.agent import rollout_trajectory
 
 
 class ScriptedEngine:
@@ -118,7 +118,7 @@ class Synthesizer:
 
     def __init__(self, cfg: Config):
         from rlvr.envs.registry import load_env
-        from rlvr.models import load_tokenizer
+        from rlvr.training.models import load_tokenizer
         from rlvr.rewards.scoring import Scorer
 
         self.cfg = cfg
@@ -167,7 +167,7 @@ class Synthesizer:
         return self._record(task, asyncio.run(play()), self.renderer.format, source)
 
     def _local_teacher(self, tasks: list[Task]) -> list[dict[str, Any] | None]:
-        from rlvr.workers import RolloutWorker
+        from rlvr.rollout.workers import RolloutWorker
 
         synth = self.cfg.synth
         teacher_cfg = self.cfg.model_copy(deep=True)

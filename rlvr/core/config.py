@@ -90,10 +90,19 @@ class RewardsConfig(_Section):
     concurrency: int = Field(256, ge=1)  # reward calls in flight at once
 
 
+# The names of the algorithm registries in rlvr/training/algorithms.py, declared here so that a config
+# is checked without importing torch; algorithms.py refuses to import when a registry differs from these.
+ADVANTAGE_NAMES = ("grpo", "dr_grpo", "rloo")
+CREDIT_NAMES = ("none", "per_call", "step_grouped")
+LOSS_NAMES = ("grpo", "gspo", "cispo")
+AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATOR_NAMES = ("k1", "k3")
+
+
 class AlgorithmConfig(_Section):
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    loss: Literal["grpo", "gspo", "cispo"] = "grpo"
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    advantage: Literal[ADVANTAGE_NAMES] = "grpo"
+    loss: Literal[LOSS_NAMES] = "grpo"
+    aggregation: Literal[AGGREGATION_NAMES] = "token-mean"
     # PPO-style ratio bounds [1 - clip_low, 1 + clip_high]; clip_high > clip_low is DAPO's clip-higher.
     # cispo clips its (detached) IS weight to the same range: MiniMax-M1/ScaleRL use clip_low=1, clip_high=4.
     clip_low: float = Field(0.2, ge=0.0)
@@ -104,11 +113,11 @@ class AlgorithmConfig(_Section):
     # that survives it is drift, not learning (bench/quickstart.py's random-reward arm)
     shuffle_rewards: bool = False
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
-    kl_estimator: Literal["k1", "k3"] = "k3"
+    kl_estimator: Literal[KL_ESTIMATOR_NAMES] = "k3"
     tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
     # per-call credit (docs/credit.md): none | per_call (normalised over the group's calls) |
     # step_grouped (over calls made from the same env state, GiGPO-style); A_token = A_outcome + w * A_call
-    credit: Literal["none", "per_call", "step_grouped"] = "per_call"
+    credit: Literal[CREDIT_NAMES] = "per_call"
     credit_weight: float = Field(1.0, ge=0.0)
     # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
     loss_norm_tokens: int | None = Field(None, ge=1)
@@ -152,12 +161,12 @@ class LoggingConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    every: int = Field(0, ge=0)  # save every N steps (atomically, see rlvr/checkpoint.py); 0 = only the final adapter
+    every: int = Field(0, ge=0)  # save every N steps (atomically, see rlvr/training/checkpoint.py); 0 = only the final adapter
     keep: int = Field(2, ge=1)  # newest checkpoints kept
 
 
 class SynthConfig(_Section):
-    """`rlvr synth`: where SFT conversations come from (rlvr/synth.py)."""
+    """`rlvr synth`: where SFT conversations come from (rlvr/stages/synth.py)."""
 
     tasks: int = Field(256, ge=1)  # tasks drawn from the env's train split
     # task-source options for the demonstrations only, over env.options: e.g. gold for some task kinds
@@ -174,7 +183,7 @@ class SynthConfig(_Section):
 
 
 class SFTConfig(_Section):
-    """`rlvr sft`: LoRA supervised fine-tuning with TRL's SFTTrainer (rlvr/sft.py)."""
+    """`rlvr sft`: LoRA supervised fine-tuning with TRL's SFTTrainer (rlvr/stages/sft.py)."""
 
     data: str = ""  # JSON lines from `rlvr synth`
     mix_data: str | None = None  # general chat conversations (JSON lines with "messages") against forgetting

@@ -21,10 +21,10 @@ import time
 import zlib
 from typing import Callable
 
-from rlvr.chat import ChatRenderer, parse_tool_calls
-from rlvr.config import RolloutConfig
-from rlvr.contract import Group, Message, Task, ToolCall, ToolCallError, Trajectory
-from rlvr.engine import Engine, SamplingParams
+from rlvr.rollout.chat import ChatRenderer, parse_tool_calls
+from rlvr.core.config import RolloutConfig
+from rlvr.core.contract import Group, Message, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.protocols import Engine, SamplingParams
 from rlvr.envs.base import ToolEnv
 from rlvr.rewards.scoring import Scorer
 

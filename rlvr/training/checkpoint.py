@@ -6,7 +6,7 @@ A checkpoint is written into `checkpoints/.tmp-step-N`, flushed, then renamed to
 named `step-N` is always complete, whatever moment the process was killed at. What a step depends on is
 all in it or a function of the step number: the adapter and optimiser state, the learner process's RNG
 states, and the step
-(the tasks of step k and its sampling seeds are functions of (seed, k), rlvr/tasks.py). On resume the run's
+(the tasks of step k and its sampling seeds are functions of (seed, k), rlvr/core/tasks.py). On resume the run's
 metrics.jsonl and tasks.jsonl are cut back to the checkpoint's step, so the steps after it are redone and
 logged once: no gap, no duplicate, and checkpoints after it are dropped. Old checkpoints are renamed out of
 `step-N` before they are deleted, and pruned again on resume, so a kill during pruning leaves neither a half
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from rlvr.models import AdapterState
+from rlvr.training.models import AdapterState
 
 PREFIX = "step-"
 STATE_FILE = "learner_state.pt"

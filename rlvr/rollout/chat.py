@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from rlvr.contract import Message, ToolCall, ToolCallError
+from rlvr.core.contract import Message, ToolCall, ToolCallError
 
 FORMATS = ("hermes", "llama3", "mistral")
 

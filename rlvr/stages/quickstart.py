@@ -1,7 +1,7 @@
 """`rlvr quickstart [CONFIG]`: synth -> SFT -> GRPO -> held-out evaluation, in one command.
 
-1. synth: gold conversations for `synth.tasks` training tasks (rlvr/synth.py)
-2. SFT: a LoRA adapter on them (rlvr/sft.py)
+1. synth: gold conversations for `synth.tasks` training tasks (rlvr/stages/synth.py)
+2. SFT: a LoRA adapter on them (rlvr/stages/sft.py)
 3. RL: `rlvr train` for `steps` steps starting from the SFT adapter (the KL reference stays the base model)
 4. the control: the same SFT adapter trained with more SFT for as long as RL took (`sft.time_limit_s`), so a
    gain of RL over SFT is RL's and not more training's
@@ -27,18 +27,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rlvr.config import Config
+from rlvr.core.config import Config
 
 console = Console(stderr=True)
 
 
 def quickstart(cfg: Config) -> Path:
-    from rlvr.evaluate import comparison_table, difference_table, evaluate_policy, kind_table, plot_policies
+    from rlvr.core.tasks import env_tasks
     from rlvr.loop import train
-    from rlvr.stats import paired_bootstrap
-    from rlvr.tasks import env_tasks
-    from rlvr.sft import sft
-    from rlvr.synth import Synthesizer, write_jsonl
+    from rlvr.reporting import plot_policies
+    from rlvr.stages.evaluate import comparison_table, difference_table, evaluate_policy, kind_table
+    from rlvr.stages.sft import sft
+    from rlvr.core.stats import paired_bootstrap
+    from rlvr.stages.synth import Synthesizer, write_jsonl
 
     root = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True)

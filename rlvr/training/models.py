@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from rlvr.config import LoraConfig
+from rlvr.core.config import LoraConfig
 
 
 class ModelNotAvailable(RuntimeError):

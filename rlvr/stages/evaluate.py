@@ -9,7 +9,7 @@ sampled tokens, latency. Success per task family (metadata "family" or "category
 tasks carry metadata "kind" (the calculator's solution shape), per kind: where two policies differ.
 Under realistic tool conditions (env.conditions), the behaviours that explain success: recovery after a
 tool error, retries of transient failures, unnecessary calls on tasks that need no tool (`behaviour`).
-Per-task outcomes feed paired bootstrap intervals between policies (`difference_table`, rlvr/stats.py).
+Per-task outcomes feed paired bootstrap intervals between policies (`difference_table`, rlvr/core/stats.py).
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rlvr.config import Config
-from rlvr.contract import Task, ToolCallError, Trajectory
+from rlvr.core.config import Config
+from rlvr.core.contract import Task, ToolCallError, Trajectory
 
 
 def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples: int = 1,
                     transcripts: str | Path | None = None, label: str = "policy") -> dict[str, Any]:
     """The metrics of the base model with `adapter` (None: the base model alone) on `tasks`; with `transcripts`,
     every trajectory is appended to that JSON-lines file under `label`, to read what went wrong."""
-    from rlvr.workers import RolloutWorker
+    from rlvr.rollout.workers import RolloutWorker
 
     policy = cfg.model_copy(deep=True)
     policy.model.init_adapter = adapter
@@ -139,7 +139,7 @@ def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
 def difference_table(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], seed: int = 0) -> str:
     """A Markdown table of success differences `b - a` for each (a, b) in `pairs`, with 95% paired bootstrap
     intervals over the tasks both were evaluated on."""
-    from rlvr.stats import paired_bootstrap
+    from rlvr.core.stats import paired_bootstrap
 
     lines = ["| difference | points | 95% interval | tasks |", "|---|---|---|---|"]
     for a, b in pairs:
@@ -174,34 +174,3 @@ def _cell(value) -> str:
         return f"{value:.3f}"
     return str(value)
 
-
-def plot_policies(reports: dict[str, dict[str, Any]], out: str | Path) -> None:
-    """A PNG with one panel per measure (success with its 95% Wilson interval, calls per task, recovery
-    after a tool error, unnecessary calls), a bar per policy; panels with nothing measured are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rlvr.stats import wilson_interval
-
-    panels = [(m, title) for m, title in (("success_rate", "held-out success"),
-                                          ("tool_calls_per_trajectory", "tool calls per task"),
-                                          ("recovery_rate", "success after a tool error"),
-                                          ("unnecessary_call_rate", "calls on no-tool tasks"))
-              if any(r.get(m) is not None for r in reports.values())]
-    labels = list(reports)
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, (measure, title) in zip(axes[0], panels):
-        values = [reports[p].get(measure) or 0.0 for p in labels]
-        errors = None
-        if measure == "success_rate":
-            bounds = [wilson_interval(v, len(reports[p]["outcomes"])) for p, v in zip(labels, values)]
-            errors = [[v - lo for v, (lo, _) in zip(values, bounds)], [hi - v for v, (_, hi) in zip(values, bounds)]]
-        ax.bar(range(len(labels)), values, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(labels))])
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)

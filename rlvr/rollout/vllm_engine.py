@@ -22,8 +22,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from rlvr.engine import Completion, SamplingParams
-from rlvr.models import AdapterState, resolve_model
+from rlvr.core.protocols import Completion, SamplingParams
+from rlvr.training.models import AdapterState, resolve_model
 
 
 class VLLMEngine:

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
-from rlvr.attention import use_prefix_attention
-from rlvr.config import Config, LearnerConfig
-from rlvr.contract import Batch
-from rlvr.models import AdapterState, add_lora, bf16_supported, load_model
+from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, policy_objective
+from rlvr.training.attention import use_prefix_attention
+from rlvr.core.config import Config, LearnerConfig
+from rlvr.core.contract import Batch
+from rlvr.training.models import AdapterState, add_lora, bf16_supported, load_model
 
 # Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
 # the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).

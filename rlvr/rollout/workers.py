@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
-from rlvr.config import Config, RolloutConfig
-from rlvr.contract import Group, Task
-from rlvr.models import AdapterState
-
-
-@dataclass
-class RolloutResult:
-    groups: list[Group]  # groups left empty by a dropping reward (rewards.on_error=drop) are left out
-    version: int  # the policy version that sampled them
-    dropped: int  # trajectories dropped by a failing reward
-    errors: list[str]  # why, one line each
-    seconds: float  # wall time of the whole rollout
-    score_s: float  # wall time with a reward running (overlaps generation)
+from rlvr.core.config import Config, RolloutConfig
+from rlvr.core.contract import Task
+from rlvr.core.protocols import RolloutResult
+from rlvr.training.models import AdapterState
 
 
 class RolloutWorker:
     def __init__(self, cfg: Config, model=None):
         """`model`: the learner's own PEFT model to sample with (in-process HF); None loads a copy."""
-        from rlvr.chat import ChatRenderer
         from rlvr.envs.conditions import with_transient_failures
+        from rlvr.rollout.chat import ChatRenderer
         from rlvr.envs.registry import load_env
-        from rlvr.models import load_tokenizer
+        from rlvr.training.models import load_tokenizer
         from rlvr.rewards.scoring import Scorer
 
         self.cfg = cfg
@@ -50,14 +40,14 @@ class RolloutWorker:
     def _make_engine(self, model):
         import torch
 
-        from rlvr.engine import HFEngine
-        from rlvr.learner import resolve_device
-        from rlvr.models import add_lora, bf16_supported, load_model
+        from rlvr.rollout.engine import HFEngine
+        from rlvr.training.learner import resolve_device
+        from rlvr.training.models import add_lora, bf16_supported, load_model
 
         cfg = self.cfg
         stop_ids = self.renderer.turn_end_ids
         if cfg.rollout.engine == "vllm":
-            from rlvr.vllm_engine import VLLMEngine
+            from rlvr.rollout.vllm_engine import VLLMEngine
 
             engine = VLLMEngine(cfg.model.name, stop_ids=stop_ids, max_lora_rank=cfg.model.lora.rank, seed=cfg.seed,
                                 enable_sleep_mode=True).start()
@@ -82,7 +72,7 @@ class RolloutWorker:
         return version
 
     def rollout(self, tasks: list[Task], settings: RolloutConfig, seed: int) -> RolloutResult:
-        from rlvr.rollout import rollout_groups
+        from rlvr.rollout.agent import rollout_groups
 
         stats = self.scorer.stats
         dropped, errors, busy, start = stats.dropped, len(stats.errors), stats.busy_s, time.perf_counter()

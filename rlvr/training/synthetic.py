@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from rlvr.contract import Group, Task, ToolCall, Trajectory
+from rlvr.core.contract import Group, Task, ToolCall, Trajectory
 
 
 def synthetic_groups(num_groups: int, group_size: int, prompt_tokens: int, completion_tokens: int,

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rlvr.chat import ChatRenderer, rollout_messages
-from rlvr.config import Config, ConfigError
-from rlvr.contract import Message
+from rlvr.rollout.chat import ChatRenderer, rollout_messages
+from rlvr.core.config import Config, ConfigError
+from rlvr.core.contract import Message
 
 
 def tokenize_conversation(renderer: ChatRenderer, messages: list[Message], tools: list[dict[str, Any]],
@@ -114,8 +114,8 @@ def sft(cfg: Config):
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from rlvr.learner import resolve_device
-    from rlvr.models import add_lora, bf16_supported, load_model, load_tokenizer
+    from rlvr.training.learner import resolve_device
+    from rlvr.training.models import add_lora, bf16_supported, load_model, load_tokenizer
     from rlvr.run import Run
 
     renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)

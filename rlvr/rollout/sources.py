@@ -1,0 +1,168 @@
+"""Rollout scheduling: where the RL loop's scored groups come from, step by step.
+
+`EnvSource` samples each step's tasks, sends them to a RolloutBackend (in-process workers or Ray actors),
+keeps up to `ray.max_staleness` steps of rollouts in flight ahead of the learner, puts the engines to
+sleep while the learner shares their GPU, and evaluates on held-out tasks. `SyntheticSource`
+(data.source=synthetic) has random scored groups and no rollouts: the smoke run.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Callable
+
+from rlvr.core.config import Config, ConfigError
+from rlvr.core.contract import Group, Trajectory
+from rlvr.core.protocols import Learner, RolloutBackend, RolloutResult
+from rlvr.training.learner import resolve_device
+
+
+class SyntheticSource:
+    """data.source=synthetic: random scored groups and no rollouts (the smoke run, the learner benchmarks)."""
+
+    def __init__(self, cfg: Config):
+        if cfg.eval.every:
+            raise ConfigError("eval.every: synthetic data has no held-out tasks to evaluate on")
+        self.cfg = cfg
+
+    def start(self, learner: Learner, version: int) -> None:
+        from transformers import AutoConfig
+
+        from rlvr.training.models import resolve_model
+
+        self.vocab = AutoConfig.from_pretrained(resolve_model(self.cfg.model.name)).vocab_size
+
+    def rollouts(self, step: int) -> tuple[list[Group], dict[str, float]]:
+        from rlvr.training.synthetic import synthetic_groups
+
+        data = self.cfg.data
+        return synthetic_groups(data.tasks_per_step, self.cfg.rollout.group_size, data.synthetic_prompt_tokens,
+                                data.synthetic_completion_tokens, self.vocab, seed=self.cfg.seed * 1_000_003 + step), {}
+
+    def engines_asleep(self):
+        return nullcontext()
+
+    def sync(self, learner: Learner, version: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class EnvSource:
+    """Tasks from an env's task source (or a file), rolled out by rollout workers (in-process: one, with the
+    learner's own model under the HF engine; on Ray: `ray.rollout_workers` actors), each trajectory scored
+    as it ends. With ray.max_staleness = s, the rollouts of the next s steps are sent before the learner
+    trains on this one."""
+
+    def __init__(self, cfg: Config, backend: Callable[[Learner], RolloutBackend]):
+        """`backend` builds the workers once the learner exists (in-process they may share its model)."""
+        from rlvr.core.plugins import PluginError
+        from rlvr.core.tasks import TaskSampler, env_tasks, load_tasks
+        from rlvr.envs.registry import load_env
+        from rlvr.rewards.scoring import Scorer
+
+        try:
+            self.env = load_env(cfg.env.name)
+            Scorer.from_config(cfg.rewards, self.env, cfg.env.conditions.call_cost)  # fail now, not in a worker
+            no_tool = cfg.env.conditions.no_tool_fraction
+            tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options,
+                               no_tool_fraction=no_tool)
+            self.held_out = (env_tasks(self.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, no_tool)
+                             if cfg.eval.every else [])
+        except (PluginError, ValueError, TypeError, NotImplementedError) as e:
+            raise ConfigError(str(e)) from None
+        self.sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
+        self.sleep = _engines_share_the_learner_gpu(cfg)
+        if self.sleep and cfg.ray.max_staleness:
+            raise ConfigError("ray.max_staleness: the engines and the learner share one GPU, so rollouts cannot "
+                              "overlap learner steps; use 0")
+        self.cfg = cfg
+        self.make_backend = backend
+        self.backend: RolloutBackend | None = None
+        self.pending = {}  # step -> rollouts sent ahead (max_staleness > 0)
+
+    def start(self, learner: Learner, version: int) -> None:
+        self.backend = self.make_backend(learner)
+        self.backend.sync(learner, version, wait=True)
+
+    def _submit(self, step: int):
+        return self.backend.submit(self.sampler.batch(step), self.cfg.rollout, self.cfg.seed * 1_000_003 + step,
+                                   min_version=step - 1 - self.cfg.ray.max_staleness)
+
+    def rollouts(self, step: int) -> tuple[list[Group], dict[str, float]]:
+        pending = self.pending.pop(step, None) or self._submit(step)
+        for ahead in range(step + 1, min(step + self.cfg.ray.max_staleness, self.cfg.steps) + 1):
+            if ahead not in self.pending:
+                self.pending[ahead] = self._submit(ahead)
+        results = self.backend.collect(pending)
+        groups = [g for r in results for g in r.groups]
+        if not groups:
+            errors = [e for r in results for e in r.errors]
+            raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
+                               f"({errors[-1] if errors else 'no error recorded'})")
+        return groups, _rollout_metrics(step, results, self.backend.restarts)
+
+    def engines_asleep(self):
+        return self._asleep() if self.sleep else nullcontext()
+
+    @contextmanager
+    def _asleep(self):
+        self.backend.sleep()
+        try:
+            yield
+        finally:
+            self.backend.wake_up()
+
+    def sync(self, learner: Learner, version: int) -> None:
+        self.backend.sync(learner, version, wait=not self.cfg.ray.max_staleness)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """One greedy trajectory per held-out task by policy v{step}: eval/mean and every reward component."""
+        greedy = self.cfg.rollout.model_copy(update={"group_size": 1, "temperature": 0.0})
+        results = self.backend.collect(self.backend.submit(self.held_out, greedy, self.cfg.seed, min_version=step))
+        groups = [g for r in results for g in r.groups]
+        trajectories = [t for g in groups for t in g.trajectories]
+        return {**_reward_means(trajectories, "eval"), "eval/tasks": float(len(groups))}
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+
+def _engines_share_the_learner_gpu(cfg: Config) -> bool:
+    """vLLM engines sleep during learner steps when they and the learner share one GPU."""
+    if cfg.rollout.engine != "vllm":
+        return False
+    if not cfg.ray.enabled:
+        return resolve_device(cfg.learner.device).type == "cuda"
+    r = cfg.ray
+    return r.learner_gpus > 0 and r.worker_gpus > 0 and r.learner_gpus + r.worker_gpus * r.rollout_workers <= 1
+
+
+def _rollout_metrics(step: int, results: list[RolloutResult], reissued: int) -> dict[str, float]:
+    trajectories = [t for r in results for g in r.groups for t in g.trajectories]
+    sampled = sum(t.num_sampled_tokens for t in trajectories)
+    seconds = max(r.seconds for r in results)  # the workers run side by side
+    calls = [c for t in trajectories for c in t.tool_calls]
+    lags = [step - 1 - t.policy_version for t in trajectories]  # versions behind the policy of step `step`
+    n = len(trajectories)
+    return {"rollout/sampled_tokens": float(sampled),
+            "rollout/tokens_per_s": sampled / seconds if seconds else 0.0,
+            "rollout/turns": sum(t.turns for t in trajectories) / n,
+            "rollout/tool_calls": len(calls) / n,
+            "rollout/tool_errors": sum(c.error is not None for c in calls) / max(len(calls), 1),
+            "rollout/finished": sum(t.finish_reason == "stop" for t in trajectories) / n,
+            "rollout/staleness_mean": sum(lags) / n, "rollout/staleness_max": float(max(lags)),
+            "rollout/reissued_shards": float(reissued),
+            "reward/dropped_trajectories": float(sum(r.dropped for r in results)),
+            "time/score_s": max(r.score_s for r in results),
+            **_reward_means(trajectories, "reward")}
+
+
+def _reward_means(trajectories: list[Trajectory], prefix: str) -> dict[str, float]:
+    """<prefix>/mean of the rewards and <prefix>/<name> of every reward component."""
+    metrics = {f"{prefix}/mean": sum(t.reward for t in trajectories) / len(trajectories)}
+    for name in trajectories[0].reward_components:
+        metrics[f"{prefix}/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / len(trajectories)
+    return metrics

@@ -1,0 +1,2 @@
+"""Turning scored trajectories into weights: advantages, the algorithm registries, the learner, models
+and LoRA adapters, attention, checkpoints."""
