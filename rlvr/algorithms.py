@@ -87,26 +87,57 @@ ADVANTAGES: dict[str, Callable[..., Tensor]] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-call credit: (credit (C,), group_index (C,), anchor_index (C,) long, eps) -> call advantages (C,)
+# Per-call credit: (credit (C,), group_index (C,), anchor_index (C,) long, eps, estimator) -> call advantages (C,)
 # `credit` is each tool call's combined score (docs/credit.md); `anchor_index` numbers the distinct
 # (group, env state before the call) pairs, so calls sharing it were made from the same state.
+# `estimator` is the outcome advantage's name: the call term is scaled like it (see `call_advantage`).
+
+# grpo divides the call term by max(std, CREDIT_STD_FLOOR) instead of std + eps: credits are in reward
+# units (a check is worth 1/5, progress +-1), and a plain std turns a tiny difference between
+# near-identical calls (one duplicate among ten: credit 0.8 against 1.0) into -2.85, more than any
+# binary outcome advantage. 0.5 is the std of calls that differ by one full unit half of the time, so
+# calls that really differ are normalised as before and near-identical ones get a term in proportion.
+CREDIT_STD_FLOOR = 0.5
 
 
-def no_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
+def call_advantage(credit: Tensor, index: Tensor, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
+    """The outcome estimator's formula applied to call credits compared within `index`:
+
+        grpo:    (c - mean) / max(std, CREDIT_STD_FLOOR)      (std with Bessel's correction)
+        dr_grpo: c - mean                                      (reward units, like its advantages)
+        rloo:    n / (n - 1) * (c - mean)                      (leave-one-out baseline over the n calls)
+
+    Args: credit (C,) float; index (C,) long comparison sets; eps unused (shared signature). Returns (C,),
+    exactly 0 for a call alone in its set or in a set whose credits are all equal.
+    """
+    if estimator == "grpo":
+        centered, count = _centered(credit, index)
+        num = int(index.max()) + 1
+        std = (_group_sums(centered**2, index, num)[index] / (count - 1).clamp(min=1)).sqrt()
+        return centered / std.clamp(min=CREDIT_STD_FLOOR)
+    if estimator not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {estimator!r}")
+    return ADVANTAGES[estimator](credit, index, eps)
+
+
+def no_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6,
+              estimator: str = "grpo") -> Tensor:
     """Outcome only: every call advantage is 0. Returns (C,)."""
     return torch.zeros_like(credit)
 
 
-def per_call_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
-    """A_call = (c - mean) / (std + eps) over all calls of the trajectory's group (DeepSeekMath process
-    supervision, one score per call). Returns (C,); 0 where the group's calls all score the same."""
-    return grpo_advantage(credit, group_index, eps)
+def per_call_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6,
+                    estimator: str = "grpo") -> Tensor:
+    """`call_advantage` over all calls of the trajectory's group (DeepSeekMath process supervision, one
+    score per call). Returns (C,); 0 where the group's calls all score the same."""
+    return call_advantage(credit, group_index, estimator, eps)
 
 
-def step_grouped_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
-    """GiGPO-style step groups: A_call = (c - mean) / (std + eps) over the calls of the group made from
-    the same env state (anchor); a call whose state no other call shares gets 0. Returns (C,)."""
-    return grpo_advantage(credit, anchor_index, eps)
+def step_grouped_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6,
+                        estimator: str = "grpo") -> Tensor:
+    """GiGPO-style step groups: `call_advantage` over the calls of the group made from the same env state
+    (anchor); a call whose state no other call shares gets 0. Returns (C,)."""
+    return call_advantage(credit, anchor_index, estimator, eps)
 
 
 CREDIT: dict[str, Callable[..., Tensor]] = {

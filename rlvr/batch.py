@@ -12,8 +12,9 @@ from rlvr.contract import Batch, Group
 def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[str, float]]:
     """Outcome advantages per group (ADVANTAGES[algo.advantage]) plus per-call credit on call tokens.
 
-    Per-call credit: the `credit` of every scored tool call becomes a call advantage (CREDIT[algo.credit]:
-    normalised across the group's calls, or across the calls made from the same env state) added with
+    Per-call credit (off by default: `algo.credit="none"`): the `credit` of every scored tool call becomes a
+    call advantage (CREDIT[algo.credit]: compared across the group's calls, or across the calls made from the
+    same env state, and scaled like the outcome estimator, algorithms.call_advantage) added with
     weight `algo.credit_weight` on the tokens of that call's span (docs/credit.md). Groups
     whose rewards are all equal carry no signal; they are counted, and dropped when
     `algo.filter_zero_variance` (DAPO dynamic sampling) so they do not dilute the token denominator. When
@@ -45,7 +46,8 @@ def make_batch(groups: list[Group], algo: AlgorithmConfig) -> tuple[Batch, dict[
     anchor_index = [anchors.setdefault((int(group_index[i]), call.anchor), len(anchors)) for i, call in scored]
     call_adv = CREDIT[algo.credit](torch.tensor([c.credit for _, c in scored], dtype=torch.float64),
                                    torch.tensor([int(group_index[i]) for i, _ in scored]),
-                                   torch.tensor(anchor_index), eps=algo.std_eps)
+                                   torch.tensor(anchor_index), eps=algo.std_eps,
+                                   estimator=algo.advantage)
     metrics["credit/calls"] = float(len(scored))
     metrics["credit/mean"] = sum(c.credit for _, c in scored) / len(scored)
     call_index = [torch.full((1, len(t.completion_ids)), -1, dtype=torch.long) for t in trajectories]

@@ -93,9 +93,10 @@ class AlgorithmConfig(_Section):
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
-    # per-call credit (docs/credit.md): none | per_call (normalised over the group's calls) |
-    # step_grouped (over calls made from the same env state, GiGPO-style); A_token = A_outcome + w * A_call
-    credit: Literal["none", "per_call", "step_grouped"] = "per_call"
+    # per-call credit (docs/credit.md): none (outcome only, as in verl and TRL) | per_call (compared over
+    # the group's calls) | step_grouped (over calls made from the same env state, GiGPO-style), each scaled
+    # like the outcome advantage; A_token = A_outcome + w * A_call on the call's tokens
+    credit: Literal["none", "per_call", "step_grouped"] = "none"
     credit_weight: float = Field(1.0, ge=0.0)
     # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
     loss_norm_tokens: int | None = Field(None, ge=1)
