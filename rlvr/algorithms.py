@@ -79,6 +79,20 @@ def rloo_advantage(rewards: Tensor, group_index: Tensor, eps: float = 1e-6) -> T
     return centered * count / (count - 1).clamp(min=1)
 
 
+def overlong_penalty(lengths: Tensor, max_tokens: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward (reference section 2.1 item 4):
+
+        R_len = 0                               if n <= L_max - L_buf
+              = ((L_max - L_buf) - n) / L_buf   if L_max - L_buf < n <= L_max
+              = -1                              if n > L_max
+
+    Args: lengths (N,) sampled tokens of each trajectory; max_tokens L_max; buffer L_buf (0 < L_buf < L_max).
+    Returns (N,) float64 in [-1, 0].
+    """
+    start = max_tokens - buffer
+    return ((start - lengths.to(torch.float64)) / buffer).clamp(min=-1.0, max=0.0)
+
+
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "grpo": grpo_advantage,
     "dr_grpo": dr_grpo_advantage,

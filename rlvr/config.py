@@ -89,7 +89,18 @@ class AlgorithmConfig(_Section):
     clip_low: float = Field(0.2, ge=0.0)
     clip_high: float = Field(0.28, ge=0.0)
     std_eps: float = Field(1e-6, gt=0.0)  # grpo: A = (r - mean) / (std + eps)
-    filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    # DAPO dynamic sampling: drop groups whose rewards are all equal, and roll out up to `refill_rounds`
+    # extra batches of tasks to refill the step with groups that carry signal (verl's max_num_gen_batches)
+    filter_zero_variance: bool = False
+    refill_rounds: int = Field(2, ge=0)
+    # drop trajectories that hit a token limit (finish_reason max_tokens) from the loss and its token and
+    # sequence counts; they still count in their group's baseline (TRL mask_truncated_completions)
+    mask_truncated: bool = False
+    # DAPO's soft overlong penalty on the reward, over a trajectory's sampled tokens n: 0 while
+    # n <= overlong_max_tokens - overlong_buffer, then linear down to -1 at overlong_max_tokens, -1 beyond.
+    # None = off. DAPO: max 20480 with a 4096 buffer; here e.g. rollout.max_total_tokens and a quarter of it
+    overlong_max_tokens: int | None = Field(None, ge=1)
+    overlong_buffer: int = Field(0, ge=0)
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
@@ -108,6 +119,9 @@ class AlgorithmConfig(_Section):
                 "algorithm.loss_norm_tokens must be set for aggregation=seq-mean-token-sum-norm "
                 "(Dr.GRPO uses the maximum completion length)"
             )
+        if self.overlong_max_tokens is not None and not 0 < self.overlong_buffer < self.overlong_max_tokens:
+            raise ValueError("algorithm.overlong_buffer must be between 1 and overlong_max_tokens - 1 when "
+                             "overlong_max_tokens is set (DAPO: a buffer of 4096 below a maximum of 20480)")
         return self
 
 
