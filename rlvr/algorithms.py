@@ -187,44 +187,56 @@ def _log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
     return (logp - old_logp).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
 
 
-def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float,
+                       dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
-    return -torch.minimum(unclipped, clipped), clipped < unclipped
+    loss, cut = -torch.minimum(unclipped, clipped), clipped < unclipped
+    if dual_clip is not None:  # A < 0: the loss grows with the ratio unclipped; cap it at -A * c (no gradient)
+        capped = (adv < 0) & (loss > -adv * dual_clip)
+        loss, cut = torch.where(capped, -adv * dual_clip, loss), cut | capped
+    return loss, cut
 
 
-def grpo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
-    """PPO-clip per token with decoupled bounds (DAPO clip-higher):
+def grpo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float,
+              dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
+    """PPO-clip per token with decoupled bounds (DAPO clip-higher) and verl's dual clip:
 
         r_t = exp(logp_t - old_t);  l_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t)
+        if A_t < 0 and dual_clip = c:  l_t = min(l_t, -c A_t)
 
+    The dual clip bounds the loss of a negative-advantage token whose ratio grew large (stale or
+    off-policy data), where the plain clipped objective is unbounded (verl clip_ratio_c = 3).
     Args: logp, old_logp, advantages, mask: (B, T). Returns (loss (B, T), clipped (B, T) bool).
     """
-    return _clipped_surrogate(_log_ratio(logp, old_logp).exp(), advantages, clip_low, clip_high)
+    return _clipped_surrogate(_log_ratio(logp, old_logp).exp(), advantages, clip_low, clip_high, dual_clip)
 
 
-def gspo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+def gspo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float,
+              dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
     """GSPO, token form: the sequence ratio s_i = exp(mean_t log r_{i,t}) clipped as a whole.
 
         s_{i,t} = sg(s_i) * exp(logp_t - sg(logp_t));  l_t = -min(s_{i,t} A_t, clip(s_{i,t}) A_t)
 
     With an advantage constant over the sequence this has the gradient of the sequence objective;
     the token form also admits per-token advantages (per-call credit). GSPO's paper clip range is
-    tiny (clip_low=3e-4, clip_high=4e-4). Args: (B, T) each. Returns (loss (B, T), clipped (B, T)).
+    tiny (clip_low=3e-4, clip_high=4e-4); `dual_clip` caps negative-advantage losses as in grpo_loss.
+    Args: (B, T) each. Returns (loss (B, T), clipped (B, T)).
     """
     mask = mask.to(logp.dtype)
     seq_log_ratio = (_log_ratio(logp, old_logp) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     ratio = seq_log_ratio.detach().exp()[:, None] * (logp - logp.detach()).exp()
-    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
 
 
-def cispo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+def cispo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float,
+               dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
     """CISPO (MiniMax-M1): clip the detached IS weight, never the gradient:
 
         l_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) * A_t * logp_t
 
     TRL's `cispo` caps r at `epsilon_high` only: the same as clip_low=1, clip_high=epsilon_high - 1.
-    Args: (B, T) each. Returns (loss (B, T), clipped (B, T) bool: weight hit a bound).
+    `dual_clip` is unused: the weight is already bounded. Args: (B, T) each. Returns (loss (B, T), clipped (B, T) bool: weight hit a bound).
     """
     ratio = _log_ratio(logp, old_logp).exp()
     weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high).detach()
@@ -319,6 +331,7 @@ class ObjectiveSpec:
     beta: float = 0.0
     kl_estimator: str = "k3"
     tis_cap: float | None = None
+    dual_clip: float | None = None
 
 
 def policy_objective(
@@ -337,12 +350,22 @@ def policy_objective(
 
     Args: logp (B, T) with grad; advantages, mask (B, T); old_logp (B, T) or None for on-policy
     (then logp.detach()); ref_logp (B, T), needed when beta > 0; behaviour_logp (B, T), needed when tis_cap.
-    Returns (scalar loss, metrics) where each metric is a sum over masked tokens (divide by counts.tokens).
+    Returns (scalar loss, metrics) where each metric is a sum over masked tokens (divide by counts.tokens),
+    except those ending in `_min` / `_max`, which are the micro-batch's extremes (reduce with min / max).
     """
     mask = mask.to(logp.dtype)
     old = logp.detach() if old_logp is None else old_logp
-    per_token, clipped = LOSSES[spec.loss](logp, old, advantages, mask, spec.clip_low, spec.clip_high)
+    per_token, clipped = LOSSES[spec.loss](logp, old, advantages, mask, spec.clip_low, spec.clip_high,
+                                           dual_clip=spec.dual_clip)
     metrics = {"clip_frac": (clipped.to(mask.dtype) * mask).sum()}
+    if behaviour_logp is not None:  # importance ratios pi_old / pi_behaviour over the sampled tokens
+        rho = _log_ratio(old, behaviour_logp).exp().detach()
+        sampled = mask > 0
+        metrics["is_ratio_mean"] = (rho * mask).sum()
+        metrics["is_ratio_min"] = rho.masked_fill(~sampled, float("inf")).min()
+        metrics["is_ratio_max"] = rho.masked_fill(~sampled, float("-inf")).max()
+        if spec.tis_cap is not None:
+            metrics["is_clipped_frac"] = ((rho > spec.tis_cap).to(mask.dtype) * mask).sum()
     if spec.tis_cap is not None:
         if behaviour_logp is None:
             raise ValueError("tis_cap is set but the batch has no behaviour log-probs")

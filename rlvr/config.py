@@ -103,7 +103,12 @@ class AlgorithmConfig(_Section):
     overlong_buffer: int = Field(0, ge=0)
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal["k1", "k3"] = "k3"
-    tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
+    # truncated IS against the engine's behaviour log-probs, w = min(pi_old / pi_behaviour, C):
+    # None = auto (C = 2.0 when the data is off-policy: ray.max_staleness >= 1 or rollout.engine vllm;
+    # off otherwise), 0 = off, C > 0 = on with that cap (see effective_tis_cap)
+    tis_cap: float | None = Field(None, ge=0.0)
+    # dual clip for negative advantages (grpo, gspo losses): l_t <= -dual_clip * A_t; None = off (verl 3.0)
+    dual_clip: float | None = Field(3.0, gt=1.0)
     # per-call credit (docs/credit.md): none (outcome only, as in verl and TRL) | per_call (compared over
     # the group's calls) | step_grouped (over calls made from the same env state, GiGPO-style), each scaled
     # like the outcome advantage; A_token = A_outcome + w * A_call on the call's tokens
@@ -229,6 +234,19 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+AUTO_TIS_CAP = 2.0  # verl's rollout_is_threshold
+
+
+def effective_tis_cap(cfg: Config) -> float | None:
+    """The TIS cap the learner uses: `algorithm.tis_cap` when set (0 = off), else 2.0 when the rollouts are
+    off-policy (they overlap learner steps, ray.max_staleness >= 1, or come from vLLM, whose kernels and
+    precision differ from the learner's), else None."""
+    cap = cfg.algorithm.tis_cap
+    if cap is not None:
+        return cap or None
+    return AUTO_TIS_CAP if cfg.ray.max_staleness >= 1 or cfg.rollout.engine == "vllm" else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

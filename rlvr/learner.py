@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
 from rlvr.attention import use_prefix_attention
-from rlvr.config import Config, LearnerConfig
+from rlvr.config import Config, LearnerConfig, effective_tis_cap
 from rlvr.contract import Batch
 from rlvr.models import AdapterState, add_lora, bf16_supported, load_model
 
@@ -396,7 +396,11 @@ class Learner:
         loss.backward()
         totals["loss"] += loss.item()
         for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + v.item()
+            if k.endswith(("_min", "_max")):  # extremes over the batch, not token sums
+                pick = min if k.endswith("_min") else max
+                totals[k] = pick(totals[k], v.item()) if k in totals else v.item()
+            else:
+                totals[k] = totals.get(k, 0.0) + v.item()
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
@@ -429,7 +433,11 @@ class Learner:
             for micro, counts in minis:
                 self.optimizer.zero_grad(set_to_none=True)
                 for key, value in self.backward(micro, counts).items():  # loss: the mini-batch's; others: token sums
-                    totals[key] = totals.get(key, 0.0) + value
+                    if key.endswith(("_min", "_max")):
+                        pick = min if key.endswith("_min") else max
+                        totals[key] = pick(totals[key], value) if key in totals else value
+                    else:
+                        totals[key] = totals.get(key, 0.0) + value
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -438,7 +446,8 @@ class Learner:
         elapsed = time.perf_counter() - start
         tokens = sum(counts.tokens for _, counts in minis)
         metrics = {"loss": totals.pop("loss") / len(minis)}
-        metrics.update({k: v / max(tokens, 1) for k, v in totals.items()})  # token means
+        metrics.update({k: v if k.endswith(("_min", "_max")) else v / max(tokens, 1)
+                        for k, v in totals.items()})  # token means, and the extremes as they are
         metrics.update(grad_norm=sum(grad_norms) / len(grad_norms), lr=self.scheduler.get_last_lr()[0],
                        tokens=batch.num_tokens, sampled_tokens=tokens, micro_batches=sum(len(m) for m, _ in minis),
                        step_s=elapsed, tokens_per_s=batch.num_tokens / elapsed)
@@ -510,6 +519,6 @@ def build_learner(cfg: Config) -> Learner:
     algo = cfg.algorithm
     spec = ObjectiveSpec(loss=algo.loss, aggregation=algo.aggregation, clip_low=algo.clip_low,
                          clip_high=algo.clip_high, beta=algo.beta, kl_estimator=algo.kl_estimator,
-                         tis_cap=algo.tis_cap)
+                         tis_cap=effective_tis_cap(cfg), dual_clip=algo.dual_clip)
     return Learner(model, cfg.learner, spec, temperature=cfg.rollout.temperature, total_steps=cfg.steps,
                    norm_tokens=algo.loss_norm_tokens)
