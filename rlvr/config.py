@@ -103,6 +103,9 @@ class AlgorithmConfig(_Section):
     overlong_buffer: int = Field(0, ge=0)
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal["k1", "k3"] = "k3"
+    # the KL reference: "start" = the starting policy (with model.init_adapter, a frozen copy of that
+    # adapter, as TRL does; else the base model), "base" = the base model with the adapter disabled
+    reference: Literal["start", "base"] = "start"
     # truncated IS against the engine's behaviour log-probs, w = min(pi_old / pi_behaviour, C):
     # None = auto (C = 2.0 when the data is off-policy: ray.max_staleness >= 1 or rollout.engine vllm;
     # off otherwise), 0 = off, C > 0 = on with that cap (see effective_tis_cap)

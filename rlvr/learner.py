@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -23,7 +23,7 @@ from rlvr.algorithms import BatchCounts, ObjectiveSpec, policy_objective
 from rlvr.attention import use_prefix_attention
 from rlvr.config import Config, LearnerConfig, effective_tis_cap
 from rlvr.contract import Batch
-from rlvr.models import AdapterState, add_lora, bf16_supported, load_model
+from rlvr.models import REFERENCE_ADAPTER, AdapterState, add_lora, bf16_supported, load_model
 
 # Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
 # the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).
@@ -306,13 +306,21 @@ class Learner:
             out = self.decoder(input_ids=prompt.input_ids, use_cache=True)
         return PromptState([(k, v) for k, v, *_ in out.past_key_values], out.last_hidden_state[:, -1])
 
+    def reference(self):
+        """Context in which the model is the KL reference, no second copy: the frozen REFERENCE_ADAPTER (the
+        starting policy, when the run starts from `model.init_adapter` with algorithm.reference=start),
+        else the base model (the adapter disabled)."""
+        if REFERENCE_ADAPTER in self.model.peft_config:
+            return _active_adapter(self.model, REFERENCE_ADAPTER)
+        return self.model.disable_adapter()
+
     def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True, state: PromptState | None = None) -> Tensor:
         """Per-token log-probs of the completion tokens, (b, T) zero-padded; differentiable when grad is on.
 
-        With adapter=False the LoRA adapter is disabled: the base model is the KL reference, no second copy.
+        With adapter=False they are the KL reference's (`reference()`).
         A shared-prompt micro-batch continues `state` (computed here when not given).
         """
-        with nullcontext() if adapter else self.model.disable_adapter():
+        with nullcontext() if adapter else self.reference():
             if mb.prompt is None:
                 with self._autocast():
                     hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
@@ -409,7 +417,7 @@ class Learner:
         one_update = self.cfg.epochs * self.cfg.mini_batches == 1  # then old = logp.detach(): no extra pass
         passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([] if one_update else [("old_logp", True)])
         for field, adapter in passes:
-            with nullcontext() if adapter else self.model.disable_adapter():
+            with nullcontext() if adapter else self.reference():
                 for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
                     state = None if prompt is None else self.prompt_forward(prompt)
                     for mb in group:
@@ -474,6 +482,16 @@ class Learner:
         set_rng_states(state["rng"])
 
 
+@contextmanager
+def _active_adapter(model, name: str):
+    """Make the PEFT adapter `name` the active one (frozen), then "default" again (trainable)."""
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter("default")
+
+
 def _to_cpu(obj):
     if isinstance(obj, Tensor):
         return obj.cpu()
@@ -515,8 +533,12 @@ def build_learner(cfg: Config) -> Learner:
     device = resolve_device(cfg.learner.device)
     # frozen base weights in the compute dtype (half the memory, no per-step casts); LoRA stays float32
     dtype = torch.bfloat16 if _use_bf16(cfg.learner.precision, device) else torch.float32
-    model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora, cfg.model.init_adapter)
     algo = cfg.algorithm
+    # the KL reference after an SFT start is the starting policy (a frozen copy of the init adapter), unless
+    # algorithm.reference=base; without init_adapter or KL term there is nothing to load
+    reference = algo.beta > 0 and algo.reference == "start"
+    model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora, cfg.model.init_adapter,
+                     reference=reference)
     spec = ObjectiveSpec(loss=algo.loss, aggregation=algo.aggregation, clip_low=algo.clip_low,
                          clip_high=algo.clip_high, beta=algo.beta, kl_estimator=algo.kl_estimator,
                          tis_cap=effective_tis_cap(cfg), dual_clip=algo.dual_clip)
