@@ -127,10 +127,20 @@ class AlgorithmConfig(_Section):
                 "algorithm.loss_norm_tokens must be set for aggregation=seq-mean-token-sum-norm "
                 "(Dr.GRPO uses the maximum completion length)"
             )
+        if self.loss == "gspo" and self.aggregation != "seq-mean-token-mean":
+            raise ValueError(f"algorithm.loss=gspo with aggregation={self.aggregation}: GSPO's objective is a mean "
+                             "over sequences; set algorithm.aggregation=seq-mean-token-mean (as verl forces)")
+        if self.loss == "gspo" and max(self.clip_low, self.clip_high) > GSPO_MAX_CLIP:
+            raise ValueError(f"algorithm.loss=gspo with clip_low={self.clip_low}, clip_high={self.clip_high}: GSPO "
+                             "clips a length-normalised sequence ratio that stays within ~1e-3 of 1, so a PPO-sized "
+                             "range never clips; GSPO uses clip_low=3e-4, clip_high=4e-4")
         if self.overlong_max_tokens is not None and not 0 < self.overlong_buffer < self.overlong_max_tokens:
             raise ValueError("algorithm.overlong_buffer must be between 1 and overlong_max_tokens - 1 when "
                              "overlong_max_tokens is set (DAPO: a buffer of 4096 below a maximum of 20480)")
         return self
+
+
+GSPO_MAX_CLIP = 0.01  # GSPO's paper range is 3e-4 / 4e-4; PPO's is 0.2
 
 
 class LearnerConfig(_Section):
@@ -237,6 +247,14 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def check_training(cfg: Config) -> None:
+    """What `rlvr train` needs beyond a valid config, checked before any model loads: raises ConfigError."""
+    if cfg.rollout.temperature == 0:
+        raise ConfigError("rollout.temperature=0: training rollouts must sample (greedy rollouts have no "
+                          "log-probs to learn from and the learner divides its logits by the temperature); use "
+                          "rollout.temperature=1.0 (held-out evaluation is greedy on its own)")
 
 
 AUTO_TIS_CAP = 2.0  # verl's rollout_is_threshold

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
@@ -280,6 +281,10 @@ class Learner:
         self.bf16 = _use_bf16(cfg.precision, self.device)
         base = model.get_base_model()
         use_prefix_attention(base)
+        if cfg.shared_prefix and (reason := shared_prefix_unsupported(base.config)):
+            warnings.warn(f"learner.shared_prefix: {reason}; using the plain path (set learner.shared_prefix=false "
+                          "to silence this)", stacklevel=2)
+            self.cfg = cfg = cfg.model_copy(update={"shared_prefix": False})
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
         if self.lm_head.bias is not None:
             raise ValueError("models whose LM head has a bias are not supported")
@@ -480,6 +485,26 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = state["steps_done"]
         set_rng_states(state["rng"])
+
+
+# attention implementations that honour the shared-prefix path's 4D boolean mask exactly
+EXACT_MASK_ATTENTION = ("sdpa", "eager", "rlvr_prefix")
+
+
+def shared_prefix_unsupported(config) -> str | None:
+    """Why the shared-prefix path would not compute a model's log-probs exactly, or None.
+
+    That path builds its own 4D mask (the whole prompt plus the completion's own earlier tokens), which
+    flash-attention kernels ignore and which knows no sliding window."""
+    attn = getattr(config, "_attn_implementation", None)
+    if attn is not None and attn not in EXACT_MASK_ATTENTION:
+        return f"attention implementation {attn!r} does not take its 4D attention mask"
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if "sliding_attention" in layer_types or (window and getattr(config, "use_sliding_window", True)
+                                              and not layer_types):
+        return f"the model attends through a sliding window ({window} tokens) that its mask does not apply"
+    return None
 
 
 @contextmanager

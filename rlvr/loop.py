@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rlvr.batch import make_batch
 from rlvr.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
                              truncate_log)
-from rlvr.config import Config, ConfigError
+from rlvr.config import Config, ConfigError, check_training
 from rlvr.learner import build_learner, resolve_device
 from rlvr.run import Run
 
@@ -32,6 +32,7 @@ console = Console(stderr=True)
 
 
 def train(cfg: Config) -> Run:
+    check_training(cfg)
     source = _data_source(cfg)  # env, rewards and tasks resolve before any model loads
     checkpoint = _checkpoint_to_resume(cfg)
     run = Run(cfg, path=checkpoint.parent.parent if checkpoint else None)
