@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlvr.batch import make_batch
-from rlvr.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
-                             truncate_log)
+from rlvr.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints, save_adapter,
+                             save_checkpoint, truncate_log)
 from rlvr.config import Config, ConfigError, check_training
 from rlvr.learner import build_learner, resolve_device
 from rlvr.run import Run
@@ -50,7 +50,7 @@ def train(cfg: Config) -> Run:
             console.print(f"resumed from {checkpoint} (step {done})")
         source.start(learner, version=done)
         _steps(cfg, run, learner, source, done)
-        learner.adapter_state(cfg.steps).save(run.path / "adapter")
+        save_adapter(learner.adapter_state(cfg.steps), run.path / "adapter")  # atomically, like checkpoints
     finally:
         source.close()
         stop_ray()
