@@ -85,7 +85,7 @@ def test_a_scorer_that_raises_goes_through_on_error_never_a_silent_zero():
     from rlvr.rewards.scoring import RewardError, RewardTerm, Scorer
 
     (task,) = reasoning_gym_tasks(1, dataset="prime_factorization")  # its scorer raises on non-numbers
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         reasoning_gym_score(_trajectory(task, "Answer: xyz"), task)
     term = RewardTerm("reasoning_gym", reasoning_gym_score)
     traj = _trajectory(task, "Answer: xyz")

@@ -3,12 +3,11 @@ frozen PEFT adapter, no second model copy), or the base model with algorithm.ref
 
 import pytest
 import torch
+from test_learner import _batch, _policy
 
 from rlvr.config import load_config
 from rlvr.learner import build_learner
 from rlvr.models import REFERENCE_ADAPTER, AdapterState
-
-from test_learner import _batch, _policy
 
 
 @pytest.fixture(scope="module")

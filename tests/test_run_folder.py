@@ -46,4 +46,5 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
     resumed = Run(cfg, path=first.path)
     other = Run(cfg)
     assert inits[0]["id"] == inits[1]["id"] and inits[1]["resume"] == "allow"
+    assert resumed.path == first.path and (first.path / "wandb_id").read_text() == inits[0]["id"]
     assert inits[2]["id"] != inits[0]["id"] and other.path != first.path
