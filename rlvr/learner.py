@@ -409,11 +409,7 @@ class Learner:
         loss.backward()
         totals["loss"] += loss.item()
         for k, v in metrics.items():
-            if k.endswith(("_min", "_max")):  # extremes over the batch, not token sums
-                pick = min if k.endswith("_min") else max
-                totals[k] = pick(totals[k], v.item()) if k in totals else v.item()
-            else:
-                totals[k] = totals.get(k, 0.0) + v.item()
+            _accumulate_metric(totals, k, v.item())
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
@@ -446,11 +442,7 @@ class Learner:
             for micro, counts in minis:
                 self.optimizer.zero_grad(set_to_none=True)
                 for key, value in self.backward(micro, counts).items():  # loss: the mini-batch's; others: token sums
-                    if key.endswith(("_min", "_max")):
-                        pick = min if key.endswith("_min") else max
-                        totals[key] = pick(totals[key], value) if key in totals else value
-                    else:
-                        totals[key] = totals.get(key, 0.0) + value
+                    _accumulate_metric(totals, key, value)
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -485,6 +477,14 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = state["steps_done"]
         set_rng_states(state["rng"])
+
+
+def _accumulate_metric(totals: dict[str, float], key: str, value: float) -> None:
+    """Token sums add up; `*_min` / `*_max` metrics are extremes over the batch."""
+    if key.endswith(("_min", "_max")) and key in totals:
+        totals[key] = (min if key.endswith("_min") else max)(totals[key], value)
+    else:
+        totals[key] = totals.get(key, 0.0) + value
 
 
 # attention implementations that honour the shared-prefix path's 4D boolean mask exactly
