@@ -5,7 +5,8 @@ The answer is read from the trajectory's final answer by rlvr.rewards.answer.ext
 A trajectory without a final answer scores 0.0 (the model failed). The total is the dataset's score
 as reasoning-gym defines it, partial credit included (e.g. gsm_symbolic gives 0.01 for a wrong number);
 the "solved" component is 1.0 only for a full score, and `strict=True` makes that the total. A scorer
-that raises on the answer (some do on malformed text) scores 0.0 with the "scorer_raised" component set.
+that raises (some do on malformed text) raises here too, so it goes through `rewards.on_error` like
+every reward: the run stops, or the trajectory is dropped and counted; it is never a silent 0.
 """
 
 from __future__ import annotations
@@ -33,10 +34,7 @@ def reasoning_gym_score(trajectory: Trajectory, task: Task, strict: bool = False
                          "(build tasks with ReasoningGymEnv.tasks)")
     answer = extract_answer(trajectory.final_answer)
     if answer is None:
-        return Score(total=0.0, components={"solved": 0.0, "scorer_raised": 0.0})
-    try:
-        score = float(_scorer(dataset)(answer, decode_entry(entry)))
-    except Exception:  # the scorer choked on the model's text: a wrong answer, visible in the component
-        return Score(total=0.0, components={"solved": 0.0, "scorer_raised": 1.0})
+        return Score(total=0.0, components={"solved": 0.0})
+    score = float(_scorer(dataset)(answer, decode_entry(entry)))  # raises: rewards.on_error decides
     solved = float(score >= 1.0)
-    return Score(total=solved if strict else score, components={"solved": solved, "scorer_raised": 0.0})
+    return Score(total=solved if strict else score, components={"solved": solved})

@@ -21,20 +21,21 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rlvr.core.config import Config, ConfigError
+from rlvr.core.config import Config, ConfigError, check_training
 from rlvr.core.protocols import Learner, RolloutBackend, RolloutSource
 from rlvr.reporting import plot_curves
 from rlvr.rollout.sources import EnvSource, SyntheticSource
 from rlvr.run import Run
 from rlvr.training.advantages import make_batch
 from rlvr.training.checkpoint import (find_resumable_run, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                      save_checkpoint, truncate_log)
+                                      save_adapter, save_checkpoint, truncate_log)
 from rlvr.training.learner import build_learner
 
 console = Console(stderr=True)
 
 
 def train(cfg: Config) -> Run:
+    check_training(cfg)
     source = _data_source(cfg)  # env, rewards and tasks resolve before any model loads
     checkpoint = _checkpoint_to_resume(cfg)
     run = Run(cfg, path=checkpoint.parent.parent if checkpoint else None)
@@ -52,7 +53,7 @@ def train(cfg: Config) -> Run:
             console.print(f"resumed from {checkpoint} (step {done})")
         source.start(learner, version=done)
         _steps(cfg, run, learner, source, done)
-        learner.adapter_state(cfg.steps).save(run.path / "adapter")
+        save_adapter(learner.adapter_state(cfg.steps), run.path / "adapter")  # atomically, like checkpoints
     finally:
         source.close()
         stop_ray()

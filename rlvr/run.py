@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,5 +85,9 @@ def _start_wandb(cfg: Config, path: Path):
         mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     import wandb
 
-    return wandb.init(project=cfg.logging.project, name=path.name, dir=str(path), mode=mode,
-                      config=cfg.model_dump(mode="json"), reinit="finish_previous")
+    # one wandb run per run folder: the id is kept in the folder, so a resumed run continues the same wandb run
+    id_file = path / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
+    id_file.write_text(run_id)
+    return wandb.init(project=cfg.logging.project, name=path.name, dir=str(path), mode=mode, id=run_id,
+                      resume="allow", config=cfg.model_dump(mode="json"), reinit="finish_previous")

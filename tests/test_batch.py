@@ -1,7 +1,5 @@
 """Scored groups -> per-token advantages, hand-computed, with per-call credit."""
 
-import math
-
 import pytest
 
 from rlvr.training.advantages import make_batch
@@ -28,10 +26,9 @@ def test_per_call_credit_lands_on_the_call_tokens_only():
     calls_a = [ToolCall(name="add", span=(0, 2), credit=1.0), ToolCall(raw="{bad", error=ToolCallError.parse)]
     calls_b = [ToolCall(name="add", span=(1, 3), credit=0.0), ToolCall(name="mul", span=(4, 6), credit=0.0)]
     batch, _ = make_batch([_group([_traj(0, 1.0, calls_a), _traj(1, 0.0, calls_b)])],
-                          AlgorithmConfig(advantage="dr_grpo", credit_weight=0.5))
-    # call credits [1, 0, 0]: mean 1/3, std (n-1) sqrt(1/3); the unparsed call has no span and no credit
-    std = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
-    hi, lo = (2 / 3) / (std + 1e-6), (-1 / 3) / (std + 1e-6)
+                          AlgorithmConfig(advantage="dr_grpo", credit="per_call", credit_weight=0.5))
+    # call credits [1, 0, 0]: mean 1/3, centred in reward units (dr_grpo); the unparsed call has no span and no credit
+    hi, lo = 2 / 3, -1 / 3
     assert batch.advantages[0] == pytest.approx([0.5 + 0.5 * hi] * 2 + [0.5] * 4)
     assert batch.advantages[1] == pytest.approx([-0.5, -0.5 + 0.5 * lo, -0.5 + 0.5 * lo, -0.5] + [-0.5 + 0.5 * lo] * 2)
 

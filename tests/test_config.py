@@ -5,9 +5,9 @@ from rlvr.core.config import LOSS_NAMES, Config, ConfigError, load_config
 
 def test_defaults_file_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("steps: 5\nlearner:\n  lr: 3.0e-5\nalgorithm:\n  loss: gspo\n")
+    path.write_text("steps: 5\nlearner:\n  lr: 3.0e-5\nalgorithm:\n  loss: cispo\n")
     cfg = load_config(path, ["learner.lr=1e-4", "algorithm.beta=0.01", "model.lora.rank=8", "ray.enabled=true"])
-    assert cfg.steps == 5 and cfg.algorithm.loss == "gspo"
+    assert cfg.steps == 5 and cfg.algorithm.loss == "cispo"
     assert cfg.learner.lr == 1e-4 and cfg.algorithm.beta == 0.01 and cfg.model.lora.rank == 8
     assert cfg.ray.enabled is True
     assert cfg.learner.micro_batch_tokens == Config().learner.micro_batch_tokens  # untouched default

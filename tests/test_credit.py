@@ -37,17 +37,22 @@ def test_credit_none_is_the_outcome_advantage_everywhere():
     assert _advantages("none") == [[0.5] * 8, [-0.5] * 8]
 
 
-def test_per_call_credit_is_normalised_over_the_groups_calls():
-    # credits [1, 0, 0, 1]: mean 0.5, std (n-1) = sqrt(1/3); A_call = +-0.5 / sqrt(1/3)
-    up = 0.5 * (0.5 / (math.sqrt(1 / 3) + 1e-6))
+def test_credit_is_off_by_default():
+    batch, _ = make_batch([_group()], AlgorithmConfig(advantage="dr_grpo"))
+    assert AlgorithmConfig().credit == "none" and batch.advantages == [[0.5] * 8, [-0.5] * 8]
+
+
+def test_per_call_credit_is_centred_over_the_groups_calls_in_dr_grpo_units():
+    # credits [1, 0, 0, 1]: mean 0.5; dr_grpo's scale is the reward's own: A_call = +-0.5, times w = 0.5
+    up = 0.5 * 0.5
     a, b = _advantages("per_call")
     assert a == pytest.approx([0.5 + up] * 2 + [0.5] + [0.5 - up] * 2 + [0.5] * 3)
     assert b == pytest.approx([-0.5 - up] * 2 + [-0.5] * 2 + [-0.5 + up] * 2 + [-0.5] * 2)
 
 
 def test_step_grouped_credit_compares_calls_made_from_the_same_state():
-    # only the two calls from state s0 are comparable: credits [1, 0] -> +-0.5 / sqrt(1/2); s1, s2 are alone -> 0
-    up = 0.5 * (0.5 / (math.sqrt(0.5) + 1e-6))
+    # only the two calls from state s0 are comparable: credits [1, 0] -> +-0.5; s1, s2 are alone -> 0
+    up = 0.5 * 0.5
     a, b = _advantages("step_grouped")
     assert a == pytest.approx([0.5 + up] * 2 + [0.5] * 6)
     assert b == pytest.approx([-0.5 - up] * 2 + [-0.5] * 6)
@@ -62,6 +67,34 @@ def test_same_anchor_in_different_groups_is_not_compared():
     batch, metrics = make_batch([g1, g2], AlgorithmConfig(advantage="dr_grpo", credit="step_grouped", credit_weight=0.5))
     assert batch.advantages[2][:2] == pytest.approx([0.5] * 2) and batch.advantages[3][:2] == pytest.approx([-0.5] * 2)
     assert metrics["credit/calls"] == 8
+
+
+def _ten_calls(advantage):
+    """Ten trajectories with one call each: nine score 1.0, one repeats an earlier call (novel fails: 0.8)."""
+    trajectories = [_traj(i, float(i % 2), [ToolCall(name="f", span=(0, 2), credit=0.8 if i == 9 else 1.0)])
+                    for i in range(10)]
+    batch, _ = make_batch([Group(id="g", task=TASK, trajectories=trajectories)],
+                          AlgorithmConfig(advantage=advantage, credit="per_call", credit_weight=1.0))
+    return [a[0] - a[2] for a in batch.advantages]  # the call term: call token minus an outcome-only token
+
+
+def test_grpo_call_term_does_not_blow_up_on_near_identical_calls():
+    # mean 0.98, std (n-1) sqrt(0.036 / 9) = 0.063: a plain std would give -0.18 / 0.063 = -2.85 (docs/credit.md)
+    terms = _ten_calls("grpo")
+    assert terms[9] == pytest.approx(-0.18 / 0.5) and terms[0] == pytest.approx(0.02 / 0.5)
+    assert terms[9] > -0.5
+
+
+def test_grpo_call_term_keeps_std_normalisation_when_calls_really_differ():
+    batch, _ = make_batch([_group()], AlgorithmConfig(advantage="grpo", credit="per_call", credit_weight=1.0))
+    # outcome [1, 0] -> +-1/sqrt(1/2) (+eps); credits [1, 0, 0, 1]: std sqrt(1/3) > 0.5 -> +-0.5 / sqrt(1/3)
+    outcome, up = 1.0 / (math.sqrt(0.5) + 1e-6) * 0.5, 0.5 / math.sqrt(1 / 3)
+    assert batch.advantages[0][:3] == pytest.approx([outcome + up] * 2 + [outcome])
+
+
+@pytest.mark.parametrize("advantage, expected", [("dr_grpo", -0.18), ("rloo", -0.18 * 10 / 9)])
+def test_call_term_uses_the_outcome_estimators_scale(advantage, expected):
+    assert _ten_calls(advantage)[9] == pytest.approx(expected)
 
 
 def _scored(calls, progress=None, rewards=None):

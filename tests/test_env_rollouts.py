@@ -55,7 +55,10 @@ def test_support_desk_group_is_scored_as_it_finishes_with_anchored_call_credit(r
 
     good, bad = group.trajectories
     assert (good.reward, bad.reward) == (1.0, 0.0)
-    assert bad.reward_components["policy_compliance/violations"] >= 0 and "tool_call_validity" in good.reward_components
+    # the doubled refund is the one refused call: one violation for the bad trajectory, none for the good one
+    assert bad.reward_components["policy_compliance/violations"] == 1.0
+    assert good.reward_components["policy_compliance/violations"] == 0.0
+    assert good.reward_components["tool_call_validity"] == bad.reward_components["tool_call_validity"] == 1.0
     assert all(c.credit is not None and c.anchor for t in group.trajectories for c in t.tool_calls)
     assert "refused by policy" in bad.tool_calls[-1].result
     assert bad.tool_calls[-1].scores["progress"] == -1.0 and good.tool_calls[-1].scores["progress"] == 1.0

@@ -90,10 +90,15 @@ def test_eval_a_task_file_and_compare_policies(tmp_path):
 def test_eval_bfcl_single_turn_with_its_ast_checker(tmp_path):
     pytest.importorskip("bfcl_eval")
     done = _cli("eval", "/dev/null", f"model.name={MODEL}", "rollout.max_new_tokens=8", "rollout.max_turns=1",
-                "--bfcl", "simple", "--n", "3", cwd=tmp_path)
+                "--bfcl", "simple", "--n", "3", "--transcripts", "transcripts.jsonl", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tasks"] == 3 and list(report["per_family"]) == ["simple_python"]
+    # every trajectory was scored by BFCL's checker (the env's "bfcl" reward: the AST checker for simple);
+    # a random tiny model makes no right call in 8 tokens
+    lines = [json.loads(line) for line in (tmp_path / "transcripts.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(r["reward_components"]["bfcl"] == 0.0 and not r["success"] for r in lines)
+    assert report["success_rate"] == 0.0 and report["per_family"]["simple_python"]["success_rate"] == 0.0
 
 
 def test_export_the_adapter_alone_or_merged(tmp_path):

@@ -81,10 +81,19 @@ def test_missing_answer_scores_zero_and_missing_entry_raises():
         reasoning_gym_score(_trajectory(bare, "Answer: 2"), bare)
 
 
-def test_a_scorer_that_raises_on_the_answer_scores_zero():
+def test_a_scorer_that_raises_goes_through_on_error_never_a_silent_zero():
+    from rlvr.rewards.scoring import RewardError, RewardTerm, Scorer
+
     (task,) = reasoning_gym_tasks(1, dataset="prime_factorization")  # its scorer raises on non-numbers
-    score = reasoning_gym_score(_trajectory(task, "Answer: xyz"), task)
-    assert score.total == 0.0 and score.components["scorer_raised"] == 1.0
+    with pytest.raises(ValueError):
+        reasoning_gym_score(_trajectory(task, "Answer: xyz"), task)
+    term = RewardTerm("reasoning_gym", reasoning_gym_score)
+    traj = _trajectory(task, "Answer: xyz")
+    with pytest.raises(RewardError, match=rf"reward 'reasoning_gym' on task '{task.id}', trajectory '{traj.id}'"):
+        asyncio.run(Scorer([term]).score(traj, task))
+    assert asyncio.run(Scorer([term], on_error="drop").score(_trajectory(task, "Answer: xyz"), task)) is None
+    right = asyncio.run(Scorer([term], on_error="drop").score(_trajectory(task, f"Answer: {task.answer}"), task))
+    assert right.reward == 1.0
 
 
 @pytest.mark.parametrize("text, answer", [

@@ -2,6 +2,8 @@
 weights, concurrency and failure policy."""
 
 import asyncio
+import importlib
+import inspect
 import math
 import time
 
@@ -141,7 +143,10 @@ def test_every_builtin_reward_resolves():
     for name in BUILTIN_REWARDS:
         if name.startswith(("bfcl", "reasoning_gym", "policy")):
             pytest.importorskip(BUILTIN_REWARDS[name].split(":")[0])
-        assert callable(load_reward(name))
+        module, function = BUILTIN_REWARDS[name].split(":")
+        fn = load_reward(name)
+        assert fn is getattr(importlib.import_module(module), function)  # the function the name documents
+        assert list(inspect.signature(fn).parameters)[:2] == ["trajectory", "task"], name
 
 
 # -- the scorer --------------------------------------------------------------------------------------

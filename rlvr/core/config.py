@@ -108,16 +108,36 @@ class AlgorithmConfig(_Section):
     clip_low: float = Field(0.2, ge=0.0)
     clip_high: float = Field(0.28, ge=0.0)
     std_eps: float = Field(1e-6, gt=0.0)  # grpo: A = (r - mean) / (std + eps)
-    filter_zero_variance: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal
+    # DAPO dynamic sampling: drop groups whose rewards are all equal, and roll out up to `refill_rounds`
+    # extra batches of tasks to refill the step with groups that carry signal (verl's max_num_gen_batches)
+    filter_zero_variance: bool = False
     # a control, not a method: rewards permuted across the batch's trajectories before advantages, so a gain
     # that survives it is drift, not learning (bench/quickstart.py's random-reward arm)
     shuffle_rewards: bool = False
+    refill_rounds: int = Field(2, ge=0)
+    # drop trajectories that hit a token limit (finish_reason max_tokens) from the loss and its token and
+    # sequence counts; they still count in their group's baseline (TRL mask_truncated_completions)
+    mask_truncated: bool = False
+    # DAPO's soft overlong penalty on the reward, over a trajectory's sampled tokens n: 0 while
+    # n <= overlong_max_tokens - overlong_buffer, then linear down to -1 at overlong_max_tokens, -1 beyond.
+    # None = off. DAPO: max 20480 with a 4096 buffer; here e.g. rollout.max_total_tokens and a quarter of it
+    overlong_max_tokens: int | None = Field(None, ge=1)
+    overlong_buffer: int = Field(0, ge=0)
     beta: float = Field(0.0, ge=0.0)  # KL coefficient; 0 skips the reference pass entirely
     kl_estimator: Literal[KL_ESTIMATOR_NAMES] = "k3"
-    tis_cap: float | None = Field(None, gt=0.0)  # truncated IS against behaviour logprobs: min(rho, C)
-    # per-call credit (docs/credit.md): none | per_call (normalised over the group's calls) |
-    # step_grouped (over calls made from the same env state, GiGPO-style); A_token = A_outcome + w * A_call
-    credit: Literal[CREDIT_NAMES] = "per_call"
+    # the KL reference: "start" = the starting policy (with model.init_adapter, a frozen copy of that
+    # adapter, as TRL does; else the base model), "base" = the base model with the adapter disabled
+    reference: Literal["start", "base"] = "start"
+    # truncated IS against the engine's behaviour log-probs, w = min(pi_old / pi_behaviour, C):
+    # None = auto (C = 2.0 when the data is off-policy: ray.max_staleness >= 1 or rollout.engine vllm;
+    # off otherwise), 0 = off, C > 0 = on with that cap (see effective_tis_cap)
+    tis_cap: float | None = Field(None, ge=0.0)
+    # dual clip for negative advantages (grpo, gspo losses): l_t <= -dual_clip * A_t; None = off (verl 3.0)
+    dual_clip: float | None = Field(3.0, gt=1.0)
+    # per-call credit (docs/credit.md): none (outcome only, as in verl and TRL) | per_call (compared over
+    # the group's calls) | step_grouped (over calls made from the same env state, GiGPO-style), each scaled
+    # like the outcome advantage; A_token = A_outcome + w * A_call on the call's tokens
+    credit: Literal[CREDIT_NAMES] = "none"
     credit_weight: float = Field(1.0, ge=0.0)
     # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
     loss_norm_tokens: int | None = Field(None, ge=1)
@@ -129,7 +149,20 @@ class AlgorithmConfig(_Section):
                 "algorithm.loss_norm_tokens must be set for aggregation=seq-mean-token-sum-norm "
                 "(Dr.GRPO uses the maximum completion length)"
             )
+        if self.loss == "gspo" and self.aggregation != "seq-mean-token-mean":
+            raise ValueError(f"algorithm.loss=gspo with aggregation={self.aggregation}: GSPO's objective is a mean "
+                             "over sequences; set algorithm.aggregation=seq-mean-token-mean (as verl forces)")
+        if self.loss == "gspo" and max(self.clip_low, self.clip_high) > GSPO_MAX_CLIP:
+            raise ValueError(f"algorithm.loss=gspo with clip_low={self.clip_low}, clip_high={self.clip_high}: GSPO "
+                             "clips a length-normalised sequence ratio that stays within ~1e-3 of 1, so a PPO-sized "
+                             "range never clips; GSPO uses clip_low=3e-4, clip_high=4e-4")
+        if self.overlong_max_tokens is not None and not 0 < self.overlong_buffer < self.overlong_max_tokens:
+            raise ValueError("algorithm.overlong_buffer must be between 1 and overlong_max_tokens - 1 when "
+                             "overlong_max_tokens is set (DAPO: a buffer of 4096 below a maximum of 20480)")
         return self
+
+
+GSPO_MAX_CLIP = 0.01  # GSPO's paper range is 3e-4 / 4e-4; PPO's is 0.2
 
 
 class LearnerConfig(_Section):
@@ -236,6 +269,27 @@ class Config(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def check_training(cfg: Config) -> None:
+    """What `rlvr train` needs beyond a valid config, checked before any model loads: raises ConfigError."""
+    if cfg.rollout.temperature == 0:
+        raise ConfigError("rollout.temperature=0: training rollouts must sample (greedy rollouts have no "
+                          "log-probs to learn from and the learner divides its logits by the temperature); use "
+                          "rollout.temperature=1.0 (held-out evaluation is greedy on its own)")
+
+
+AUTO_TIS_CAP = 2.0  # verl's rollout_is_threshold
+
+
+def effective_tis_cap(cfg: Config) -> float | None:
+    """The TIS cap the learner uses: `algorithm.tis_cap` when set (0 = off), else 2.0 when the rollouts are
+    off-policy (they overlap learner steps, ray.max_staleness >= 1, or come from vLLM, whose kernels and
+    precision differ from the learner's), else None."""
+    cap = cfg.algorithm.tis_cap
+    if cap is not None:
+        return cap or None
+    return AUTO_TIS_CAP if cfg.ray.max_staleness >= 1 or cfg.rollout.engine == "vllm" else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

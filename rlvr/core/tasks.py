@@ -64,6 +64,12 @@ class TaskSampler:
         start = (step - 1) * self.per_step
         return [self._at(i) for i in range(start, start + self.per_step)]
 
+    def extra(self, step: int, round: int) -> list[Task]:
+        """More tasks for step `step` (DAPO refill round `round` >= 1): a seeded draw of its own, so a resumed
+        run draws the same ones and the steps' own slices stay untouched."""
+        rng = random.Random(f"{self.seed}/extra/{step}/{round}")
+        return rng.sample(self.tasks, min(self.per_step, len(self.tasks)))
+
     def _at(self, position: int) -> Task:
         epoch, index = divmod(position, len(self.tasks))
         if epoch not in self._orders:

@@ -6,9 +6,12 @@ an error kind, so the environment can answer them with an error message the mode
 Formats:
 - `hermes` (Qwen2.5, Hermes, and rlvr's fallback): `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
   one block per call, any number per turn, text around the blocks is the turn's content.
-- `llama3`: the turn is one or more JSON objects `{"name": ..., "parameters": {...}}` (optionally after
-  `<|python_tag|>`), separated by `;` or whitespace; a turn that does not start with `{` is plain content.
-- `mistral`: content, then `[TOOL_CALLS]` followed by a JSON list of calls, or by `name[ARGS]{...}` segments.
+- `llama3`: one or more JSON objects `{"name": ..., "parameters": {...}}` separated by `;` or whitespace,
+  or a Llama 4 pythonic list `[f(a=1, b='x'), g()]`, optionally after `<|python_tag|>` or inside
+  `<|python_start|>...<|python_end|>` (text before the marker is content); without a marker, a turn that
+  does not parse as calls (a plain answer, even a JSON one) is content.
+- `mistral`: content, then `[TOOL_CALLS]` followed by a JSON list of calls, or by `name[ARGS]{...}` segments
+  (`name[CALL_ID]id[ARGS]{...}` in the newest templates).
 
 Templates without tool support (SmolLM2's) get the tools through a system prompt in the hermes format and
 tool results as user turns wrapped in `<tool_response>` tags (`render_tools_in_system_prompt`).
@@ -17,7 +20,6 @@ tool results as user turns wrapped in `<tool_response>` tags (`render_tools_in_s
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from rlvr.core.contract import Message, ToolCall, ToolCallError
@@ -71,67 +73,166 @@ def _loads(raw: str, args_key: str = "arguments") -> ToolCall:
         return _parse_error(raw, f"invalid JSON ({e.msg} at position {e.pos})")
 
 
-_HERMES_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
+_JSON = json.JSONDecoder()
+
+
+def _skip_space(text: str, pos: int, also: str = "") -> int:
+    while pos < len(text) and (text[pos].isspace() or text[pos] in also):
+        pos += 1
+    return pos
 
 
 def _parse_hermes(text: str) -> tuple[str, list[ToolCall]]:
+    """Each `<tool_call>` block up to its `</tool_call>`. The block's JSON is decoded first, so a closing
+    marker inside a JSON string (an argument that mentions `</tool_call>`) does not end the call."""
     calls, pieces, end = [], [], 0
-    for match in _HERMES_BLOCK.finditer(text):
-        pieces.append(text[end : match.start()])
-        end = match.end()
-        body = match.group(1).strip()
-        if not match.group(0).endswith("</tool_call>"):
-            calls.append(_parse_error(match.group(0), "truncated: no closing </tool_call>"))
-        else:
-            calls.append(_loads(body))
-            calls[-1].raw = match.group(0)
+    while (begin := text.find(_HERMES_OPEN, end)) >= 0:
+        pieces.append(text[end:begin])
+        body_start = _skip_space(text, begin + len(_HERMES_OPEN))
+        close = -1
+        try:
+            _, stop = _JSON.raw_decode(text, body_start)
+            after = _skip_space(text, stop)
+            if text.startswith(_HERMES_CLOSE, after):
+                close = after
+        except json.JSONDecodeError:
+            pass
+        if close < 0:  # not one JSON value followed by the marker: the block ends at the first marker
+            close = text.find(_HERMES_CLOSE, body_start)
+        if close < 0:
+            raw = text[begin:]
+            calls.append(_parse_error(raw, "truncated: no closing </tool_call>"))
+            end = len(text)
+            break
+        end = close + len(_HERMES_CLOSE)
+        calls.append(_loads(text[begin + len(_HERMES_OPEN) : close].strip()))
+        calls[-1].raw = text[begin:end]
     pieces.append(text[end:])
     return "".join(pieces).strip(), calls
 
 
+def _looks_like_call(obj: Any) -> bool:
+    """A JSON value a llama3 model wrote as a call: an object with a name and its arguments (a plain
+    answer object such as {"answer": 42} or {"name": "Ada", "age": 36} is content)."""
+    return isinstance(obj, dict) and isinstance(obj.get("name"), str) and ("parameters" in obj or "arguments" in obj)
+
+
 def _parse_llama3(text: str) -> tuple[str, list[ToolCall]]:
-    body = text.strip().removeprefix("<|python_tag|>").strip()
+    """JSON calls ({"name": ..., "parameters": {...}}, separated by ; or whitespace) or Llama 4 pythonic
+    call lists ([f(a=1, b='x'), g()]), optionally after `<|python_tag|>` or inside
+    `<|python_start|>...<|python_end|>`; text before a marker is the turn's content. Without a marker, a
+    turn is calls only when it parses as calls; anything else (a plain answer, even one in JSON) is content."""
+    content, tag, body = text.partition("<|python_tag|>")
+    if not tag:
+        content, tag, body = text.partition("<|python_start|>")
+        body = body.split("<|python_end|>")[0]
+    if not tag:
+        content, body = "", text
+    content, body = content.strip(), body.strip()
+    if body.startswith("["):
+        calls = _pythonic_calls(body)
+        if calls is not None:
+            return content, calls
+        if not tag:
+            return text.strip(), []
+        return content, [_parse_error(body, "expected a list of calls such as [f(a=1), g()]")]
     if not body.startswith("{"):
-        return text.strip(), []
-    decoder, calls, pos = json.JSONDecoder(), [], 0
+        if not tag:
+            return text.strip(), []
+        return content, [_parse_error(body, 'expected {"name": ..., "parameters": {...}}')] if body else []
+    calls, pos = [], 0
     while pos < len(body):
         try:
-            obj, stop = decoder.raw_decode(body, pos)
+            obj, stop = _JSON.raw_decode(body, pos)
         except json.JSONDecodeError as e:
+            if not tag and not calls and '"name"' not in body:
+                return text.strip(), []  # not JSON and nothing call-like: content
             calls.append(_parse_error(body[pos:], f"invalid JSON ({e.msg})"))
             break
+        if not tag and not calls and not _looks_like_call(obj):
+            return text.strip(), []  # a JSON answer, not a call
         calls.append(_call_from_object(obj, body[pos:stop], args_key="parameters"))
-        pos = stop
-        while pos < len(body) and body[pos] in "; \n\t":
-            pos += 1
-    return "", calls
+        pos = _skip_space(body, stop, also=";")
+    return content, calls
+
+
+def _pythonic_calls(body: str) -> list[ToolCall] | None:
+    """`[f(a=1, b='x'), mod.g()]` -> ToolCalls (raw: each call's own text), or None when `body` is not a
+    list of calls with keyword arguments. An argument that is not a literal is a parse error of its call."""
+    import ast
+
+    try:
+        tree = ast.parse(body, mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(tree, ast.List) or not tree.elts or not all(
+            isinstance(e, ast.Call) and isinstance(e.func, (ast.Name, ast.Attribute)) for e in tree.elts):
+        return None
+    calls = []
+    for node in tree.elts:
+        raw, name = ast.get_source_segment(body, node) or "", ast.unparse(node.func)
+        if node.args:
+            calls.append(_parse_error(raw, f"{name}: pass arguments by name (a=1), not by position", name=name))
+            continue
+        try:
+            args = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+        except ValueError:
+            calls.append(_parse_error(raw, f"the arguments of {name} must be literals", name=name))
+            continue
+        calls.append(ToolCall(name=name, arguments=args, raw=raw))
+    return calls
+
+
+def _json_list_items(text: str) -> list[tuple[Any, str]]:
+    """A JSON list written by the model -> (value, the model's own text of it) per item; raises
+    json.JSONDecodeError like json.loads."""
+    pos = _skip_space(text, 1)  # after "["
+    items = []
+    if text.startswith("]", pos):
+        return items
+    while True:
+        obj, stop = _JSON.raw_decode(text, pos)
+        items.append((obj, text[pos:stop]))
+        pos = _skip_space(text, stop)
+        if text.startswith("]", pos):
+            return items
+        if not text.startswith(",", pos):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        pos = _skip_space(text, pos + 1)
 
 
 def _parse_mistral(text: str) -> tuple[str, list[ToolCall]]:
+    """Content, then `[TOOL_CALLS]` and a JSON list of calls, or `name[ARGS]{...}` segments (newer
+    templates; `name[CALL_ID]id[ARGS]{...}` in the newest), each optionally after another `[TOOL_CALLS]`.
+    Every call's raw is the model's own text, so its tokens can be found for credit."""
     content, marker, rest = text.partition("[TOOL_CALLS]")
     if not marker:
         return text.strip(), []
     rest = rest.strip()
     if rest.startswith("["):  # [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]
         try:
-            objects = json.loads(rest)
+            items = _json_list_items(rest)
         except json.JSONDecodeError as e:
             return content.strip(), [_parse_error(rest, f"invalid JSON ({e.msg} at position {e.pos})")]
-        if not isinstance(objects, list):
-            objects = [objects]
-        return content.strip(), [_call_from_object(o, json.dumps(o)) for o in objects]
-    calls = []  # newer templates: name[ARGS]{...}, repeated, each optionally after another [TOOL_CALLS]
-    for segment in filter(str.strip, rest.split("[TOOL_CALLS]")):
-        name, args_marker, args = segment.partition("[ARGS]")
-        if not args_marker:
-            calls.append(_parse_error(segment, "expected name[ARGS]{...}"))
-            continue
+        return content.strip(), [_call_from_object(obj, raw) for obj, raw in items]
+    calls, pos = [], 0
+    while pos < len(rest):
+        args_at = rest.find("[ARGS]", pos)
+        if args_at < 0:
+            calls.append(_parse_error(rest[pos:], "expected name[ARGS]{...}"))
+            break
+        name = rest[pos:args_at].partition("[CALL_ID]")[0].strip()
+        args_start = _skip_space(rest, args_at + len("[ARGS]"))
         try:
-            parsed = json.loads(args.strip())
+            parsed, stop = _JSON.raw_decode(rest, args_start)
         except json.JSONDecodeError as e:
-            calls.append(_parse_error(segment, f"invalid JSON arguments ({e.msg})", name=name.strip()))
-            continue
-        calls.append(_call_from_object({"name": name.strip(), "arguments": parsed}, segment))
+            calls.append(_parse_error(rest[pos:], f"invalid JSON arguments ({e.msg})", name=name))
+            break
+        calls.append(_call_from_object({"name": name, "arguments": parsed}, rest[pos:stop]))
+        pos = _skip_space(rest, stop)
+        if rest.startswith("[TOOL_CALLS]", pos):
+            pos = _skip_space(rest, pos + len("[TOOL_CALLS]"))
     return content.strip(), calls
 
 
@@ -201,7 +302,7 @@ def detect_tool_format(tokenizer) -> str:
         return "hermes"
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template)
     for marker, format in (("<tool_call>", "hermes"), ("[TOOL_CALLS]", "mistral"), ("<|python_tag|>", "llama3"),
-                           ('"parameters"', "llama3")):
+                           ("<|python_start|>", "llama3"), ('"parameters"', "llama3")):
         if marker in template:
             return format
     raise ValueError("cannot tell the tool-call format from the chat template; set rollout.tool_format")

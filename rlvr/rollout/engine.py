@@ -254,11 +254,19 @@ class HFEngine:
             config = GenerationConfig(max_new_tokens=max(p.max_tokens for p in params), do_sample=False,
                                       eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
                                       stop_strings=stop_strings or None, use_cache=True, return_dict_in_generate=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                cache = self._prefix_cache(ids, attention, prefix_width, groups, {i: stored[i] for i in reused})
-                out = self.model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
-                                          past_key_values=cache, logits_processor=[sampler],
-                                          tokenizer=self.tokenizer if stop_strings else None)
+            # The model's own generation_config (a hub model may ship do_sample, top_k, top_p, temperature,
+            # repetition_penalty, ...) fills every field `config` leaves unset, and its processors would change
+            # the scores before the sampler sees them: the sampled distribution would no longer be the one
+            # whose log-probs are recorded, nor the one the learner recomputes. Generate under a neutral one.
+            shipped, self.model.generation_config = self.model.generation_config, GenerationConfig()
+            try:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    cache = self._prefix_cache(ids, attention, prefix_width, groups, {i: stored[i] for i in reused})
+                    out = self.model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
+                                              past_key_values=cache, logits_processor=[sampler],
+                                              tokenizer=self.tokenizer if stop_strings else None)
+            finally:
+                self.model.generation_config = shipped
             new = out.sequences[:, width:].tolist()
             logprobs = torch.stack(sampler.logprobs, 1).tolist()
             completions = []

@@ -101,7 +101,36 @@ class EnvSource:
             errors = [e for r in results for e in r.errors]
             raise RuntimeError(f"step {step}: every trajectory was dropped by a failing reward "
                                f"({errors[-1] if errors else 'no error recorded'})")
-        return groups, _rollout_metrics(step, results, self.backend.restarts)
+        metrics = {}
+        if self.cfg.algorithm.filter_zero_variance:  # DAPO dynamic sampling
+            groups, results, metrics = self._refill(step, groups, results)
+        return groups, _rollout_metrics(step, results, self.backend.restarts) | metrics
+
+    def _refill(self, step: int, groups, results):
+        """Roll out extra batches of tasks (at most `algorithm.refill_rounds`) until the step holds
+        `data.tasks_per_step` groups that carry signal; keep that many of them, and the flat groups, which
+        make_batch counts and drops."""
+        from rlvr.training.advantages import carries_signal
+
+        want, rounds = self.cfg.data.tasks_per_step, 0
+        signal = [carries_signal(g, self.cfg.algorithm) for g in groups]
+        while sum(signal) < want and rounds < self.cfg.algorithm.refill_rounds:
+            rounds += 1
+            seed = self.cfg.seed * 1_000_003 + step + 7_919 * rounds  # not another step's seed
+            more = self.backend.collect(self.backend.submit(self.sampler.extra(step, rounds), self.cfg.rollout, seed,
+                                                            min_version=step - 1 - self.cfg.ray.max_staleness))
+            results = results + more
+            new = [g for r in more for g in r.groups]
+            groups, signal = groups + new, signal + [carries_signal(g, self.cfg.algorithm) for g in new]
+        kept, with_signal = [], 0
+        for group, has in zip(groups, signal):
+            if has:
+                with_signal += 1
+                if with_signal > want:
+                    continue
+            kept.append(group)
+        return kept, results, {"batch/refill_rounds": float(rounds), "batch/signal_groups": float(min(with_signal, want)),
+                               "batch/rolled_out_groups": float(len(groups))}
 
     def engines_asleep(self):
         return self._asleep() if self.sleep else nullcontext()

@@ -82,6 +82,20 @@ def rloo_advantage(rewards: Tensor, group_index: Tensor, eps: float = 1e-6) -> T
     return centered * count / (count - 1).clamp(min=1)
 
 
+def overlong_penalty(lengths: Tensor, max_tokens: int, buffer: int) -> Tensor:
+    """DAPO's soft overlong punishment, added to the reward (reference section 2.1 item 4):
+
+        R_len = 0                               if n <= L_max - L_buf
+              = ((L_max - L_buf) - n) / L_buf   if L_max - L_buf < n <= L_max
+              = -1                              if n > L_max
+
+    Args: lengths (N,) sampled tokens of each trajectory; max_tokens L_max; buffer L_buf (0 < L_buf < L_max).
+    Returns (N,) float64 in [-1, 0].
+    """
+    start = max_tokens - buffer
+    return ((start - lengths.to(torch.float64)) / buffer).clamp(min=-1.0, max=0.0)
+
+
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "grpo": grpo_advantage,
     "dr_grpo": dr_grpo_advantage,
@@ -90,26 +104,57 @@ ADVANTAGES: dict[str, Callable[..., Tensor]] = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-call credit: (credit (C,), group_index (C,), anchor_index (C,) long, eps) -> call advantages (C,)
+# Per-call credit: (credit (C,), group_index (C,), anchor_index (C,) long, eps, estimator) -> call advantages (C,)
 # `credit` is each tool call's combined score (docs/credit.md); `anchor_index` numbers the distinct
 # (group, env state before the call) pairs, so calls sharing it were made from the same state.
+# `estimator` is the outcome advantage's name: the call term is scaled like it (see `call_advantage`).
+
+# grpo divides the call term by max(std, CREDIT_STD_FLOOR) instead of std + eps: credits are in reward
+# units (a check is worth 1/5, progress +-1), and a plain std turns a tiny difference between
+# near-identical calls (one duplicate among ten: credit 0.8 against 1.0) into -2.85, more than any
+# binary outcome advantage. 0.5 is the std of calls that differ by one full unit half of the time, so
+# calls that really differ are normalised as before and near-identical ones get a term in proportion.
+CREDIT_STD_FLOOR = 0.5
 
 
-def no_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
+def call_advantage(credit: Tensor, index: Tensor, estimator: str = "grpo", eps: float = 1e-6) -> Tensor:
+    """The outcome estimator's formula applied to call credits compared within `index`:
+
+        grpo:    (c - mean) / max(std, CREDIT_STD_FLOOR)      (std with Bessel's correction)
+        dr_grpo: c - mean                                      (reward units, like its advantages)
+        rloo:    n / (n - 1) * (c - mean)                      (leave-one-out baseline over the n calls)
+
+    Args: credit (C,) float; index (C,) long comparison sets; eps unused (shared signature). Returns (C,),
+    exactly 0 for a call alone in its set or in a set whose credits are all equal.
+    """
+    if estimator == "grpo":
+        centered, count = _centered(credit, index)
+        num = int(index.max()) + 1
+        std = (_group_sums(centered**2, index, num)[index] / (count - 1).clamp(min=1)).sqrt()
+        return centered / std.clamp(min=CREDIT_STD_FLOOR)
+    if estimator not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {estimator!r}")
+    return ADVANTAGES[estimator](credit, index, eps)
+
+
+def no_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6,
+              estimator: str = "grpo") -> Tensor:
     """Outcome only: every call advantage is 0. Returns (C,)."""
     return torch.zeros_like(credit)
 
 
-def per_call_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
-    """A_call = (c - mean) / (std + eps) over all calls of the trajectory's group (DeepSeekMath process
-    supervision, one score per call). Returns (C,); 0 where the group's calls all score the same."""
-    return grpo_advantage(credit, group_index, eps)
+def per_call_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6,
+                    estimator: str = "grpo") -> Tensor:
+    """`call_advantage` over all calls of the trajectory's group (DeepSeekMath process supervision, one
+    score per call). Returns (C,); 0 where the group's calls all score the same."""
+    return call_advantage(credit, group_index, estimator, eps)
 
 
-def step_grouped_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6) -> Tensor:
-    """GiGPO-style step groups: A_call = (c - mean) / (std + eps) over the calls of the group made from
-    the same env state (anchor); a call whose state no other call shares gets 0. Returns (C,)."""
-    return grpo_advantage(credit, anchor_index, eps)
+def step_grouped_credit(credit: Tensor, group_index: Tensor, anchor_index: Tensor, eps: float = 1e-6,
+                        estimator: str = "grpo") -> Tensor:
+    """GiGPO-style step groups: `call_advantage` over the calls of the group made from the same env state
+    (anchor); a call whose state no other call shares gets 0. Returns (C,)."""
+    return call_advantage(credit, anchor_index, estimator, eps)
 
 
 CREDIT: dict[str, Callable[..., Tensor]] = {
@@ -145,44 +190,56 @@ def _log_ratio(logp: Tensor, old_logp: Tensor) -> Tensor:
     return (logp - old_logp).clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
 
 
-def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float,
+                       dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
-    return -torch.minimum(unclipped, clipped), clipped < unclipped
+    loss, cut = -torch.minimum(unclipped, clipped), clipped < unclipped
+    if dual_clip is not None:  # A < 0: the loss grows with the ratio unclipped; cap it at -A * c (no gradient)
+        capped = (adv < 0) & (loss > -adv * dual_clip)
+        loss, cut = torch.where(capped, -adv * dual_clip, loss), cut | capped
+    return loss, cut
 
 
-def grpo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
-    """PPO-clip per token with decoupled bounds (DAPO clip-higher):
+def grpo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float,
+              dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
+    """PPO-clip per token with decoupled bounds (DAPO clip-higher) and verl's dual clip:
 
         r_t = exp(logp_t - old_t);  l_t = -min(r_t A_t, clip(r_t, 1 - clip_low, 1 + clip_high) A_t)
+        if A_t < 0 and dual_clip = c:  l_t = min(l_t, -c A_t)
 
+    The dual clip bounds the loss of a negative-advantage token whose ratio grew large (stale or
+    off-policy data), where the plain clipped objective is unbounded (verl clip_ratio_c = 3).
     Args: logp, old_logp, advantages, mask: (B, T). Returns (loss (B, T), clipped (B, T) bool).
     """
-    return _clipped_surrogate(_log_ratio(logp, old_logp).exp(), advantages, clip_low, clip_high)
+    return _clipped_surrogate(_log_ratio(logp, old_logp).exp(), advantages, clip_low, clip_high, dual_clip)
 
 
-def gspo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+def gspo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float,
+              dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
     """GSPO, token form: the sequence ratio s_i = exp(mean_t log r_{i,t}) clipped as a whole.
 
         s_{i,t} = sg(s_i) * exp(logp_t - sg(logp_t));  l_t = -min(s_{i,t} A_t, clip(s_{i,t}) A_t)
 
     With an advantage constant over the sequence this has the gradient of the sequence objective;
     the token form also admits per-token advantages (per-call credit). GSPO's paper clip range is
-    tiny (clip_low=3e-4, clip_high=4e-4). Args: (B, T) each. Returns (loss (B, T), clipped (B, T)).
+    tiny (clip_low=3e-4, clip_high=4e-4); `dual_clip` caps negative-advantage losses as in grpo_loss.
+    Args: (B, T) each. Returns (loss (B, T), clipped (B, T)).
     """
     mask = mask.to(logp.dtype)
     seq_log_ratio = (_log_ratio(logp, old_logp) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     ratio = seq_log_ratio.detach().exp()[:, None] * (logp - logp.detach()).exp()
-    return _clipped_surrogate(ratio, advantages, clip_low, clip_high)
+    return _clipped_surrogate(ratio, advantages, clip_low, clip_high, dual_clip)
 
 
-def cispo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+def cispo_loss(logp, old_logp, advantages, mask, clip_low: float, clip_high: float,
+               dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
     """CISPO (MiniMax-M1): clip the detached IS weight, never the gradient:
 
         l_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) * A_t * logp_t
 
     TRL's `cispo` caps r at `epsilon_high` only: the same as clip_low=1, clip_high=epsilon_high - 1.
-    Args: (B, T) each. Returns (loss (B, T), clipped (B, T) bool: weight hit a bound).
+    `dual_clip` is unused: the weight is already bounded. Args: (B, T) each. Returns (loss (B, T), clipped (B, T) bool: weight hit a bound).
     """
     ratio = _log_ratio(logp, old_logp).exp()
     weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high).detach()
@@ -277,6 +334,7 @@ class ObjectiveSpec:
     beta: float = 0.0
     kl_estimator: str = "k3"
     tis_cap: float | None = None
+    dual_clip: float | None = None
 
 
 def policy_objective(
@@ -295,12 +353,22 @@ def policy_objective(
 
     Args: logp (B, T) with grad; advantages, mask (B, T); old_logp (B, T) or None for on-policy
     (then logp.detach()); ref_logp (B, T), needed when beta > 0; behaviour_logp (B, T), needed when tis_cap.
-    Returns (scalar loss, metrics) where each metric is a sum over masked tokens (divide by counts.tokens).
+    Returns (scalar loss, metrics) where each metric is a sum over masked tokens (divide by counts.tokens),
+    except those ending in `_min` / `_max`, which are the micro-batch's extremes (reduce with min / max).
     """
     mask = mask.to(logp.dtype)
     old = logp.detach() if old_logp is None else old_logp
-    per_token, clipped = LOSSES[spec.loss](logp, old, advantages, mask, spec.clip_low, spec.clip_high)
+    per_token, clipped = LOSSES[spec.loss](logp, old, advantages, mask, spec.clip_low, spec.clip_high,
+                                           dual_clip=spec.dual_clip)
     metrics = {"clip_frac": (clipped.to(mask.dtype) * mask).sum()}
+    if behaviour_logp is not None:  # importance ratios pi_old / pi_behaviour over the sampled tokens
+        rho = _log_ratio(old, behaviour_logp).exp().detach()
+        sampled = mask > 0
+        metrics["is_ratio_mean"] = (rho * mask).sum()
+        metrics["is_ratio_min"] = rho.masked_fill(~sampled, float("inf")).min()
+        metrics["is_ratio_max"] = rho.masked_fill(~sampled, float("-inf")).max()
+        if spec.tis_cap is not None:
+            metrics["is_clipped_frac"] = ((rho > spec.tis_cap).to(mask.dtype) * mask).sum()
     if spec.tis_cap is not None:
         if behaviour_logp is None:
             raise ValueError("tis_cap is set but the batch has no behaviour log-probs")

@@ -45,6 +45,24 @@ def save_checkpoint(run_path: Path, step: int, learner_state: dict, keep: int) -
     return final
 
 
+def save_adapter(adapter: AdapterState, path: Path) -> Path:
+    """Write the run's final adapter to `path` atomically, like a checkpoint: into a `.tmp-` sibling,
+    flushed, then renamed; an adapter already there is renamed out of the way first and deleted after.
+    `path` therefore holds a complete adapter, or the previous one, or nothing, whenever the process dies."""
+    tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".tmp-{path.name}.removing")
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a process killed while writing
+    shutil.rmtree(old, ignore_errors=True)
+    adapter.save(tmp)
+    for file in tmp.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
 def prune_checkpoints(run_path: Path, keep: int, newest: int) -> None:
     """Keep the `keep` newest checkpoints up to step `newest`; drop the rest, any after `newest`, and what a
     killed write or delete left behind.

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -19,11 +20,11 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from rlvr.core.config import Config, LearnerConfig, effective_tis_cap
+from rlvr.core.contract import Batch
 from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, policy_objective
 from rlvr.training.attention import use_prefix_attention
-from rlvr.core.config import Config, LearnerConfig
-from rlvr.core.contract import Batch
-from rlvr.training.models import AdapterState, add_lora, bf16_supported, load_model
+from rlvr.training.models import REFERENCE_ADAPTER, AdapterState, add_lora, bf16_supported, load_model
 
 # Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
 # the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).
@@ -280,6 +281,10 @@ class Learner:
         self.bf16 = _use_bf16(cfg.precision, self.device)
         base = model.get_base_model()
         use_prefix_attention(base)
+        if cfg.shared_prefix and (reason := shared_prefix_unsupported(base.config)):
+            warnings.warn(f"learner.shared_prefix: {reason}; using the plain path (set learner.shared_prefix=false "
+                          "to silence this)", stacklevel=2)
+            self.cfg = cfg = cfg.model_copy(update={"shared_prefix": False})
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
         if self.lm_head.bias is not None:
             raise ValueError("models whose LM head has a bias are not supported")
@@ -306,13 +311,21 @@ class Learner:
             out = self.decoder(input_ids=prompt.input_ids, use_cache=True)
         return PromptState([(k, v) for k, v, *_ in out.past_key_values], out.last_hidden_state[:, -1])
 
+    def reference(self):
+        """Context in which the model is the KL reference, no second copy: the frozen REFERENCE_ADAPTER (the
+        starting policy, when the run starts from `model.init_adapter` with algorithm.reference=start),
+        else the base model (the adapter disabled)."""
+        if REFERENCE_ADAPTER in self.model.peft_config:
+            return _active_adapter(self.model, REFERENCE_ADAPTER)
+        return self.model.disable_adapter()
+
     def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True, state: PromptState | None = None) -> Tensor:
         """Per-token log-probs of the completion tokens, (b, T) zero-padded; differentiable when grad is on.
 
-        With adapter=False the LoRA adapter is disabled: the base model is the KL reference, no second copy.
+        With adapter=False they are the KL reference's (`reference()`).
         A shared-prompt micro-batch continues `state` (computed here when not given).
         """
-        with nullcontext() if adapter else self.model.disable_adapter():
+        with nullcontext() if adapter else self.reference():
             if mb.prompt is None:
                 with self._autocast():
                     hidden = self.decoder(input_ids=mb.input_ids, position_ids=mb.position_ids,
@@ -396,7 +409,7 @@ class Learner:
         loss.backward()
         totals["loss"] += loss.item()
         for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + v.item()
+            _accumulate_metric(totals, k, v.item())
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
@@ -405,7 +418,7 @@ class Learner:
         one_update = self.cfg.epochs * self.cfg.mini_batches == 1  # then old = logp.detach(): no extra pass
         passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([] if one_update else [("old_logp", True)])
         for field, adapter in passes:
-            with nullcontext() if adapter else self.model.disable_adapter():
+            with nullcontext() if adapter else self.reference():
                 for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
                     state = None if prompt is None else self.prompt_forward(prompt)
                     for mb in group:
@@ -429,7 +442,7 @@ class Learner:
             for micro, counts in minis:
                 self.optimizer.zero_grad(set_to_none=True)
                 for key, value in self.backward(micro, counts).items():  # loss: the mini-batch's; others: token sums
-                    totals[key] = totals.get(key, 0.0) + value
+                    _accumulate_metric(totals, key, value)
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -438,7 +451,8 @@ class Learner:
         elapsed = time.perf_counter() - start
         tokens = sum(counts.tokens for _, counts in minis)
         metrics = {"loss": totals.pop("loss") / len(minis)}
-        metrics.update({k: v / max(tokens, 1) for k, v in totals.items()})  # token means
+        metrics.update({k: v if k.endswith(("_min", "_max")) else v / max(tokens, 1)
+                        for k, v in totals.items()})  # token means, and the extremes as they are
         metrics.update(grad_norm=sum(grad_norms) / len(grad_norms), lr=self.scheduler.get_last_lr()[0],
                        tokens=batch.num_tokens, sampled_tokens=tokens, micro_batches=sum(len(m) for m, _ in minis),
                        step_s=elapsed, tokens_per_s=batch.num_tokens / elapsed)
@@ -463,6 +477,44 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = state["steps_done"]
         set_rng_states(state["rng"])
+
+
+def _accumulate_metric(totals: dict[str, float], key: str, value: float) -> None:
+    """Token sums add up; `*_min` / `*_max` metrics are extremes over the batch."""
+    if key.endswith(("_min", "_max")) and key in totals:
+        totals[key] = (min if key.endswith("_min") else max)(totals[key], value)
+    else:
+        totals[key] = totals.get(key, 0.0) + value
+
+
+# attention implementations that honour the shared-prefix path's 4D boolean mask exactly
+EXACT_MASK_ATTENTION = ("sdpa", "eager", "rlvr_prefix")
+
+
+def shared_prefix_unsupported(config) -> str | None:
+    """Why the shared-prefix path would not compute a model's log-probs exactly, or None.
+
+    That path builds its own 4D mask (the whole prompt plus the completion's own earlier tokens), which
+    flash-attention kernels ignore and which knows no sliding window."""
+    attn = getattr(config, "_attn_implementation", None)
+    if attn is not None and attn not in EXACT_MASK_ATTENTION:
+        return f"attention implementation {attn!r} does not take its 4D attention mask"
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if "sliding_attention" in layer_types or (window and getattr(config, "use_sliding_window", True)
+                                              and not layer_types):
+        return f"the model attends through a sliding window ({window} tokens) that its mask does not apply"
+    return None
+
+
+@contextmanager
+def _active_adapter(model, name: str):
+    """Make the PEFT adapter `name` the active one (frozen), then "default" again (trainable)."""
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        model.set_adapter("default")
 
 
 def _to_cpu(obj):
@@ -506,10 +558,14 @@ def build_learner(cfg: Config) -> Learner:
     device = resolve_device(cfg.learner.device)
     # frozen base weights in the compute dtype (half the memory, no per-step casts); LoRA stays float32
     dtype = torch.bfloat16 if _use_bf16(cfg.learner.precision, device) else torch.float32
-    model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora, cfg.model.init_adapter)
     algo = cfg.algorithm
+    # the KL reference after an SFT start is the starting policy (a frozen copy of the init adapter), unless
+    # algorithm.reference=base; without init_adapter or KL term there is nothing to load
+    reference = algo.beta > 0 and algo.reference == "start"
+    model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora, cfg.model.init_adapter,
+                     reference=reference)
     spec = ObjectiveSpec(loss=algo.loss, aggregation=algo.aggregation, clip_low=algo.clip_low,
                          clip_high=algo.clip_high, beta=algo.beta, kl_estimator=algo.kl_estimator,
-                         tis_cap=algo.tis_cap)
+                         tis_cap=effective_tis_cap(cfg), dual_clip=algo.dual_clip)
     return Learner(model, cfg.learner, spec, temperature=cfg.rollout.temperature, total_steps=cfg.steps,
                    norm_tokens=algo.loss_norm_tokens)

@@ -177,11 +177,16 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     return model.to(device).eval()
 
 
-def add_lora(model, lora: LoraConfig, init_adapter: str | None = None):
+REFERENCE_ADAPTER = "reference"  # the frozen copy of the starting adapter that serves as the KL reference
+
+
+def add_lora(model, lora: LoraConfig, init_adapter: str | None = None, *, reference: bool = False):
     """Wrap `model` in a trainable PEFT LoRA adapter (fresh, or loaded from `init_adapter`).
 
     Adapter weights stay float32 whatever the base dtype (PEFT's autocast_adapter_dtype), so optimiser
-    updates are not lost to bf16 rounding.
+    updates are not lost to bf16 rounding. With `reference` and an `init_adapter`, the init adapter is
+    loaded a second time as the frozen adapter REFERENCE_ADAPTER (the starting policy, for the KL term:
+    a few LoRA matrices, not a second model); the trainable one stays "default" and active.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
@@ -189,7 +194,11 @@ def add_lora(model, lora: LoraConfig, init_adapter: str | None = None):
     if init_adapter is not None:
         if not (Path(init_adapter) / "adapter_config.json").exists():
             raise FileNotFoundError(f"model.init_adapter={init_adapter}: no adapter_config.json there")
-        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        peft_model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        if reference:
+            peft_model.load_adapter(init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+            peft_model.set_adapter("default")
+        return peft_model
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
