@@ -104,12 +104,14 @@ def _trajectory(task, i, success, calls=()):
 def test_behaviour_metrics_by_hand():
     tool_task = Task(id="a", env="calculator", prompt="?")
     direct = Task(id="b", env="calculator", prompt="?", metadata={"needs_tool": False})
-    ok = ToolCall(name="calculate", raw="x", result="1")
-    failed = ToolCall(name="calculate", raw="x", error=ToolCallError.transient, result="Error 503")
+    ok = ToolCall(name="calculate", arguments={"expression": "1"}, raw="x", result="1")
+    failed = ToolCall(name="calculate", arguments={"expression": "1"}, raw="x", error=ToolCallError.transient,
+                      result="Error 503")
+    moved_on = ToolCall(name="calculate", arguments={"expression": "2"}, raw="x", result="2")
     bad = ToolCall(name="calculate", raw="x", error=ToolCallError.bad_arguments, result="bad")
     groups = [Group(id="a", task=tool_task, trajectories=[
         _trajectory(tool_task, 0, 1.0, [failed, ok]),  # retried and recovered
-        _trajectory(tool_task, 1, 0.0, [failed]),  # gave up
+        _trajectory(tool_task, 1, 0.0, [failed, moved_on]),  # moved on to another call: no retry
         _trajectory(tool_task, 2, 0.0, [bad, ok]),  # an error, no recovery
         _trajectory(tool_task, 3, 1.0, [ok])]),
         Group(id="b", task=direct, trajectories=[_trajectory(direct, 0, 1.0, [ok]), _trajectory(direct, 1, 1.0)])]

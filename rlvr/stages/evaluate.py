@@ -92,7 +92,7 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
 def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
     """What explains success under realistic tool conditions (env.conditions), None where nothing to count:
     recovery_rate     success among trajectories that met a tool error (any kind)
-    retry_rate        share of transiently failed calls that the trajectory called again (same tool)
+    retry_rate        share of transiently failed calls that the trajectory made again (same tool and arguments)
     unnecessary_call_rate   share of trajectories on tasks that need no tool (needs_tool=False) with a call
     """
     trajectories = [t for g in groups for t in g.trajectories]
@@ -103,8 +103,8 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
         "trajectories_with_tool_errors": len(errored),
         "recovery_rate": _mean(is_success(t, rewards) for t in errored) if errored else None,
         "transient_failures": len(failed),
-        "retry_rate": _mean(any(c.name == t.tool_calls[k].name for c in t.tool_calls[k + 1:]) for t, k in failed)
-        if failed else None,
+        "retry_rate": _mean(any((c.name, c.arguments) == (t.tool_calls[k].name, t.tool_calls[k].arguments)
+                                for c in t.tool_calls[k + 1:]) for t, k in failed) if failed else None,
         "no_tool_trajectories": len(no_tool),
         "unnecessary_call_rate": _mean(bool(t.tool_calls) for t in no_tool) if no_tool else None,
     }
