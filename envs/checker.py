@@ -9,7 +9,8 @@ two envs built with the same seed behave identically; a call built from each too
 (not rejected as bad arguments: schema and signature agree); unknown tools, missing, extra and
 wrongly-typed arguments and unparsable garbage come back as error results of the right kind instead
 of exceptions; every step finishes within the per-call timeout; the final state is JSON; the state
-key is a string; next_messages returns messages; close works.
+key is a string; next_messages returns messages; close works. An env class with a `diagnostics()`
+classmethod (e.g. the python env: which sandbox layers are active) has its lines printed as `info`.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ class CheckReport:
     env: str
     passed: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the env's own diagnostics(), informational
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
     def lines(self) -> list[str]:
-        return [f"ok    {p}" for p in self.passed] + [f"FAIL  {v}" for v in self.violations]
+        return ([f"info  {n}" for n in self.notes] + [f"ok    {p}" for p in self.passed]
+                + [f"FAIL  {v}" for v in self.violations])
 
 
 async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int = 0,
@@ -54,6 +57,12 @@ async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int 
         else:
             report.violations.append(f"{what}: {why}" if why else what)
         return condition
+
+    if callable(getattr(env_cls, "diagnostics", None)):
+        try:
+            report.notes = [str(line) for line in env_cls.diagnostics()]
+        except Exception as e:
+            expect(False, "diagnostics() runs", f"{type(e).__name__}: {e}")
 
     if task is None:
         try:

@@ -6,6 +6,12 @@ allows them, see `sandbox_layers()`; a wall-clock limit below the env's per-call
 answers with the program's stdout, its stderr (tracebacks included) and a status line such as
 "[exit 0]" or "[killed: wall time limit 5 s]".
 
+The tool fails closed: where the sandbox's network or file-system layer is unavailable (no user or mount
+namespaces), it runs no program and answers with a refusal naming the missing layers (logged once as a
+warning), unless the weaker sandbox is accepted: `env.options: {weak_sandbox: true}` (a task-source
+option, stamped on each task as `metadata["weak_sandbox"]`, which the env reads) or
+`PythonSandbox(weak_sandbox=True)`.
+
 Tasks are parametric with integer answers computed here in plain Python: how many primes lie below N,
 the digit sum of a power, a Fibonacci number modulo m, how many integers of a range are divisible by
 x or y, Collatz steps, and coin-change counts.
@@ -14,22 +20,33 @@ x or y, Collatz steps, and coin-change counts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 from typing import Any, Callable
 
 from rlvr.core.contract import Task
 from rlvr.envs.base import ToolEnv, tool
-from rlvr.envs.sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from rlvr.envs.sandbox import REQUIRED_LAYERS, SandboxLimits, SandboxResult, run_sandboxed, sandbox_layers
+
+log = logging.getLogger(__name__)
 
 SANDBOX_OVERHEAD_S = 1.0  # process start and clean-up, which the env's per-call timeout also covers
+WEAK_SANDBOX_OPTION = "env.options: {weak_sandbox: true}"
+_refusals_logged: set[tuple[str, ...]] = set()
 
 
 class PythonSandbox:
-    """The python toolset: runs a program in the sandbox; other envs attach it through `toolsets()`."""
+    """The python toolset: runs a program in the sandbox; other envs attach it through `toolsets()`.
 
-    def __init__(self, limits: SandboxLimits | None = None):
+    Fails closed: without the layers of `required_layers` it runs nothing and answers with a refusal,
+    unless `weak_sandbox=True` accepts the weaker sandbox (the audit hook alone for what is missing)."""
+
+    required_layers: tuple[str, ...] = REQUIRED_LAYERS
+
+    def __init__(self, limits: SandboxLimits | None = None, weak_sandbox: bool = False):
         self.limits = limits or SandboxLimits()
+        self.weak_sandbox = weak_sandbox
 
     @tool
     def run_python(self, code: str) -> str:
@@ -38,7 +55,38 @@ class PythonSandbox:
         Args:
             code: the program's source; print() the values you want to see, e.g. "print(sum(range(10)))"
         """
-        return format_result(run_sandboxed(code, self.limits))
+        result = run_sandboxed(code, self.limits, require=() if self.weak_sandbox else self.required_layers)
+        if result.refused:
+            return refusal(result)
+        return format_result(result)
+
+
+def refusal(result: SandboxResult) -> str:
+    """What the model reads when the sandbox refused to run its program; logged once as a warning."""
+    details = "; ".join(f"{name}: {result.layers.get(name, 'unavailable')}" for name in result.refused)
+    text = (f"[refused: the python sandbox did not run the program: its {' and '.join(result.refused)} "
+            f"containment {'is' if len(result.refused) == 1 else 'are'} unavailable on this machine "
+            f"({details}). To accept the weaker sandbox, set {WEAK_SANDBOX_OPTION}.]")
+    if result.refused not in _refusals_logged:
+        _refusals_logged.add(result.refused)
+        log.warning("python tool: %s", text.strip("[]"))
+    return text
+
+
+def describe_sandbox(weak_sandbox: bool = False) -> list[str]:
+    """One line per sandbox layer, active or not, and whether the tool runs programs here."""
+    layers = sandbox_layers()
+    lines = [f"sandbox {name}: {'UNAVAILABLE' if state.startswith('unavailable') else 'active'} - {state}"
+             for name, state in layers.items()]
+    missing = [name for name in REQUIRED_LAYERS if layers.get(name, "unavailable").startswith("unavailable")]
+    if not missing:
+        lines.append("sandbox: fails closed; all required layers (" + ", ".join(REQUIRED_LAYERS) + ") active")
+    elif weak_sandbox:
+        lines.append(f"sandbox: WEAK, accepted by weak_sandbox: runs programs without {', '.join(missing)}")
+    else:
+        lines.append(f"sandbox: run_python REFUSES to run programs here (missing {', '.join(missing)}); "
+                     f"{WEAK_SANDBOX_OPTION} accepts the weaker sandbox")
+    return lines
 
 
 def format_result(result: SandboxResult) -> str:
@@ -67,11 +115,23 @@ class PythonEnv(ToolEnv):
     rewards = {"numeric_answer": 1.0, "tool_call_validity": 0.0}
 
     def toolsets(self) -> list[PythonSandbox]:
-        return [PythonSandbox(limits_within(self.tool_timeout_s))]
+        weak = bool(self.task.metadata.get("weak_sandbox", False))
+        return [PythonSandbox(limits_within(self.tool_timeout_s), weak_sandbox=weak)]
 
     @classmethod
-    def tasks(cls, n: int, seed: int = 0, split: str = "train") -> list[Task]:
-        return python_tasks(n, seed, split)
+    def tasks(cls, n: int, seed: int = 0, split: str = "train", weak_sandbox: bool = False) -> list[Task]:
+        """`weak_sandbox=True` (env.options) accepts a sandbox without network or file-system containment;
+        it travels to the env in each task's metadata."""
+        tasks = python_tasks(n, seed, split)
+        if weak_sandbox:
+            for task in tasks:
+                task.metadata["weak_sandbox"] = True
+        return tasks
+
+    @classmethod
+    def diagnostics(cls) -> list[str]:
+        """Printed by `rlvr envs check python`: which sandbox layers this machine gives."""
+        return describe_sandbox()
 
     @classmethod
     def no_tool_tasks(cls, n: int, seed: int = 0, split: str = "train") -> list[Task]:

@@ -16,7 +16,9 @@ contains itself, in this order (this file is also the child's bootstrap script):
    where pyenv may keep the interpreter) are covered by an empty tmpfs with only the interpreter's
    library dirs bound back, so a stranger uid can run Python and sees nothing else of them.
 3. rlimits: CPU time, address space, file size (which also bounds captured stdout and stderr), open
-   files, no core dumps, and (with 4) a process limit.
+   files, no core dumps, and a process limit (RLIMIT_NPROC): as root with 4; as a non-root user in its
+   own user namespace (Linux >= 5.14 counts a uid's processes per user namespace, so the limit is the
+   run's own); as a non-root user without one, the user's running processes plus the limit.
 4. user (root only): a fresh random uid and gid per run, no groups. RLIMIT_NPROC counts per uid and does
    not apply to root, so only this makes the process limit effective; it also denies reading the
    parent's /proc/<pid>/environ and lets the parent kill every process of the run by uid afterwards.
@@ -31,6 +33,10 @@ contains itself, in this order (this file is also the child's bootstrap script):
 The parent waits at most the wall-clock limit, then kills the process group; afterwards it kills what
 is left of the group and (as root) every process of the run's uid, and removes the work dir. Layers that
 are unavailable are reported in `SandboxResult.layers` ("unavailable: why") and logged once as a warning.
+
+Fail closed: `run_sandboxed(code, require=REQUIRED_LAYERS)` refuses to run the program (the bootstrap
+stops after containing itself, before the program is written or run) when one of the named layers is
+unavailable; the result then has `refused` (the missing layers) and the status "refused: ...".
 Linux only (namespaces, /proc, pidfd). This module imports only the standard library: it runs as the
 child's bootstrap before anything else.
 """
@@ -84,11 +90,14 @@ class SandboxResult:
     killed: bool = False  # ended by a signal (wall clock, CPU limit, ...)
     reason: str | None = None  # the limit or blocked operation that ended the program, if one did
     layers: dict[str, str] = field(default_factory=dict)  # containment layer -> what it did this run
+    refused: tuple[str, ...] = ()  # the required layers that were unavailable, so the program did not run
 
     @property
     def status(self) -> str:
         """One line for the model: "exit 0", "exit 1 (memory limit 512 MiB)", "killed: wall time limit 5 s"
         (or "sandbox error: ..." when the program could not be run)."""
+        if self.refused:
+            return f"refused: {self.reason}"
         if self.exit_code is None:
             return f"sandbox error: {self.reason}"
         if self.killed:
@@ -96,19 +105,23 @@ class SandboxResult:
         return f"exit {self.exit_code}" + (f" ({self.reason})" if self.reason else "")
 
 
-def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits(), *,
-                  audit_hook: bool = True) -> SandboxResult:
+REQUIRED_LAYERS = ("network", "filesystem")  # what failing closed requires (the python tool's default)
+
+
+def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits(), *, audit_hook: bool = True,
+                  require: tuple[str, ...] = ()) -> SandboxResult:
     """Run `code` as a Python program in the sandbox and report what happened; never raises on the code.
 
     `audit_hook=False` leaves out the in-process hook, to check that the kernel layers contain a program
-    on their own (tests); runs for models keep it.
+    on their own (tests); runs for models keep it. `require`: layers (e.g. REQUIRED_LAYERS) without which
+    the program is not run at all; the result is then refused (`refused` names the missing ones).
     """
     started = time.perf_counter()
     uid = _fresh_id() if os.geteuid() == 0 else None
     workdir = tempfile.mkdtemp(prefix="rlvr-sandbox-", dir=_workdir_parent())
     report_read, report_write = os.pipe()
     config = {"workdir": workdir, "uid": uid, "limits": asdict(limits), "audit_hook": audit_hook,
-              "report_fd": report_write}
+              "report_fd": report_write, "require": list(require)}
     command = [sys.executable, "-I", "-B", os.path.abspath(__file__), json.dumps(config)]
     try:
         if uid is not None:
@@ -148,6 +161,11 @@ def run_sandboxed(code: str, limits: SandboxLimits = SandboxLimits(), *,
               "environment": "scrubbed: PATH, HOME, TMPDIR, LANG and thread counts only",
               "wall clock": f"{limits.wall_time_s:g} s, then the process group is killed{cleanup}"}
     _warn_unavailable(layers)
+    if report.get("refused"):
+        missing = tuple(report["refused"])
+        return SandboxResult(None, "", "", wall, reason=f"the {' and '.join(missing)} "
+                             f"layer{'s are' if len(missing) > 1 else ' is'} unavailable", layers=layers,
+                             refused=missing)
     return SandboxResult(proc.returncode, stdout, stderr, wall, cpu, killed, reason, layers)
 
 
@@ -358,6 +376,10 @@ def _child_main(config: dict[str, Any]) -> None:
     except OSError as e:
         _report(config["report_fd"], {"error": str(e)})
         os._exit(_SETUP_FAILED)
+    missing = [name for name in config.get("require", []) if layers.get(name, "unavailable").startswith("unavailable")]
+    if missing:  # fail closed: the program is neither written nor run
+        _report(config["report_fd"], {"layers": layers, "refused": missing})
+        os._exit(_SETUP_FAILED)
     with open("main.py", "wb") as f:  # so that tracebacks show the program's lines
         f.write(program)
     if config["audit_hook"]:
@@ -386,15 +408,28 @@ def _contain(libc: ctypes.CDLL, workdir: str, uid: int | None, limits: SandboxLi
         layers["filesystem"] = _seal_filesystem(libc, workdir, uid, limits)
     os.chdir(workdir)  # onto the tmpfs just mounted there
     interpreter_reachable = not any(_first_closed_dir(p) for p in sys.path if os.path.isdir(p))
-    nproc = uid is not None and interpreter_reachable
+    root = os.geteuid() == 0
+    nproc, processes = None, f", {limits.max_processes} processes"
+    if uid is not None and interpreter_reachable:
+        nproc = limits.max_processes  # counted for the fresh uid alone
+    elif not root and namespaced and _kernel_at_least(5, 14):
+        nproc = limits.max_processes  # counted in the run's own user namespace alone
+        processes += " (counted in its own user namespace)"
+    elif not root:
+        running = _tasks_of_uid(os.getuid())  # RLIMIT_NPROC counts all of the user's processes (and threads)
+        nproc = running + limits.max_processes
+        processes = f", {limits.max_processes} processes more than the user's {running}"
     _lower_rlimits(limits, nproc)
     layers["rlimits"] = (f"CPU {limits.cpu_time_s} s, memory {_size(limits.memory_bytes)}, file size "
                          f"{_size(limits.file_size_bytes)}, {limits.max_open_files} open files, no core dumps"
-                         + (f", {limits.max_processes} processes" if nproc else ""))
+                         + (processes if nproc is not None else ", no process limit (root ignores RLIMIT_NPROC)"))
     if uid is None:
-        why = ("not root" if os.geteuid() != 0
-               else f"the user namespace maps no uids in [{_FRESH_IDS.start}, {_FRESH_IDS.stop})")
-        layers["user"] = f"unavailable: {why}; runs as the calling user, no process limit"
+        if not root:
+            layers["user"] = ("unavailable: not root; runs as the calling user (processes that leave the "
+                              "process group outlive the run until their CPU limit)")
+        else:
+            layers["user"] = (f"unavailable: the user namespace maps no uids in [{_FRESH_IDS.start}, "
+                              f"{_FRESH_IDS.stop}); runs as root, no process limit")
     elif not interpreter_reachable:
         layers["user"] = ("unavailable: the interpreter's directories are closed to other users and there is "
                           "no mount namespace to expose them; runs as root, no process limit")
@@ -476,14 +511,34 @@ def _remount_read_only(libc: ctypes.CDLL) -> list[str]:
     return failed
 
 
-def _lower_rlimits(limits: SandboxLimits, nproc: bool) -> None:
+def _kernel_at_least(major: int, minor: int) -> bool:
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return bool(found) and (int(found[1]), int(found[2])) >= (major, minor)
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """How many tasks (processes and their threads) whose real uid is `uid` run now: what RLIMIT_NPROC counts."""
+    count = 0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+                if fields["Uid"].split()[0] == str(uid):
+                    count += int(fields["Threads"])
+            except (OSError, KeyError, ValueError):
+                continue
+    return count
+
+
+def _lower_rlimits(limits: SandboxLimits, nproc: int | None) -> None:
     wanted = {resource.RLIMIT_CPU: (limits.cpu_time_s, limits.cpu_time_s + 1),
               resource.RLIMIT_AS: (limits.memory_bytes,) * 2,
               resource.RLIMIT_FSIZE: (limits.file_size_bytes,) * 2,
               resource.RLIMIT_NOFILE: (limits.max_open_files,) * 2,
               resource.RLIMIT_CORE: (0, 0)}
-    if nproc:
-        wanted[resource.RLIMIT_NPROC] = (limits.max_processes,) * 2
+    if nproc is not None:
+        wanted[resource.RLIMIT_NPROC] = (nproc,) * 2
     for kind, (soft, hard) in wanted.items():
         _, current_hard = resource.getrlimit(kind)
         if current_hard != resource.RLIM_INFINITY:

@@ -257,7 +257,7 @@ def _running(pid):
 
 
 def test_no_process_is_left_running():
-    _kernel_layer("rlimits", "processes")  # needs fork, so runs without the hook: only with a process limit
+    _kernel_layer("user", "fresh uid")  # needs fork (so no hook) and the kill by uid (setsid escapes the group)
     # a child that sleeps in the process group, and a grandchild that left it (setsid)
     code = ("import os, time\n"
             "child = os.fork()\n"
