@@ -145,7 +145,7 @@ def difference_table(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, 
     for a, b in pairs:
         d = paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed)
         lines.append(f"| {b} - {a} | {d['diff'] * 100:+.1f} | [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}] "
-                     f"| {d['tasks']} |")
+                     f"| {d['tasks']:.0f} |")
     return "\n".join(lines)
 
 

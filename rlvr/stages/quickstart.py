@@ -108,11 +108,12 @@ COMPARISONS = [("SFT", "SFT + RL"), ("SFT + more SFT", "SFT + RL"), ("SFT", "SFT
 def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: str | None) -> str:
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     c = cfg.env.conditions
+    cost = f"{c.call_cost:g} reward per call" if c.call_cost else "no per-call cost"
     return (f"# rlvr quickstart: {cfg.model.name} on {cfg.env.name}\n\n"
             f"**Demonstrations**: {report['conversations']} clean gold conversations (happy path: every call "
             f"succeeds, every task needs the tool) of the training wording. **Tool conditions** of RL and "
             f"evaluation: {c.failure_rate:.0%} of tool calls fail transiently (seeded, an API-like error text), "
-            f"{c.call_cost:g} reward per call, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
+            f"{cost}, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
             f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further training-wording "
             f"tasks that have answers only. **Controls**: SFT + more SFT trains RL's wall time on the same "
             f"demonstrations; the random-reward arm is in `python bench/quickstart.py`.\n\n"
