@@ -1,7 +1,7 @@
 """Where a run's tasks come from, and which tasks each step trains on.
 
-`data.source` is `env` (the env's own task source, `Env.tasks(n, seed, split, **env.options)`) or a
-JSON-lines file of Tasks. The batch of step k is a pure function of (seed, k): the tasks are visited in a
+`data.source` is `env` (the env's own task source, `Env.tasks(n, seed, split, **env.options)`, with
+`env.conditions.no_tool_fraction` of them from `Env.no_tool_tasks`) or a JSON-lines file of Tasks. The batch of step k is a pure function of (seed, k): the tasks are visited in a
 seeded order, epoch after epoch, so no task is skipped or repeated within an epoch, and a resumed run
 needs nothing but its step number to continue where it stopped.
 """
