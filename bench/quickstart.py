@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.reporting import plot_policies  # noqa: E402
-from rlvr.stages.evaluate import comparison_table, difference_table, evaluate_policy, kind_table  # noqa: E402
-from rlvr.core.stats import paired_bootstrap  # noqa: E402
+from rlvr.stages.evaluate import (comparison_table, difference_table, evaluate_policy, kind_table,  # noqa: E402
+                                  success_differences)
 
 
 def main() -> None:
@@ -86,7 +86,8 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     print(comparison_table(reports))
     if kinds := kind_table(reports):
         print(f"success per task kind:\n{kinds}")
-    print(difference_table(reports, pairs, seed))
+    d = success_differences(reports, pairs, seed)
+    print(difference_table(d))
     plot_policies(reports, root / "policies_reevaluation.png")
 
     clean = cfg.model_copy(deep=True)
@@ -96,7 +97,6 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     start_check = evaluate_policy(clean, train_wording, adapters["SFT"], label="SFT")
     print(f"\nSFT start on 100 training-wording tasks, clean conditions: success {start_check['success_rate']:.3f}")
 
-    d = {f"{b} - {a}": paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed) for a, b in pairs}
     (root / "bench.json").write_text(json.dumps({"reevaluation": reports, "differences": d,
                                                  "sft_start_clean_train": start_check, "total_s": total}, indent=2))
     rl, over_more, random_arm = d["SFT + RL - SFT"], d["SFT + RL - SFT + more SFT"], d["SFT + random-reward RL - SFT"]

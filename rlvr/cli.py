@@ -84,7 +84,8 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
-    from rlvr.stages.evaluate import comparison_table, difference_table, evaluate_policy, kind_table
+    from rlvr.stages.evaluate import (comparison_table, difference_table, evaluate_policy, kind_table,
+                                      success_differences)
 
     extra = [*(overrides or [])]
     if bfcl:
@@ -114,7 +115,7 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     if len(reports) > 1:
         first, *others = reports
         typer.echo("\nsuccess against the first policy, 95% paired bootstrap intervals:\n"
-                   + difference_table(reports, [(first, other) for other in others], cfg.seed))
+                   + difference_table(success_differences(reports, [(first, other) for other in others], cfg.seed)))
     if kinds := kind_table(reports):
         typer.echo(f"\nsuccess per task kind:\n{kinds}")
     typer.echo(f"report: {out}")

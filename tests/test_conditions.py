@@ -12,7 +12,7 @@ from rlvr.envs.calculator import NO_TOOL_TEMPLATES, CalculatorEnv
 from rlvr.envs.conditions import TRANSIENT_ERRORS, UnreliableTools, with_transient_failures
 from rlvr.envs.python import PythonEnv
 from rlvr.envs.sql import SqlEnv
-from rlvr.stages.evaluate import behaviour, difference_table, summarize
+from rlvr.stages.evaluate import behaviour, difference_table, success_differences, summarize
 from rlvr.rewards.scoring import Scorer
 from rlvr.core.stats import paired_bootstrap, wilson_interval
 from rlvr.core.tasks import env_tasks
@@ -136,7 +136,7 @@ def test_paired_bootstrap_by_hand():
     assert paired_bootstrap(a, {**b, "extra": 1.0})["tasks"] == 100  # only shared tasks are paired
     with pytest.raises(ValueError, match="share no task"):
         paired_bootstrap({"x": 1.0}, {"y": 1.0})
-    table = difference_table({"SFT": {"outcomes": a}, "RL": {"outcomes": b}}, [("SFT", "RL")], seed=3)
+    table = difference_table(success_differences({"SFT": {"outcomes": a}, "RL": {"outcomes": b}}, [("SFT", "RL")], seed=3))
     assert table.splitlines()[2].startswith("| RL - SFT | +10.0 | [+")
 
 

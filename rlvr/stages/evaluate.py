@@ -9,7 +9,7 @@ sampled tokens, latency. Success per task family (metadata "family" or "category
 tasks carry metadata "kind" (the calculator's solution shape), per kind: where two policies differ.
 Under realistic tool conditions (env.conditions), the behaviours that explain success: recovery after a
 tool error, retries of transient failures, unnecessary calls on tasks that need no tool (`behaviour`).
-Per-task outcomes feed paired bootstrap intervals between policies (`difference_table`, rlvr/core/stats.py).
+Per-task outcomes feed paired bootstrap intervals between policies (`success_differences`, rlvr/core/stats.py).
 """
 
 from __future__ import annotations
@@ -136,16 +136,21 @@ def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
     return _policy_table(columns, {label: [r.get(c) for c in columns] for label, r in reports.items()})
 
 
-def difference_table(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], seed: int = 0) -> str:
-    """A Markdown table of success differences `b - a` for each (a, b) in `pairs`, with 95% paired bootstrap
-    intervals over the tasks both were evaluated on."""
+def success_differences(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]],
+                        seed: int = 0) -> dict[str, dict[str, float]]:
+    """{"b - a": paired bootstrap of success b - a} for each (a, b) in `pairs`, over the tasks both were
+    evaluated on (rlvr/core/stats.py)."""
     from rlvr.core.stats import paired_bootstrap
 
+    return {f"{b} - {a}": paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed)
+            for a, b in pairs}
+
+
+def difference_table(differences: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of `success_differences`, with their 95% intervals, in points."""
     lines = ["| difference | points | 95% interval | tasks |", "|---|---|---|---|"]
-    for a, b in pairs:
-        d = paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed)
-        lines.append(f"| {b} - {a} | {d['diff'] * 100:+.1f} | [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}] "
-                     f"| {d['tasks']:.0f} |")
+    lines += [f"| {name} | {d['diff'] * 100:+.1f} | [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}] | {d['tasks']:.0f} |"
+              for name, d in differences.items()]
     return "\n".join(lines)
 
 

@@ -36,9 +36,9 @@ def quickstart(cfg: Config) -> Path:
     from rlvr.core.tasks import env_tasks
     from rlvr.loop import train
     from rlvr.reporting import plot_policies
-    from rlvr.stages.evaluate import comparison_table, difference_table, evaluate_policy, kind_table
+    from rlvr.stages.evaluate import (comparison_table, difference_table, evaluate_policy, kind_table,
+                                      success_differences)
     from rlvr.stages.sft import sft
-    from rlvr.core.stats import paired_bootstrap
     from rlvr.stages.synth import Synthesizer, write_jsonl
 
     root = Path(cfg.output_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -83,8 +83,7 @@ def quickstart(cfg: Config) -> Path:
                                              label=label)
             console.print(f"{label}: success {reports[label]['success_rate']:.3f}")
     table = comparison_table(reports)
-    differences = {f"{b} - {a}": paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=cfg.seed)
-                   for a, b in COMPARISONS}
+    differences = success_differences(reports, COMPARISONS, cfg.seed)
     report = {"held_out_tasks": len(held_out), "conversations": len(records), "seconds": seconds,
               "total_s": sum(seconds.values()), "conditions": conditions.model_dump(), "adapters": policies,
               "policies": reports,
@@ -94,10 +93,10 @@ def quickstart(cfg: Config) -> Path:
     (root / "report.json").write_text(json.dumps(report, indent=2))
     shutil.copy(rl_run.path / "curves.png", root / "rl_curves.png")
     plot_policies(reports, root / "policies.png")
-    (root / "report.md").write_text(_markdown(cfg, report, table, difference_table(reports, COMPARISONS, cfg.seed),
+    (root / "report.md").write_text(_markdown(cfg, report, table, difference_table(differences),
                                               kind_table(reports)))
     console.print(table)
-    console.print(difference_table(reports, COMPARISONS, cfg.seed))
+    console.print(difference_table(differences))
     console.print(f"report: {root / 'report.md'}")
     return root
 
