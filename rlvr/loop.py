@@ -141,7 +141,7 @@ def _rollout_backend(cfg: Config, learner: Learner) -> RolloutBackend:
         return RayRollouts(cfg)
     from rlvr.rollout.workers import LocalRollouts, RolloutWorker
 
-    return LocalRollouts(RolloutWorker(cfg, model=learner.model if cfg.rollout.engine == "hf" else None))
+    return LocalRollouts(RolloutWorker(cfg, model=learner.model if cfg.rollout.engine != "vllm" else None))
 
 
 def _data_source(cfg: Config) -> RolloutSource:

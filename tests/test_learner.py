@@ -64,7 +64,11 @@ def test_packed_logprobs_equal_one_sequence_at_a_time(name):
             ids = torch.tensor([t.prompt_ids + t.completion_ids])
             logits = model(input_ids=ids).logits[0, len(t.prompt_ids) - 1 : -1].float() / 0.7
             expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t.completion_ids)[:, None])[:, 0]
-            torch.testing.assert_close(packed[i, : len(t.completion_ids)], expected, atol=1e-5, rtol=1e-5)
+            scored = torch.tensor(t.loss_mask, dtype=torch.bool)  # the LM head runs only where the loss looks
+            assert (~scored).any() and scored.any()
+            got = packed[i, : len(t.completion_ids)]
+            torch.testing.assert_close(got[scored], expected[scored], atol=1e-5, rtol=1e-5)
+            assert (got[~scored] == 0).all()
 
 
 @pytest.mark.parametrize("aggregation", list(AGGREGATIONS))
@@ -187,3 +191,24 @@ def test_bf16_autocast_matches_fp32_loosely():
         a, b = fp32.completion_logprobs(mb), bf16.completion_logprobs(mb)
     assert a.dtype == b.dtype == torch.float32  # log-probs always in float32
     assert (a - b).abs().mean() < 0.05
+
+
+def test_the_first_mini_batch_needs_no_old_policy_pass():
+    """No update has happened before the first mini-batch, so its old log-probs are its log-probs: the step
+    skips that forward pass (and only that one) and updates exactly as with it."""
+    batch = _batch(num_groups=4, seed=5)
+    models, passes = [_policy(), _policy()], []
+    for model, skip in zip(models, (True, False)):
+        learner = _learner(model, lr=1e-2, mini_batches=2)
+        if not skip:  # the same learner computing every old-policy pass
+            fill = learner._fill_fixed_logprobs
+            learner._fill_fixed_logprobs = lambda micro, first=False: fill(micro, first=False)
+        forward = learner.completion_logprobs
+        counted = []
+        learner.completion_logprobs = lambda mb, **kw: counted.append(torch.is_grad_enabled()) or forward(mb, **kw)
+        learner.step(batch)
+        passes.append(counted.count(False))
+    assert passes[0] == passes[1] // 2 > 0  # half the old-policy passes: the second mini-batch's
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -85,3 +85,19 @@ def test_plan_uses_the_shared_path_only_where_it_pays():
     short_prompt = _batch(prompt_tokens=2, completion_tokens=80)  # saves 3 * 2 tokens of ~240: not worth it
     shared, plain = plan_shared_prefix(short_prompt, 10_000)
     assert shared == [] and plain == list(range(8))
+
+
+def test_shared_rows_hold_one_completion_and_micro_batches_similar_lengths():
+    from rlvr.training.learner import SIMILAR_LENGTHS
+
+    batch = _batch(prompt_tokens=48, completion_tokens=60)
+    for budget in (10_000, 120):
+        shared, _ = plan_shared_prefix(batch, budget)
+        for group in shared:
+            rows = [row for micro in group for row in micro]
+            assert all(len(row) == 1 for row in rows)
+            for micro in group:
+                lengths = [len(batch.trajectories[row[0]].completion_ids) for row in micro]
+                assert lengths == sorted(lengths) and max(lengths) <= SIMILAR_LENGTHS * min(lengths)
+                assert len(micro) * max(lengths) <= budget or len(micro) == 1
+        assert sorted(row[0] for group in shared for micro in group for row in micro) == list(range(8))

@@ -50,7 +50,9 @@ class DataConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    engine: Literal["hf", "vllm"] = "hf"
+    # hf: continuous batching on the model's own weights (llama, qwen2; rlvr/rollout/continuous.py), else
+    # transformers' generate; hf-generate: always generate; vllm: rlvr/rollout/vllm_engine.py
+    engine: Literal["hf", "hf-generate", "vllm"] = "hf"
     group_size: int = Field(8, ge=1)  # G: trajectories per task
     temperature: float = Field(1.0, ge=0.0)  # 0 = greedy; the learner divides its logits by the same value
     top_p: float = Field(1.0, gt=0.0, le=1.0)  # < 1 biases the learner's ratios (it sees the full softmax)

@@ -8,8 +8,8 @@ are prefilled once, and the KV cache of every finished request is kept (`PrefixS
 next turn, which repeats all of it, prefills only the tool result and what follows.
 Requests arrive through the async `generate` from many concurrent trajectories and are batched: a batch
 stays open while requests keep arriving, and tools run in their own threads while a batch generates.
-Generation itself runs on the event loop's thread (see `_serve`). Sampling is Gumbel-max with
-noise drawn from a generator seeded per request, so a request's tokens depend on its seed and not on
+Generation itself runs on the event loop's thread (see `_serve`). Sampling draws one uniform number per token
+from a generator seeded per request (`sample_rows`), so a request's tokens depend on its seed and not on
 which other requests happened to share its batch: rollouts are reproducible given a seed.
 """
 
@@ -35,10 +35,33 @@ class _Request:
     future: asyncio.Future = field(repr=False)
 
 
-class _SeededSampler:
-    """A logits processor that samples with per-row seeded Gumbel noise and records log-probs.
+def sample_rows(logits: Tensor, generators: list[torch.Generator], temperature: float, top_p: float
+                ) -> tuple[Tensor, Tensor]:
+    """One token per row: logits (B, V) -> (tokens (B,), their log-probs (B,) under the distribution sampled
+    from, after temperature and top-p). Temperature 0 is greedy. Otherwise inverse-CDF sampling with one
+    uniform draw per token from the row's own generator, so a row's tokens depend on its seed alone (and
+    the draw costs one number, not one per vocabulary entry as Gumbel-max would)."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p < 1.0:
+        logits = _top_p_filter(logits, top_p)
+    logp = torch.log_softmax(logits, -1)
+    if temperature > 0:
+        uniform = torch.cat([torch.rand(1, generator=g, device=logp.device) for g in generators])
+        cdf = logp.exp().cumsum_(-1)
+        # right=True: the first token whose cumulative mass exceeds the draw, never one of zero mass
+        tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+        tokens = tokens.clamp_(max=logp.shape[-1] - 1)
+    else:
+        tokens = logp.argmax(-1)
+    return tokens, logp.gather(-1, tokens[:, None])[:, 0]
 
-    It returns scores whose argmax is the sampled token, so `generate` runs with do_sample=False.
+
+class _SeededSampler:
+    """A logits processor for `generate` that samples with `sample_rows` and records the log-probs.
+
+    It returns scores whose only finite entry is the sampled token, so `generate` runs with do_sample=False.
     """
 
     def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
@@ -47,20 +70,9 @@ class _SeededSampler:
         self.logprobs: list[Tensor] = []  # per step, (B,)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        logits = scores.float()
-        if self.temperature > 0:
-            logits = logits / self.temperature
-        if self.top_p < 1.0:
-            logits = _top_p_filter(logits, self.top_p)
-        logp = torch.log_softmax(logits, -1)
-        if self.temperature > 0:
-            uniform = torch.stack([torch.rand(logp.shape[-1], generator=g, device=logp.device)
-                                   for g in self.generators])
-            scores = logp - torch.log(-torch.log(uniform.clamp_(min=1e-20)))  # + Gumbel(0, 1)
-        else:
-            scores = logp
-        self.logprobs.append(logp.gather(-1, scores.argmax(-1, keepdim=True))[:, 0])
-        return scores
+        tokens, logprobs = sample_rows(scores, self.generators, self.temperature, self.top_p)
+        self.logprobs.append(logprobs)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens[:, None], 0.0)
 
 
 def _batch_key(params: SamplingParams) -> tuple:

@@ -40,6 +40,7 @@ class RolloutWorker:
     def _make_engine(self, model):
         import torch
 
+        from rlvr.rollout.continuous import ContinuousEngine, unsupported
         from rlvr.rollout.engine import HFEngine
         from rlvr.training.learner import resolve_device
         from rlvr.training.models import add_lora, bf16_supported, load_model
@@ -59,6 +60,8 @@ class RolloutWorker:
             dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
             model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora,
                              cfg.model.init_adapter)
+        if cfg.rollout.engine == "hf" and unsupported(model.config) is None:
+            return ContinuousEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
         return HFEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
 
     def ping(self) -> int:

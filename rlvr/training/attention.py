@@ -14,9 +14,12 @@ from torch import Tensor
 
 NAME = "rlvr_prefix"
 # Above this many (batch x heads x queries x keys) scores per layer the matmul path's materialised scores
-# cost more than SDPA's kernel saves: 16 rows of 364 tokens (plain path, 19M) stay on SDPA; a shared
-# prompt of 300 (0.8M) and its completion rows (7 x 85 queries over 385 keys, 2M) take the matmuls.
+# cost more than SDPA's kernel saves: 16 rows of 364 tokens (plain path, causal, 19M) stay on SDPA; a shared
+# prompt of 300 (0.8M) takes the matmuls. With an explicit mask (completions over a shared prompt's cache)
+# SDPA's CPU kernel is slower: 8 rows of 150 queries over 406 keys (4.4M), forward and backward 26 ms a
+# layer by matmuls, 44 ms by SDPA.
 EAGER_MAX_SCORES = 4_000_000
+EAGER_MAX_MASKED_SCORES = 32_000_000
 
 
 def prefix_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
@@ -26,7 +29,8 @@ def prefix_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
 
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
-    if batch * heads * q_len * k_len > EAGER_MAX_SCORES or module.training and dropout > 0:
+    limit = EAGER_MAX_SCORES if attention_mask is None else EAGER_MAX_MASKED_SCORES
+    if batch * heads * q_len * k_len > limit or module.training and dropout > 0:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     if attention_mask is None and q_len > 1:  # what SDPA would do with is_causal: the last q keys are the queries'

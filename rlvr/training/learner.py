@@ -29,6 +29,7 @@ from rlvr.training.models import REFERENCE_ADAPTER, AdapterState, add_lora, bf16
 # Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
 # the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).
 LOGIT_CHUNK = 64
+SIMILAR_LENGTHS = 1.25  # the longest completion of a shared-prefix micro-batch over its shortest, at most
 
 
 class LinearLogprob(torch.autograd.Function):
@@ -98,6 +99,7 @@ class MicroBatch:
     position_ids: Tensor  # (R, L), restarting at 0 for every trajectory
     logit_index: Tensor  # (n,) flat positions (row * L + col; shared: 1 + that, 0 = prompt) predicting each token
     targets: Tensor  # (n,) completion token ids
+    scored: Tensor  # (n,) bool: the targets in the loss (loss mask 1); tool results and user turns get log-prob 0
     indices: list[int]  # batch index of each of the b trajectories, in the order of the (b, T) tensors
     lengths: list[int]  # completion length of each of the b trajectories
     mask: Tensor  # (b, T) loss mask, zero-padded
@@ -164,8 +166,11 @@ def plan_shared_prefix(batch: Batch, micro_batch_tokens: int) -> tuple[list[list
 
     Trajectories with identical prompt ids form a group. Computing the prompt once saves (g - 1) * P
     tokens; the group takes the shared path when that is at least a quarter of its completion tokens.
-    A group's completions are packed into rows as long as its longest completion, and the rows into
-    micro-batches of at most `micro_batch_tokens` (at least one row each).
+    A group's completions get a row each (several completions in one row would attend across each other's
+    masked keys: SmolLM2-135M, 8 completions of ~150 tokens after a 256-token prompt, attention forward and
+    backward took 82 ms a layer packed two to a row, 26 ms one to a row). Rows are sorted by length and
+    cut into micro-batches of at most `micro_batch_tokens` padded tokens whose longest row is at most
+    SIMILAR_LENGTHS times their shortest, which bounds the padding.
     Returns ([per group: micro-batches of rows of trajectory indices], the indices left for the plain path).
     """
     by_prompt: dict[tuple[int, ...], list[int]] = {}
@@ -173,13 +178,18 @@ def plan_shared_prefix(batch: Batch, micro_batch_tokens: int) -> tuple[list[list
         by_prompt.setdefault(tuple(t.prompt_ids), []).append(i)
     shared, plain = [], []
     for prompt, indices in by_prompt.items():
-        lengths = [len(batch.trajectories[i].completion_ids) for i in indices]
-        if len(indices) < 2 or (len(indices) - 1) * len(prompt) < 0.25 * sum(lengths):
+        length = {i: len(batch.trajectories[i].completion_ids) for i in indices}
+        if len(indices) < 2 or (len(indices) - 1) * len(prompt) < 0.25 * sum(length.values()):
             plain += indices
             continue
-        rows = [[indices[k] for k in row] for row in pack(lengths, max(lengths))]
-        per_micro = max(1, micro_batch_tokens // max(lengths))
-        shared.append([rows[i : i + per_micro] for i in range(0, len(rows), per_micro)])
+        micro: list[list[list[int]]] = []
+        for i in sorted(indices, key=lambda i: length[i]):
+            current = micro[-1] if micro else None
+            if (current is None or length[i] > SIMILAR_LENGTHS * length[current[0][0]]
+                    or (len(current) + 1) * length[i] > micro_batch_tokens):
+                micro.append([])
+            micro[-1].append([i])
+        shared.append(micro)
     return shared, sorted(plain)
 
 
@@ -218,6 +228,7 @@ def make_shared_micro_batch(batch: Batch, prompt: SharedPrompt, rows: list[list[
         position_ids=positions.to(device),
         logit_index=torch.tensor(logit_index, device=device),
         targets=torch.tensor([tok for t in flat for tok in t.completion_ids], device=device),
+        scored=torch.tensor([m > 0 for t in flat for m in t.loss_mask], dtype=torch.bool, device=device),
         indices=order,
         lengths=[len(t.completion_ids) for t in flat],
         mask=_padded(device, [t.loss_mask for t in flat], torch.float32),
@@ -257,6 +268,7 @@ def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
         position_ids=torch.tensor(positions, device=device).view(len(rows), width),
         logit_index=torch.tensor(logit_index, device=device),
         targets=torch.tensor(targets, device=device),
+        scored=torch.tensor([m > 0 for t in flat for m in t.loss_mask], dtype=torch.bool, device=device),
         indices=[i for row in rows for i in row],
         lengths=lengths,
         mask=_padded(device, [t.loss_mask for t in flat], torch.float32),
@@ -320,7 +332,8 @@ class Learner:
         return self.model.disable_adapter()
 
     def completion_logprobs(self, mb: MicroBatch, *, adapter: bool = True, state: PromptState | None = None) -> Tensor:
-        """Per-token log-probs of the completion tokens, (b, T) zero-padded; differentiable when grad is on.
+        """Per-token log-probs of the completion tokens, (b, T) zero-padded (and 0 where the loss mask is);
+        differentiable when grad is on.
 
         With adapter=False they are the KL reference's (`reference()`).
         A shared-prompt micro-batch continues `state` (computed here when not given).
@@ -332,8 +345,11 @@ class Learner:
                                           use_cache=False).last_hidden_state.flatten(0, 1)
             else:
                 hidden = self._continue_prompt(mb, state or self.prompt_forward(mb.prompt))
-            hidden = hidden[mb.logit_index]
-            flat = LinearLogprob.apply(hidden, self.lm_head.weight, mb.targets, self.temperature)
+            # the LM head only where the loss looks: a multi-turn completion's tool results are a third of it
+            scored = LinearLogprob.apply(hidden[mb.logit_index[mb.scored]], self.lm_head.weight,
+                                         mb.targets[mb.scored], self.temperature)
+            flat = torch.zeros(len(mb.targets), dtype=scored.dtype, device=scored.device).masked_scatter(mb.scored,
+                                                                                                      scored)
         return pad_sequence(list(flat.split(mb.lengths)), batch_first=True)
 
     def _continue_prompt(self, mb: MicroBatch, state: PromptState) -> Tensor:
@@ -412,11 +428,13 @@ class Learner:
             _accumulate_metric(totals, k, v.item())
 
     @torch.no_grad()
-    def _fill_fixed_logprobs(self, micro: list[MicroBatch]) -> None:
-        """Reference log-probs (beta > 0) and old-policy log-probs (more than one optimiser step per batch), a
-        shared prompt run once per pass."""
+    def _fill_fixed_logprobs(self, micro: list[MicroBatch], first: bool = False) -> None:
+        """Reference log-probs (beta > 0) and old-policy log-probs, a shared prompt run once per pass. The
+        first mini-batch of a step needs no old-policy pass: no update has happened yet, so its old
+        log-probs are its log-probs (logp.detach()); the first epoch uses that, later epochs this pass."""
         one_update = self.cfg.epochs * self.cfg.mini_batches == 1  # then old = logp.detach(): no extra pass
-        passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([] if one_update else [("old_logp", True)])
+        old = not one_update and not (first and self.cfg.epochs == 1)
+        passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([("old_logp", True)] if old else [])
         for field, adapter in passes:
             with nullcontext() if adapter else self.reference():
                 for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
@@ -434,8 +452,8 @@ class Learner:
         start = time.perf_counter()
         minis = [(self.micro_batches(mini), self.batch_counts(mini))
                  for mini in split_groups(batch, self.cfg.mini_batches)]
-        for micro, _ in minis:  # all before the first update
-            self._fill_fixed_logprobs(micro)
+        for number, (micro, _) in enumerate(minis):  # all before the first update
+            self._fill_fixed_logprobs(micro, first=number == 0)
         self.model.train()  # LoRA dropout, if configured
         for _ in range(self.cfg.epochs):
             totals, grad_norms = {"loss": 0.0}, []

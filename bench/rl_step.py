@@ -1,0 +1,211 @@
+"""The quickstart's RL step, part by part, against this machine's limit and against the previous engine.
+
+    python bench/rl_step.py [CONFIG] [key=value ...] [--steps 5] [--init-adapter DIR]
+
+The step is the one `rlvr quickstart CONFIG` trains: GRPO from the SFT adapter (synth + SFT are run once
+and cached under the model cache, unless --init-adapter gives one), in process, under the config's tool
+conditions. Two variants train side by side with the same tasks and seeds, one step each in turn:
+  new:    the config as it is (rollout.engine=hf: continuous batching where the model allows it)
+  before: rollout.engine=hf-generate (transformers' generate, batch by batch: the engine before it)
+Both use the same learner code. After a warm-up step, each measured step prints its parts (rollout,
+score, learner, sync) and, for the new variant, the limit on the same tokens:
+  engine limit:  the fastest HF engine generating the step's sampled tokens as one batch of its rows
+                 (the same number of rows, each forced to the mean length, the step's prompts), no loop;
+  learner limit: one forward and backward over the step's batch (no old-policy pass, no optimiser step).
+The summary prints medians, step / limit, before / new, the learner's share of the CPU's bf16 matmul rate
+(a GEMM of the model's shapes timed in the same run) and the decode step time of both engines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from rlvr.core.config import load_config  # noqa: E402
+from rlvr.core.protocols import SamplingParams  # noqa: E402
+from rlvr.loop import _data_source, _learner  # noqa: E402
+from rlvr.training.advantages import make_batch  # noqa: E402
+
+
+def sft_start(cfg, config_path: str, overrides: list[str]) -> str:
+    """The config's SFT adapter (synth + SFT as the quickstart runs them), built once and cached."""
+    from rlvr.stages.sft import sft
+    from rlvr.stages.synth import Synthesizer, write_jsonl
+    from rlvr.training.models import cache_dir
+
+    key = hashlib.sha256((Path(config_path).read_text() + repr(sorted(overrides))).encode()).hexdigest()[:12]
+    folder = cache_dir() / "bench" / f"rl_step-sft-{key}"
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        return str(folder / "adapter")
+    print(f"building the SFT start once (cached in {folder})")
+    folder.mkdir(parents=True, exist_ok=True)
+    synthesizer = Synthesizer(cfg)
+    write_jsonl(folder / "sft.jsonl", synthesizer.run(synthesizer.tasks()))
+    sft_cfg = cfg.model_copy(update={"output_dir": str(folder / "runs")}, deep=True)
+    sft_cfg.sft.data = str(folder / "sft.jsonl")
+    adapter = sft(sft_cfg).path / "adapter"
+    os.replace(adapter, folder / "adapter")
+    return str(folder / "adapter")
+
+
+class Variant:
+    """A learner and its rollout source (in process), stepped one RL step at a time."""
+
+    def __init__(self, name: str, cfg):
+        self.name, self.cfg = name, cfg
+        self.source = _data_source(cfg)
+        self.learner = _learner(cfg)
+        self.source.start(self.learner, version=0)
+        self.engine = self.source.backend.worker.engine
+        self.steps: list[dict[str, float]] = []
+
+    def step(self, step: int):
+        start = time.perf_counter()
+        groups, metrics = self.source.rollouts(step)
+        rollout = time.perf_counter() - start
+        batch, _ = make_batch(groups, self.cfg.algorithm)
+        start = time.perf_counter()
+        learned = self.learner.step(batch)
+        learner = time.perf_counter() - start
+        start = time.perf_counter()
+        self.source.sync(self.learner, version=step)
+        sync = time.perf_counter() - start
+        parts = {"rollout": rollout, "score": metrics["time/score_s"], "learner": learner, "sync": sync,
+                 "step": rollout + learner + sync, "sampled": metrics["rollout/sampled_tokens"],
+                 "learner_tokens": learned.get("learner/tokens", 0.0), "turns": metrics["rollout/turns"]}
+        return parts, groups, batch
+
+
+def engine_limit(engines, groups) -> tuple[float, str]:
+    """Seconds for the fastest engine to generate the step's sampled tokens as one batch of its rows (each row
+    forced to the mean length, from the step's own prompts), and that engine's name."""
+    prompts = [t.prompt_ids for g in groups for t in g.trajectories]
+    sampled = sum(t.num_sampled_tokens for g in groups for t in g.trajectories)
+    length = -(-sampled // len(prompts))
+    params = [SamplingParams(temperature=1.0, max_tokens=length, seed=i) for i in range(len(prompts))]
+    best = None
+    for name, engine in engines.items():
+        stop_ids = engine.stop_ids
+        engine.stop_ids = type(stop_ids)()  # forced length: no stop token
+        engine.prefix_store.clear()
+        start = time.perf_counter()
+        engine.generate_batch(prompts, params)
+        seconds = time.perf_counter() - start
+        engine.stop_ids = stop_ids
+        engine.prefix_store.clear()
+        if best is None or seconds < best[0]:
+            best = (seconds, name)
+    return best
+
+
+def learner_limit(learner, batch) -> tuple[float, int]:
+    """Seconds of one forward and backward over the batch (no old-policy pass, no update), and the token
+    positions it computed (shared prompts once, padding included)."""
+    micro = learner.micro_batches(batch)
+    positions = sum(mb.input_ids.numel() for mb in micro) + sum(
+        mb.prompt.input_ids.numel() for mb in {id(m.prompt): m for m in micro if m.prompt is not None}.values())
+    learner.model.train()
+    start = time.perf_counter()
+    learner.backward(micro, learner.batch_counts(batch))
+    seconds = time.perf_counter() - start
+    learner.model.eval()
+    learner.optimizer.zero_grad(set_to_none=True)
+    return seconds, positions
+
+
+def matmul_rate(model) -> float:
+    """bf16 FLOP/s of this CPU on the model's MLP shape (2048 tokens), the best of a few runs."""
+    config = model.config
+    x = torch.randn(2048, config.hidden_size, dtype=torch.bfloat16)
+    w = torch.randn(config.intermediate_size, config.hidden_size, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(10):
+            torch.nn.functional.linear(x, w)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * x.shape[0] * w.shape[0] * w.shape[1] / best
+
+
+def decode_ms(engine, prompts, tokens: int = 32) -> float:
+    params = [SamplingParams(temperature=1.0, max_tokens=tokens, seed=i) for i in range(len(prompts))]
+    stop_ids = engine.stop_ids
+    engine.stop_ids = type(stop_ids)()
+    engine.prefix_store.clear()
+    engine.generate_batch(prompts, [SamplingParams(temperature=1.0, max_tokens=1, seed=0)] * len(prompts))
+    start = time.perf_counter()
+    engine.generate_batch(prompts, params)
+    seconds = time.perf_counter() - start
+    engine.stop_ids = stop_ids
+    engine.prefix_store.clear()
+    return seconds / tokens * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", nargs="?", default="configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps after one warm-up step")
+    parser.add_argument("--init-adapter", default=None)
+    args = parser.parse_args()
+    overrides = [*args.overrides, "logging.wandb=disabled"]
+    cfg = load_config(args.config, overrides)
+    adapter = args.init_adapter or sft_start(cfg, args.config, overrides)
+    cfg = load_config(args.config, [*overrides, f"model.init_adapter={adapter}", f"steps={args.steps + 1}"])
+    variants = [Variant("new", cfg),
+                Variant("before", cfg.model_copy(update={"rollout": cfg.rollout.model_copy(
+                    update={"engine": "hf-generate"})}, deep=True))]
+    engines = {v.cfg.rollout.engine: v.engine for v in variants}
+    limits = []
+    for step in range(1, args.steps + 2):
+        for variant in variants if step % 2 else variants[::-1]:  # alternate which goes first
+            parts, groups, batch = variant.step(step)
+            label = "warm-up" if step == 1 else f"step {step - 1}"
+            print(f"{variant.name:6s} {label}: " + "  ".join(
+                f"{k} {v:.1f} s" for k, v in parts.items() if k in ("rollout", "score", "learner", "sync", "step"))
+                  + f"  ({parts['sampled']:.0f} sampled tokens, {parts['turns']:.2f} turns)")
+            if step == 1:
+                continue
+            variant.steps.append(parts)
+            if variant.name == "new":
+                engine_s, engine_name = engine_limit(engines, groups)
+                learn_s, positions = learner_limit(variant.learner, batch)
+                limits.append({"engine": engine_s, "learner": learn_s, "total": engine_s + learn_s,
+                               "positions": positions})
+                print(f"       limit: engine {engine_s:.1f} s ({engine_name}) + learner forward/backward "
+                      f"{learn_s:.1f} s = {engine_s + learn_s:.1f} s")
+
+    median = {v.name: {k: statistics.median(p[k] for p in v.steps) for k in v.steps[0]} for v in variants}
+    limit = {k: statistics.median(x[k] for x in limits) for k in limits[0]}
+    new, before = median["new"], median["before"]
+    print(f"\nmedians over {args.steps} steps (seconds)")
+    print(f"{'':8s}{'rollout':>9s}{'score':>8s}{'learner':>9s}{'sync':>7s}{'step':>8s}")
+    for name, m in median.items():
+        print(f"{name:8s}{m['rollout']:9.1f}{m['score']:8.2f}{m['learner']:9.1f}{m['sync']:7.2f}{m['step']:8.1f}")
+    print(f"{'limit':8s}{limit['engine']:9.1f}{'':8s}{limit['learner']:9.1f}{'':7s}{limit['total']:8.1f}")
+    print(f"step / limit: {new['step'] / limit['total']:.2f}  (rollout {new['rollout'] / limit['engine']:.2f}, "
+          f"learner {new['learner'] / limit['learner']:.2f})")
+    print(f"before / new: {before['step'] / new['step']:.2f}  (rollout {before['rollout'] / new['rollout']:.2f}, "
+          f"learner {before['learner'] / new['learner']:.2f})")
+    model = variants[0].learner.model.get_base_model()
+    rate = matmul_rate(model)
+    layer_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n)
+    flops = 4 * layer_params * limit["positions"]  # frozen base: forward 2N, backward (input grads only) 2N
+    print(f"learner forward/backward: {flops / limit['learner'] / 1e9:.0f} GFLOP/s on the model's layers "
+          f"(4 x {layer_params / 1e6:.0f}M x {limit['positions']:.0f} positions), bf16 GEMM here "
+          f"{rate / 1e9:.0f} GFLOP/s: fraction {flops / limit['learner'] / rate:.2f}")
+    prompts = [t.prompt_ids for g in groups for t in g.trajectories]
+    for name, engine in engines.items():
+        print(f"decode step at batch {len(prompts)} ({name}): {decode_ms(engine, prompts):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
