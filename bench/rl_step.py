@@ -4,16 +4,19 @@
 
 The step is the one `rlvr quickstart CONFIG` trains: GRPO from the SFT adapter (synth + SFT are run once
 and cached under the model cache, unless --init-adapter gives one), in process, under the config's tool
-conditions. Two variants train side by side with the same tasks and seeds, one step each in turn:
-  new:    the config as it is (rollout.engine=hf: continuous batching where the model allows it)
-  before: rollout.engine=hf-generate (transformers' generate, batch by batch: the engine before it)
-Both use the same learner code. After a warm-up step, each measured step prints its parts (rollout,
-score, learner, sync) and, for the new variant, the limit on the same tokens:
+conditions. Every step rolls out its tasks twice from the same policy, with the same seeds, alternating
+which goes first: with the config's engine (rollout.engine=hf: continuous batching where the model
+allows it) and with rollout.engine=hf-generate (transformers' generate, batch by batch: the engine before
+it). The learner trains on the first and the policy moves on, so both engines always sample the same policy.
+After a warm-up step each step prints its parts (rollout, score: wall time while some trajectory was
+being scored, overlapping generation; learner; sync) and the limit on the same tokens:
   engine limit:  the fastest HF engine generating the step's sampled tokens as one batch of its rows
                  (the same number of rows, each forced to the mean length, the step's prompts), no loop;
   learner limit: one forward and backward over the step's batch (no old-policy pass, no optimiser step).
-The summary prints medians, step / limit, before / new, the learner's share of the CPU's bf16 matmul rate
-(a GEMM of the model's shapes timed in the same run) and the decode step time of both engines.
+The summary prints medians, step / limit, the rollout of the engine before against the new one (the
+learner is the same code in both; its own gains were measured separately, see docs/benchmarks.md), the
+learner's share of the CPU's bf16 matmul rate (a GEMM of the model's shapes timed in the same run) and
+one decoding pass of each engine.
 """
 
 from __future__ import annotations
@@ -56,21 +59,38 @@ def sft_start(cfg, config_path: str, overrides: list[str]) -> str:
     return str(folder / "adapter")
 
 
-class Variant:
-    """A learner and its rollout source (in process), stepped one RL step at a time."""
+class Run:
+    """A learner, its rollout source (in process, the config's engine) and a second worker with the engine
+    before it, sampling with the same model."""
 
-    def __init__(self, name: str, cfg):
-        self.name, self.cfg = name, cfg
+    def __init__(self, cfg):
+        from rlvr.rollout.workers import LocalRollouts, RolloutWorker
+
+        self.cfg = cfg
         self.source = _data_source(cfg)
         self.learner = _learner(cfg)
         self.source.start(self.learner, version=0)
-        self.engine = self.source.backend.worker.engine
-        self.steps: list[dict[str, float]] = []
+        before = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"engine": "hf-generate"})},
+                                deep=True)
+        self.before = LocalRollouts(RolloutWorker(before, model=self.learner.model))
+        self.engines = {"hf": self.source.backend.worker.engine, "hf-generate": self.before.worker.engine}
 
-    def step(self, step: int):
+    def step(self, step: int, generate_first: bool):
+        """One RL step; returns its parts, its groups and batch, and the rollout seconds of the engine before."""
+        tasks, seed = self.source.sampler.batch(step), self.cfg.seed * 1_000_003 + step
+
+        def rollout_before():
+            start = time.perf_counter()
+            result, = self.before.collect(self.before.submit(tasks, self.cfg.rollout, seed, step - 1))
+            return time.perf_counter() - start, sum(t.num_sampled_tokens for g in result.groups for t in g.trajectories)
+
+        if generate_first:
+            before = rollout_before()
         start = time.perf_counter()
         groups, metrics = self.source.rollouts(step)
         rollout = time.perf_counter() - start
+        if not generate_first:
+            before = rollout_before()
         batch, _ = make_batch(groups, self.cfg.algorithm)
         start = time.perf_counter()
         learned = self.learner.step(batch)
@@ -78,10 +98,16 @@ class Variant:
         start = time.perf_counter()
         self.source.sync(self.learner, version=step)
         sync = time.perf_counter() - start
+        self.before.sync(self.learner, version=step)  # re-merge the updated adapter
         parts = {"rollout": rollout, "score": metrics["time/score_s"], "learner": learner, "sync": sync,
                  "step": rollout + learner + sync, "sampled": metrics["rollout/sampled_tokens"],
-                 "learner_tokens": learned.get("learner/tokens", 0.0), "turns": metrics["rollout/turns"]}
+                 "learner_tokens": learned.get("learner/tokens", 0.0), "turns": metrics["rollout/turns"],
+                 "rollout_before": before[0], "sampled_before": before[1]}
         return parts, groups, batch
+
+    def close(self):
+        self.before.close()
+        self.source.close()
 
 
 def engine_limit(engines, groups) -> tuple[float, str]:
@@ -135,18 +161,20 @@ def matmul_rate(model) -> float:
     return 2 * x.shape[0] * w.shape[0] * w.shape[1] / best
 
 
-def decode_ms(engine, prompts, tokens: int = 32) -> float:
-    params = [SamplingParams(temperature=1.0, max_tokens=tokens, seed=i) for i in range(len(prompts))]
+def decode_ms(engine, prompts, tokens: int = 33) -> float:
+    """Milliseconds of one decoding pass at the batch of `prompts` (prompts prefilled, forced lengths): the
+    time for `tokens` tokens a row less the time for one, per extra token."""
     stop_ids = engine.stop_ids
     engine.stop_ids = type(stop_ids)()
-    engine.prefix_store.clear()
-    engine.generate_batch(prompts, [SamplingParams(temperature=1.0, max_tokens=1, seed=0)] * len(prompts))
-    start = time.perf_counter()
-    engine.generate_batch(prompts, params)
-    seconds = time.perf_counter() - start
+    seconds = []
+    for n in (1, tokens):
+        engine.prefix_store.clear()
+        start = time.perf_counter()
+        engine.generate_batch(prompts, [SamplingParams(temperature=1.0, max_tokens=n, seed=i) for i in range(len(prompts))])
+        seconds.append(time.perf_counter() - start)
     engine.stop_ids = stop_ids
     engine.prefix_store.clear()
-    return seconds / tokens * 1000
+    return (seconds[1] - seconds[0]) / (tokens - 1) * 1000
 
 
 def main() -> None:
@@ -160,42 +188,36 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     adapter = args.init_adapter or sft_start(cfg, args.config, overrides)
     cfg = load_config(args.config, [*overrides, f"model.init_adapter={adapter}", f"steps={args.steps + 1}"])
-    variants = [Variant("new", cfg),
-                Variant("before", cfg.model_copy(update={"rollout": cfg.rollout.model_copy(
-                    update={"engine": "hf-generate"})}, deep=True))]
-    engines = {v.cfg.rollout.engine: v.engine for v in variants}
-    limits = []
+    run = Run(cfg)
+    steps, limits = [], []
     for step in range(1, args.steps + 2):
-        for variant in variants if step % 2 else variants[::-1]:  # alternate which goes first
-            parts, groups, batch = variant.step(step)
-            label = "warm-up" if step == 1 else f"step {step - 1}"
-            print(f"{variant.name:6s} {label}: " + "  ".join(
-                f"{k} {v:.1f} s" for k, v in parts.items() if k in ("rollout", "score", "learner", "sync", "step"))
-                  + f"  ({parts['sampled']:.0f} sampled tokens, {parts['turns']:.2f} turns)")
-            if step == 1:
-                continue
-            variant.steps.append(parts)
-            if variant.name == "new":
-                engine_s, engine_name = engine_limit(engines, groups)
-                learn_s, positions = learner_limit(variant.learner, batch)
-                limits.append({"engine": engine_s, "learner": learn_s, "total": engine_s + learn_s,
-                               "positions": positions})
-                print(f"       limit: engine {engine_s:.1f} s ({engine_name}) + learner forward/backward "
-                      f"{learn_s:.1f} s = {engine_s + learn_s:.1f} s")
+        parts, groups, batch = run.step(step, generate_first=step % 2 == 0)
+        label = "warm-up" if step == 1 else f"step {step - 1}"
+        print(f"{label}: " + "  ".join(f"{k} {parts[k]:.1f} s" for k in ("rollout", "score", "learner", "sync", "step"))
+              + f"  ({parts['sampled']:.0f} sampled tokens, {parts['turns']:.2f} turns); engine before: rollout "
+              f"{parts['rollout_before']:.1f} s ({parts['sampled_before']:.0f} sampled tokens)", flush=True)
+        if step == 1:
+            continue
+        steps.append(parts)
+        engine_s, engine_name = engine_limit(run.engines, groups)
+        learn_s, positions = learner_limit(run.learner, batch)
+        limits.append({"engine": engine_s, "learner": learn_s, "total": engine_s + learn_s, "positions": positions})
+        print(f"       limit: engine {engine_s:.1f} s ({engine_name}) + learner forward/backward {learn_s:.1f} s "
+              f"= {engine_s + learn_s:.1f} s", flush=True)
 
-    median = {v.name: {k: statistics.median(p[k] for p in v.steps) for k in v.steps[0]} for v in variants}
+    new = {k: statistics.median(p[k] for p in steps) for k in steps[0]}
     limit = {k: statistics.median(x[k] for x in limits) for k in limits[0]}
-    new, before = median["new"], median["before"]
+    before_step = new["rollout_before"] + new["learner"] + new["sync"]
     print(f"\nmedians over {args.steps} steps (seconds)")
-    print(f"{'':8s}{'rollout':>9s}{'score':>8s}{'learner':>9s}{'sync':>7s}{'step':>8s}")
-    for name, m in median.items():
-        print(f"{name:8s}{m['rollout']:9.1f}{m['score']:8.2f}{m['learner']:9.1f}{m['sync']:7.2f}{m['step']:8.1f}")
-    print(f"{'limit':8s}{limit['engine']:9.1f}{'':8s}{limit['learner']:9.1f}{'':7s}{limit['total']:8.1f}")
+    print(f"{'':14s}{'rollout':>9s}{'score':>8s}{'learner':>9s}{'sync':>7s}{'step':>8s}")
+    print(f"{'new':14s}{new['rollout']:9.1f}{new['score']:8.2f}{new['learner']:9.1f}{new['sync']:7.2f}{new['step']:8.1f}")
+    print(f"{'engine before':14s}{new['rollout_before']:9.1f}{'':8s}{'(same)':>9s}{'':7s}{before_step:8.1f}")
+    print(f"{'limit':14s}{limit['engine']:9.1f}{'':8s}{limit['learner']:9.1f}{'':7s}{limit['total']:8.1f}")
     print(f"step / limit: {new['step'] / limit['total']:.2f}  (rollout {new['rollout'] / limit['engine']:.2f}, "
           f"learner {new['learner'] / limit['learner']:.2f})")
-    print(f"before / new: {before['step'] / new['step']:.2f}  (rollout {before['rollout'] / new['rollout']:.2f}, "
-          f"learner {before['learner'] / new['learner']:.2f})")
-    model = variants[0].learner.model.get_base_model()
+    print(f"engine before / new: rollout {new['rollout_before'] / new['rollout']:.2f} (sampled tokens "
+          f"{new['sampled_before']:.0f} / {new['sampled']:.0f}), step {before_step / new['step']:.2f}")
+    model = run.learner.model.get_base_model()
     rate = matmul_rate(model)
     layer_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n)
     flops = 4 * layer_params * limit["positions"]  # frozen base: forward 2N, backward (input grads only) 2N
@@ -203,8 +225,9 @@ def main() -> None:
           f"(4 x {layer_params / 1e6:.0f}M x {limit['positions']:.0f} positions), bf16 GEMM here "
           f"{rate / 1e9:.0f} GFLOP/s: fraction {flops / limit['learner'] / rate:.2f}")
     prompts = [t.prompt_ids for g in groups for t in g.trajectories]
-    for name, engine in engines.items():
-        print(f"decode step at batch {len(prompts)} ({name}): {decode_ms(engine, prompts):.0f} ms")
+    for name, engine in run.engines.items():
+        print(f"decode pass at batch {len(prompts)} ({name}): {decode_ms(engine, prompts):.0f} ms")
+    run.close()
 
 
 if __name__ == "__main__":

@@ -213,3 +213,19 @@ def test_a_conversations_next_turn_prefills_only_its_new_tokens(tiny, temperatur
         assert got.logprobs == pytest.approx(want.logprobs, abs=1e-4)
     asyncio.run(engine.set_adapter(None))
     assert len(engine.prefix_store) == 0
+
+
+def test_sample_rows_draws_from_the_distribution_it_reports():
+    """Inverse-CDF sampling: token frequencies match the softmax of logits / T (after top-p), the reported
+    log-probs are that distribution's, and a token top-p removed is never drawn."""
+    from rlvr.rollout.engine import sample_rows
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample_rows(logits, [generator], 0.8, 1.0) for _ in range(20_000)]
+    counts = torch.bincount(torch.cat([t for t, _ in draws]), minlength=5).float() / len(draws)
+    expected = torch.softmax(logits[0] / 0.8, -1)
+    assert (counts - expected).abs().max() < 0.01
+    assert all(abs(lp.item() - expected[t.item()].log().item()) < 1e-5 for t, lp in draws[:50])
+    filtered = [sample_rows(logits, [generator], 1.0, 0.7)[0].item() for _ in range(2_000)]
+    assert set(filtered) <= {0, 1}  # p = 0.61, 0.22, 0.14, ...: top-p 0.7 keeps the first two

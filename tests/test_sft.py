@@ -106,8 +106,7 @@ def test_general_chat_is_mixed_in_and_bad_data_is_named(tmp_path, renderer):
         training_rows(_config(f"sft.data={data}", "sft.mix_fraction=0.5"), renderer)
 
 
-def test_sft_trains_an_adapter_with_trl_that_rl_starts_from(tmp_path):
-    pytest.importorskip("trl")
+def test_sft_trains_an_adapter_that_rl_starts_from(tmp_path):
     from rlvr.training.learner import build_learner
     from rlvr.stages.sft import sft
 
@@ -123,26 +122,51 @@ def test_sft_trains_an_adapter_with_trl_that_rl_starts_from(tmp_path):
     assert trained and all(p.requires_grad for p in trained) and any(p.abs().sum() > 0 for p in trained)
 
 
-def test_on_cpu_sft_scores_only_labelled_positions_with_the_same_loss():
-    trl_utils = pytest.importorskip("trl.trainer.utils")
+def test_the_sft_loss_is_trls_on_the_same_batch(tmp_path):
+    """rlvr's SFT runs on the learner; on the same conversations, TRL's SFTTrainer (its label building from the
+    assistant masks, its collator, its loss) gives the same number, and so do the gradients."""
+    pytest.importorskip("trl")
     import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
 
-    from rlvr.training.models import load_model
-    from rlvr.stages.sft import _score_assistant_tokens_only
+    from rlvr.core.config import LearnerConfig, LoraConfig
+    from rlvr.core.contract import Batch
+    from rlvr.stages.sft import as_trajectory
+    from rlvr.training.algorithms import ObjectiveSpec, nll_objective
+    from rlvr.training.learner import Learner
+    from rlvr.training.models import add_lora, load_model
 
-    model = load_model("tiny-random-llama", device=torch.device("cpu"))
-    trl_utils.add_fused_lm_head(model)
-    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
-    labels = ids.clone()
-    labels[:, :16] = -100  # a masked prompt
-    labels[1, 20:] = -100
-    everywhere = model(input_ids=ids, labels=labels, fused_lm_head=True)
-    with _score_assistant_tokens_only():
-        assert trl_utils._use_triton(torch.device("cpu"))
-        compact = model(input_ids=ids, labels=labels, fused_lm_head=True)
-    assert not trl_utils._use_triton(torch.device("cpu"))
-    torch.testing.assert_close(compact.loss, everywhere.loss)
-    torch.testing.assert_close(compact.log_probs, everywhere.log_probs)
+    data = tmp_path / "tools.jsonl"
+    write_jsonl(data, Synthesizer(_config()).run(calculator_tasks(4)))
+    cfg = _config(f"sft.data={data}")
+    renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
+    rows = training_rows(cfg, renderer)
+    torch.manual_seed(0)
+    model = add_lora(load_model(cfg.model.name), LoraConfig(rank=4))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    trainer = SFTTrainer(model=model, train_dataset=Dataset.from_list(rows), processing_class=renderer.tokenizer,
+                         args=SFTConfig(output_dir=str(tmp_path / "trl"), report_to="none", use_cpu=True,
+                                        max_length=cfg.sft.max_length, bf16=False))
+    collated = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    trl_loss = trainer.compute_loss(trainer.model, collated)
+    trl_loss.backward()
+    trl_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    examples = [as_trajectory(i, row) for i, row in enumerate(rows)]
+    assert all(t.loss_mask[0] == 1 and sum(t.loss_mask) == sum(r["assistant_masks"]) for t, r in zip(examples, rows))
+    batch = Batch(trajectories=examples, advantages=[[0.0] * len(t.completion_ids) for t in examples])
+    learner = Learner(model, LearnerConfig(precision="fp32"), ObjectiveSpec(),
+                      objective=lambda counts, logp, mb: nll_objective(counts, logp, mb.mask))
+    totals = learner.backward(learner.micro_batches(batch), learner.batch_counts(batch))
+    torch.testing.assert_close(torch.tensor(totals["loss"]), trl_loss.detach(), rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        if name in trl_grads:
+            torch.testing.assert_close(p.grad, trl_grads[name], rtol=1e-4, atol=1e-6)
 
 
 def test_a_local_teacher_is_rejection_sampled():

@@ -218,7 +218,7 @@ class SynthConfig(_Section):
 
 
 class SFTConfig(_Section):
-    """`rlvr sft`: LoRA supervised fine-tuning with TRL's SFTTrainer (rlvr/stages/sft.py)."""
+    """`rlvr sft`: LoRA supervised fine-tuning on the RL learner's path (rlvr/stages/sft.py)."""
 
     data: str = ""  # JSON lines from `rlvr synth`
     mix_data: str | None = None  # general chat conversations (JSON lines with "messages") against forgetting

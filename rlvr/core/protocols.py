@@ -4,7 +4,7 @@ Each has an in-process and a Ray implementation that the loop calls the same way
 
     RolloutSource    rlvr.rollout.sources: EnvSource (env tasks, rolled out), SyntheticSource (random groups)
     RolloutBackend   rlvr.rollout.workers.LocalRollouts (one worker, in this process), rlvr.distributed.RayRollouts
-    Engine           rlvr.rollout.engine.HFEngine, rlvr.rollout.vllm_engine.VLLMEngine
+    Engine           rlvr.rollout.continuous.ContinuousEngine, rlvr.rollout.engine.HFEngine, rlvr.rollout.vllm_engine.VLLMEngine
     Learner          rlvr.training.learner.Learner, rlvr.distributed.RemoteLearner
 
 The data that crosses them is torch-free (the contract's Group and Batch, and the types below), except the

@@ -49,9 +49,9 @@ def sample_rows(logits: Tensor, generators: list[torch.Generator], temperature: 
     logp = torch.log_softmax(logits, -1)
     if temperature > 0:
         uniform = torch.cat([torch.rand(1, generator=g, device=logp.device) for g in generators])
-        cdf = logp.exp().cumsum_(-1)
+        cdf = logp.exp().double().cumsum_(-1)  # float64: a float32 sum near 1 would round away rare tokens
         # right=True: the first token whose cumulative mass exceeds the draw, never one of zero mass
-        tokens = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)[:, 0]
+        tokens = torch.searchsorted(cdf, (uniform.double() * cdf[:, -1])[:, None], right=True)[:, 0]
         tokens = tokens.clamp_(max=logp.shape[-1] - 1)
     else:
         tokens = logp.argmax(-1)

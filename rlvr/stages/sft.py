@@ -1,26 +1,33 @@
-"""`rlvr sft CONFIG`: LoRA supervised fine-tuning with TRL's SFTTrainer on `rlvr synth` conversations.
+"""`rlvr sft CONFIG`: LoRA supervised fine-tuning on `rlvr synth` conversations, on the RL learner's path.
 
 Conversations are rendered by the ChatRenderer the RL rollouts use: the same chat template, the same tool
 format (tools in the system prompt for templates without tool support), OpenAI `tool_calls` written as
 the model writes them in a rollout. The loss covers assistant tokens only: each assistant turn's text
 (tool calls included) and its end-of-turn token, which are exactly the tokens a rollout samples; the
-prompt, tool results and the template's headers between turns are masked (`assistant_masks`, which TRL
-turns into labels). With `model.init_adapter` set, training continues that adapter. The adapter is the starting policy of `rlvr train` (`model.init_adapter`); the KL
-reference stays the base model (the adapter disabled).
+prompt, tool results and the template's headers between turns are masked (`assistant_masks`).
+
+Training runs on the RL learner (rlvr/training/learner.py) with the NLL objective: a conversation is a
+Trajectory whose prompt is everything before the first assistant token and whose loss mask is the
+assistant mask, so SFT gets the learner's bf16 base weights, packing and LM head that scores only the
+assistant tokens. TRL's SFTTrainer on the same conversations took ~4x as long here (its padded batches
+and masked SDPA); its loss on the same batch is the same number (tests/test_sft.py), and so are its
+optimiser defaults (AdamW, betas 0.9/0.999, no weight decay, gradient clip 1.0, a constant rate).
+With `model.init_adapter` set, training continues that adapter. The adapter is the starting policy of
+`rlvr train` (`model.init_adapter`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rlvr.rollout.chat import ChatRenderer, rollout_messages
 from rlvr.core.config import Config, ConfigError
-from rlvr.core.contract import Message
+from rlvr.core.contract import Message, Trajectory
+from rlvr.rollout.chat import ChatRenderer, rollout_messages
 
 
 def tokenize_conversation(renderer: ChatRenderer, messages: list[Message], tools: list[dict[str, Any]],
@@ -88,74 +95,64 @@ def training_rows(cfg: Config, renderer: ChatRenderer) -> list[dict[str, list[in
     return [r for r in rows if r is not None]
 
 
-@contextmanager
-def _score_assistant_tokens_only():
-    """TRL's fused LM head projects only the positions with a label where Triton runs (CUDA, XPU) and every
-    position elsewhere, to keep tile shapes fixed for compilers such as Neuron's. On CPU that is pure waste: a
-    tool conversation is mostly masked prompt (system prompt, tool schemas, tool results), and scoring it all
-    made an SFT step 1.8x as long here (SmolLM2-135M, 8 conversations: 25 s vs 14 s, the same losses)."""
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:  # a TRL without this switch: nothing to do
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
+def as_trajectory(number: int, row: dict[str, list[int]]) -> Trajectory:
+    """A tokenized conversation as the learner's Trajectory: the prompt is everything before the first
+    assistant token, the loss mask is the assistant mask of the rest."""
+    mask = row["assistant_masks"]
+    first = mask.index(1) if 1 in mask else len(mask)
+    if first == 0:
+        raise ValueError(f"conversation {number} starts with an assistant token: nothing to condition on")
+    ids = row["input_ids"]
+    return Trajectory(id=f"sft-{number}", task_id=f"sft-{number}", group_id=f"sft-{number}", prompt_ids=ids[:first],
+                      completion_ids=ids[first:], loss_mask=mask[first:], logprobs=[0.0] * (len(ids) - first))
 
 
 def sft(cfg: Config):
     """Fine-tune, save the adapter into a run folder `<output_dir>/<name>-sft-<time>/adapter`; returns the Run."""
-    from datasets import Dataset
-    from peft import LoraConfig as PeftLoraConfig
-    from transformers import TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from rlvr.training.learner import resolve_device
-    from rlvr.training.models import add_lora, bf16_supported, load_model, load_tokenizer
+    from rlvr.core.contract import Batch
     from rlvr.run import Run
+    from rlvr.training.algorithms import ObjectiveSpec, nll_objective
+    from rlvr.training.checkpoint import save_adapter
+    from rlvr.training.learner import Learner, resolve_device, use_bf16
+    from rlvr.training.models import add_lora, load_model, load_tokenizer
 
     renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
-    rows = training_rows(cfg, renderer)  # bad data fails before the model loads
+    examples = [as_trajectory(i, row) for i, row in enumerate(training_rows(cfg, renderer))]  # bad data fails first
+    if not any(t.num_sampled_tokens for t in examples):
+        raise ConfigError(f"sft.data: {cfg.sft.data} has no assistant turn that fits in sft.max_length")
     run = Run(cfg.model_copy(update={"name": f"{cfg.name}-sft"}))
-    device = resolve_device(cfg.learner.device)
-    bf16 = bf16_supported(device) and cfg.learner.precision != "fp32"
-    lora = cfg.model.lora
     sft_cfg = cfg.sft
-
-    class Log(TrainerCallback):
-        """Training metrics into the run's metrics.jsonl; stops at sft.time_limit_s of training."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                run.log(state.global_step, {f"sft/{k}": float(v) for k, v in logs.items() if isinstance(v, (int, float))})
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if sft_cfg.time_limit_s and time.perf_counter() - self.start > sft_cfg.time_limit_s:
-                control.should_training_stop = True
-
-    args = SFTConfig(
-        output_dir=str(run.path / "trainer"), num_train_epochs=sft_cfg.epochs, learning_rate=sft_cfg.lr,
-        per_device_train_batch_size=sft_cfg.batch_size, max_length=sft_cfg.max_length, lr_scheduler_type="constant",
-        logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed, bf16=bf16,
-        gradient_checkpointing=False,  # small models: recomputing activations costs more than it saves
-        use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False)
-    model = load_model(cfg.model.name, device=device)
-    if cfg.model.init_adapter:  # continue training an adapter (e.g. more SFT from an SFT result)
-        model, peft_config = add_lora(model, lora, cfg.model.init_adapter), None
-    else:
-        peft_config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                     target_modules=lora.target_modules, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=renderer.tokenizer, callbacks=[Log()], peft_config=peft_config)
-    with _score_assistant_tokens_only():
-        trainer.train()
-    trainer.model.save_pretrained(run.path / "adapter")
+    device = resolve_device(cfg.learner.device)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the LoRA initialisation
+    model = add_lora(load_model(cfg.model.name, dtype=torch.bfloat16 if use_bf16(cfg.learner.precision, device)
+                                else torch.float32, device=device), cfg.model.lora, cfg.model.init_adapter)
+    per_epoch = -(-len(examples) // sft_cfg.batch_size)
+    total = math.ceil(sft_cfg.epochs * per_epoch)
+    learner_cfg = cfg.learner.model_copy(update=dict(  # TRL's SFT defaults
+        lr=sft_cfg.lr, lr_schedule="constant", warmup_steps=0, weight_decay=0.0, adam_betas=(0.9, 0.999),
+        grad_clip=1.0, epochs=1, mini_batches=1))
+    learner = Learner(model, learner_cfg, ObjectiveSpec(), total_steps=total,
+                      objective=lambda counts, logp, mb: nll_objective(counts, logp, mb.mask))
+    rng = random.Random(cfg.seed)
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress:
+        bar = progress.add_task("sft", total=total)
+        for step in range(1, total + 1):
+            if (step - 1) % per_epoch == 0:
+                order = rng.sample(examples, len(examples))
+            chosen = order[(step - 1) % per_epoch * sft_cfg.batch_size:][: sft_cfg.batch_size]
+            batch = Batch(trajectories=chosen, advantages=[[0.0] * len(t.completion_ids) for t in chosen])
+            metrics = learner.step(batch)
+            run.log(step, {"sft/loss": metrics["learner/nll"], "sft/epoch": step / per_epoch,
+                           "sft/grad_norm": metrics["learner/grad_norm"], "sft/lr": metrics["learner/lr"],
+                           "sft/tokens_per_s": metrics["learner/tokens_per_s"]})
+            progress.update(bar, advance=1, description=f"sft loss {metrics['learner/nll']:.3f}")
+            if sft_cfg.time_limit_s and time.perf_counter() - start > sft_cfg.time_limit_s:
+                break
+    save_adapter(learner.adapter_state(), run.path / "adapter")
     run.finish()
     return run

@@ -337,6 +337,14 @@ class ObjectiveSpec:
     dual_clip: float | None = None
 
 
+def nll_objective(counts: BatchCounts, logp: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Supervised fine-tuning: the negative log-likelihood of the loss-masked tokens, averaged over every such
+    token of the batch (TRL's SFT loss with assistant-only labels). Args: logp, mask (B, T).
+    Returns (loss, {"nll": the summed NLL, a token sum like the policy metrics})."""
+    nll = -(logp * mask).sum()
+    return nll / max(counts.tokens, 1), {"nll": nll.detach()}
+
+
 def policy_objective(
     spec: ObjectiveSpec,
     counts: BatchCounts,

@@ -15,6 +15,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -109,6 +110,9 @@ class MicroBatch:
     ref_logp: Tensor | None = None  # (b, T), filled when beta > 0
     prompt: SharedPrompt | None = None
     attention_mask: Tensor | None = None  # shared prompt: (R, 1, L, P + L) bool, True = may attend
+
+
+Objective = Callable[[BatchCounts, Tensor, MicroBatch], tuple[Tensor, dict[str, Tensor]]]
 
 
 def split_groups(batch: Batch, parts: int) -> list[Batch]:
@@ -281,16 +285,19 @@ class Learner:
     """Holds the LoRA policy and its optimiser; turns Batches into optimiser steps."""
 
     def __init__(self, model, cfg: LearnerConfig, spec: ObjectiveSpec, *, temperature: float = 1.0,
-                 total_steps: int = 1, norm_tokens: int | None = None):
+                 total_steps: int = 1, norm_tokens: int | None = None, objective: Objective | None = None):
+        """`objective` (counts, logp, micro-batch) -> (loss, token-sum metrics) replaces the policy objective
+        of `spec` (SFT passes its NLL)."""
         from transformers import get_scheduler
 
         self.model = model
         self.cfg = cfg
         self.spec = spec
+        self.objective = objective or self._policy_objective
         self.temperature = temperature
         self.norm_tokens = norm_tokens
         self.device = next(model.parameters()).device
-        self.bf16 = _use_bf16(cfg.precision, self.device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
         base = model.get_base_model()
         use_prefix_attention(base)
         if cfg.shared_prefix and (reason := shared_prefix_unsupported(base.config)):
@@ -420,12 +427,15 @@ class Learner:
     def _backward_one(self, mb: MicroBatch, counts: BatchCounts, totals: dict[str, float],
                       state: PromptState | None = None) -> None:
         logp = self.completion_logprobs(mb, state=state)
-        loss, metrics = policy_objective(self.spec, counts, logp, mb.advantages, mb.mask, mb.old_logp,
-                                         mb.ref_logp, mb.behaviour_logp)
+        loss, metrics = self.objective(counts, logp, mb)
         loss.backward()
         totals["loss"] += loss.item()
         for k, v in metrics.items():
             _accumulate_metric(totals, k, v.item())
+
+    def _policy_objective(self, counts: BatchCounts, logp: Tensor, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        return policy_objective(self.spec, counts, logp, mb.advantages, mb.mask, mb.old_logp, mb.ref_logp,
+                                mb.behaviour_logp)
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch], first: bool = False) -> None:
@@ -557,7 +567,7 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _use_bf16(precision: str, device: torch.device) -> bool:
+def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "auto":
         return bf16_supported(device)
     return precision == "bf16"
@@ -575,7 +585,7 @@ def build_learner(cfg: Config) -> Learner:
     torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same config builds the same starting policy
     device = resolve_device(cfg.learner.device)
     # frozen base weights in the compute dtype (half the memory, no per-step casts); LoRA stays float32
-    dtype = torch.bfloat16 if _use_bf16(cfg.learner.precision, device) else torch.float32
+    dtype = torch.bfloat16 if use_bf16(cfg.learner.precision, device) else torch.float32
     algo = cfg.algorithm
     # the KL reference after an SFT start is the starting policy (a frozen copy of the init adapter), unless
     # algorithm.reference=base; without init_adapter or KL term there is nothing to load
