@@ -226,3 +226,16 @@ def test_the_worker_picks_the_engine_the_config_names(tmp_path):
             assert type(worker.engine) is kind
         finally:
             worker.close()
+
+
+def test_the_cache_grows_only_along_the_dimension_that_needs_it(llama):
+    model, _ = llama
+    decoder = SlotDecoder(model)
+    decoder.reserve(3, 100)
+    shape = tuple(decoder.v[0].shape)
+    assert shape[0] == 8 and shape[2] == 128  # at least 8 slots; positions in steps of 64
+    decoder.reserve(3, 300)  # longer rows: more positions, not more slots
+    assert decoder.v[0].shape[0] == 8 and decoder.v[0].shape[2] == 320
+    decoder.reserve(9, 10)  # more rows: more slots (doubled), positions kept
+    assert decoder.v[0].shape[0] == 16 and decoder.v[0].shape[2] == 320
+    assert decoder.k[0].shape == (16, decoder.kv_heads, decoder.head_dim, 320)

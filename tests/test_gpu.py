@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -354,3 +355,28 @@ def test_gpu_yaml_trains_a_few_steps_end_to_end(tmp_path, tiny_chat_model, overr
     adapter = load_file(run.path / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().max() > 0 for k, t in adapter.items() if "lora_B" in k)  # the learner moved it
 
+
+
+def test_the_continuous_engine_on_cuda_samples_what_generate_samples():
+    """The slot decoder's forward on CUDA (fp32): the same greedy and seeded tokens as the generate engine on
+    the same GPU, for a batch mixing a group's copies, a shorter prompt and a next turn."""
+    from rlvr.core.protocols import SamplingParams
+    from rlvr.rollout.continuous import ContinuousEngine
+    from rlvr.rollout.engine import HFEngine
+
+    tokenizer = SimpleNamespace(pad_token_id=0)  # generate's padding; no stop strings here
+    model = add_lora(_tiny_llama().cuda(), LoraConfig(rank=4))
+    _randomise_lora_b(model, 1)
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randint(0, SMOLLM2_VOCAB, (40,), generator=generator).tolist()
+    prompts = [base] * 3 + [base[:24] + [7, 8, 9]]
+    for temperature in (0.0, 1.0):
+        params = [SamplingParams(max_tokens=12, temperature=temperature, seed=i) for i in range(len(prompts))]
+        expected = HFEngine(model, tokenizer, stop_ids=set()).generate_batch(prompts, params)
+        engine = ContinuousEngine(model, tokenizer, stop_ids=set())
+        got = engine.generate_batch(prompts, params)
+        assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+        turn2 = [p + c.token_ids + [11, 12] for p, c in zip(prompts, got)]
+        assert ([c.token_ids for c in engine.generate_batch(turn2, params)]
+                == [c.token_ids for c in HFEngine(model, tokenizer, stop_ids=set(), prefix_store_tokens=0)
+                    .generate_batch(turn2, params)])

@@ -126,7 +126,7 @@ class SlotDecoder:
         have_slots, have_tokens = (self.v[0].shape[0], self.v[0].shape[2]) if self.v else (0, 0)
         if slots <= have_slots and tokens <= have_tokens:
             return
-        slots = max(slots, 2 * have_slots, 8)
+        slots = max(slots, 2 * have_slots, 8) if slots > have_slots else have_slots
         # by a quarter at least: each growth copies the whole cache
         tokens = -(-max(tokens, have_tokens * 5 // 4) // CAPACITY_STEP) * CAPACITY_STEP if tokens > have_tokens else have_tokens
         for i in range(len(self.layers)):
