@@ -110,26 +110,28 @@ class Run:
         self.source.close()
 
 
+def timed_generation(engine, prompts: list[list[int]], max_tokens: int) -> float:
+    """Seconds for `engine` to generate `max_tokens` tokens for every prompt: no stop token ends a row, and
+    no KV is reused from earlier requests (the engine's stop tokens and prefix store are restored/emptied)."""
+    stop_ids, engine.stop_ids = engine.stop_ids, type(engine.stop_ids)()
+    engine.prefix_store.clear()
+    try:
+        start = time.perf_counter()
+        engine.generate_batch(prompts, [SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=i)
+                                        for i in range(len(prompts))])
+        return time.perf_counter() - start
+    finally:
+        engine.stop_ids = stop_ids
+        engine.prefix_store.clear()
+
+
 def engine_limit(engines, groups) -> tuple[float, str]:
     """Seconds for the fastest engine to generate the step's sampled tokens as one batch of its rows (each row
     forced to the mean length, from the step's own prompts), and that engine's name."""
     prompts = [t.prompt_ids for g in groups for t in g.trajectories]
     sampled = sum(t.num_sampled_tokens for g in groups for t in g.trajectories)
-    length = -(-sampled // len(prompts))
-    params = [SamplingParams(temperature=1.0, max_tokens=length, seed=i) for i in range(len(prompts))]
-    best = None
-    for name, engine in engines.items():
-        stop_ids = engine.stop_ids
-        engine.stop_ids = type(stop_ids)()  # forced length: no stop token
-        engine.prefix_store.clear()
-        start = time.perf_counter()
-        engine.generate_batch(prompts, params)
-        seconds = time.perf_counter() - start
-        engine.stop_ids = stop_ids
-        engine.prefix_store.clear()
-        if best is None or seconds < best[0]:
-            best = (seconds, name)
-    return best
+    return min((timed_generation(engine, prompts, -(-sampled // len(prompts))), name)
+               for name, engine in engines.items())
 
 
 def learner_limit(learner, batch) -> tuple[float, int]:
@@ -164,17 +166,8 @@ def matmul_rate(model) -> float:
 def decode_ms(engine, prompts, tokens: int = 33) -> float:
     """Milliseconds of one decoding pass at the batch of `prompts` (prompts prefilled, forced lengths): the
     time for `tokens` tokens a row less the time for one, per extra token."""
-    stop_ids = engine.stop_ids
-    engine.stop_ids = type(stop_ids)()
-    seconds = []
-    for n in (1, tokens):
-        engine.prefix_store.clear()
-        start = time.perf_counter()
-        engine.generate_batch(prompts, [SamplingParams(temperature=1.0, max_tokens=n, seed=i) for i in range(len(prompts))])
-        seconds.append(time.perf_counter() - start)
-    engine.stop_ids = stop_ids
-    engine.prefix_store.clear()
-    return (seconds[1] - seconds[0]) / (tokens - 1) * 1000
+    one = timed_generation(engine, prompts, 1)
+    return (timed_generation(engine, prompts, tokens) - one) / (tokens - 1) * 1000
 
 
 def main() -> None:

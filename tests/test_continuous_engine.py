@@ -1,5 +1,6 @@
 """The continuous-batching engine: the same tokens and log-probs as transformers' generate (HFEngine), rows
-that join and leave mid-batch, caches reused across turns and group copies, adapters re-merged."""
+that join and leave mid-batch, caches reused across turns and group copies (adapter re-merging is tested
+for both engines in tests/test_engine.py)."""
 
 import asyncio
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from rlvr.rollout.continuous import ContinuousEngine, SlotDecoder, unsupported
 from rlvr.rollout.engine import HFEngine
 from rlvr.training.algorithms import ObjectiveSpec
 from rlvr.training.learner import Learner
-from rlvr.training.models import AdapterState, add_lora, load_model, load_tokenizer
+from rlvr.training.models import add_lora, load_model, load_tokenizer
 
 
 def _policy(name):
@@ -161,26 +162,6 @@ def test_logprobs_match_the_learner(llama, temperature):
         for mb in learner.micro_batches(batch):
             logp = learner.completion_logprobs(mb)
             assert ((logp - mb.behaviour_logp).abs() * mb.mask).max() < 1e-4
-
-
-def test_set_adapter_re_merges_the_weights(llama):
-    model, tokenizer = llama
-    engine = ContinuousEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id})
-    prompt, params = _mixed_prompts(tokenizer)[3], [SamplingParams(max_tokens=6, temperature=0)]
-    before = engine.generate_batch([prompt], params)[0]
-    original = AdapterState.of(model, 0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(-3)
-    assert engine.generate_batch([prompt], params)[0].logprobs == pytest.approx(before.logprobs, abs=1e-5)  # not re-merged
-    asyncio.run(engine.set_adapter(None))
-    assert len(engine.prefix_store) == 0  # the cached KV belonged to the old weights
-    after = engine.generate_batch([prompt], params)[0]
-    fresh = HFEngine(model, tokenizer, stop_ids={tokenizer.eos_token_id}).generate_batch([prompt], params)[0]
-    assert after.token_ids == fresh.token_ids and after.logprobs == pytest.approx(fresh.logprobs, abs=1e-5)
-    asyncio.run(engine.set_adapter(original))
-    assert engine.generate_batch([prompt], params)[0].logprobs == pytest.approx(before.logprobs, abs=1e-6)
 
 
 def test_a_failing_pass_fails_every_waiting_request_and_the_engine_recovers(llama):

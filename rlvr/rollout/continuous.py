@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlvr.core.protocols import Completion, SamplingParams
-from rlvr.rollout.engine import BATCH_QUIET_S, BATCH_WINDOW_S, MIN_SHARED_PREFIX, PrefixStore, sample_rows
+from rlvr.rollout.engine import MIN_SHARED_PREFIX, PrefixStore, let_arrivals_join, merged_linear, sample_rows
 from rlvr.training.models import AdapterState
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
@@ -47,25 +47,9 @@ def unsupported(config) -> str | None:
     return None
 
 
-def _merged(linear) -> tuple[Tensor, Tensor | None]:
-    """A linear layer's weight with its active LoRA adapters merged in (in float32, rounded once to the base
-    dtype), and its bias."""
-    from peft.tuners.lora import LoraLayer
-
-    if not isinstance(linear, LoraLayer):
-        return linear.weight, linear.bias
-    base = linear.get_base_layer()
-    weight = base.weight.float()
-    if not linear.disable_adapters:
-        for adapter in linear.active_adapters:
-            if adapter in linear.lora_A:
-                weight = weight + linear.get_delta_weight(adapter).float()
-    return weight.to(base.weight.dtype), base.bias
-
-
 def _fused(linears) -> tuple[Tensor, Tensor | None]:
     """Several linear layers on the same input as one: their merged weights (and biases) stacked."""
-    parts = [_merged(linear) for linear in linears]
+    parts = [merged_linear(linear) for linear in linears]
     weight = torch.cat([w for w, _ in parts])
     if all(b is None for _, b in parts):
         return weight, None
@@ -113,13 +97,13 @@ class SlotDecoder:
         decoder = self.base.get_decoder()
         self.embed = decoder.embed_tokens.weight
         self.norm, self.rotary = decoder.norm, decoder.rotary_emb
-        self.head = _merged(self.base.get_output_embeddings())[0]
+        self.head = merged_linear(self.base.get_output_embeddings())[0]
         self.layers = []
         for layer in decoder.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append(_Layer(layer.input_layernorm, layer.post_attention_layernorm,
-                                      _fused([attn.q_proj, attn.k_proj, attn.v_proj]), _merged(attn.o_proj),
-                                      _fused([mlp.gate_proj, mlp.up_proj]), _merged(mlp.down_proj)))
+                                      _fused([attn.q_proj, attn.k_proj, attn.v_proj]), merged_linear(attn.o_proj),
+                                      _fused([mlp.gate_proj, mlp.up_proj]), merged_linear(mlp.down_proj)))
 
     def reserve(self, slots: int, tokens: int) -> None:
         """Make room for `slots` rows of `tokens` positions (contents kept)."""
@@ -268,7 +252,7 @@ class ContinuousEngine:
         decode = len(self.rows)
         if not decode:
             self.decoder.release()
-        segments = [self._admit(request) for request in self._take_admissible()]
+        segments = [self._admit(request, cached) for request, cached in self._take_admissible()]
         rows = self.rows
         if not rows:
             return
@@ -291,20 +275,22 @@ class ContinuousEngine:
             if reason := self._finished(rows[i]):
                 self._retire(i, reason)
 
-    def _take_admissible(self) -> list[_Request]:
-        """Queued requests that get a row now. A request whose prompt shares a longer prefix with one
-        admitted ahead of it in this step than with any cache waits one step, then copies that KV."""
+    def _take_admissible(self) -> list[tuple[_Request, tuple]]:
+        """Queued requests that get a row now, each with what `_cached` found for it. A request whose prompt
+        shares a longer prefix with one admitted ahead of it in this step than with any cache waits one
+        step, then copies that KV."""
         taken, kept = [], []
         for request in self._queue:
             if len(self.rows) + len(taken) >= self.max_batch:
                 kept.append(request)
                 continue
-            ahead = min(max((_common(request.prompt_ids, t.prompt_ids) for t in taken), default=0),
+            ahead = min(max((_common(request.prompt_ids, t.prompt_ids) for t, _ in taken), default=0),
                         len(request.prompt_ids) - 1)  # what a cache can give: all but the last token
-            if ahead >= MIN_SHARED_PREFIX and ahead > self._cached(request.prompt_ids)[0]:
+            cached = self._cached(request.prompt_ids)
+            if ahead >= MIN_SHARED_PREFIX and ahead > cached[0]:
                 kept.append(request)
             else:
-                taken.append(request)
+                taken.append((request, cached))
         self._queue = kept
         return taken
 
@@ -319,10 +305,10 @@ class ContinuousEngine:
                 best, source = n, i
         return best, source, kv
 
-    def _admit(self, request: _Request) -> tuple[int, int, list[int]]:
-        """Give `request` the next slot, with its cached prefix loaded; returns its segment."""
+    def _admit(self, request: _Request, cached: tuple[int, int | None, list | None]) -> tuple[int, int, list[int]]:
+        """Give `request` the next slot, with its cached prefix (`_cached`'s answer) loaded; returns its segment."""
         slot, prompt = len(self.rows), request.prompt_ids
-        length, source, kv = self._cached(prompt)
+        length, source, kv = cached
         self.decoder.reserve(slot + 1, len(prompt) + request.params.max_tokens)
         if source is not None:
             self.decoder.copy(source, slot, length)
@@ -405,7 +391,7 @@ class ContinuousEngine:
                 self._wakeup.clear()
                 continue
             if not self.rows:  # idle: let a wave of requests gather, so their prompts prefill together
-                await _let_arrivals_join(self._queue, self.max_batch, loop)
+                await let_arrivals_join(self._queue, self.max_batch, loop)
             try:
                 # on the loop's own thread, between awaits: tools finish in their threads meanwhile
                 with self._lock:
@@ -423,15 +409,6 @@ class ContinuousEngine:
                 adapter.load_into(self.peft_model)
             self.decoder.merge()
             self.prefix_store.clear()
-
-
-async def _let_arrivals_join(queue: list, max_batch: int, loop) -> None:
-    """Wait while requests keep arriving, at most BATCH_WINDOW_S (see HFEngine)."""
-    deadline = loop.time() + BATCH_WINDOW_S
-    size = -1
-    while len(queue) != size and len(queue) < max_batch and loop.time() < deadline:
-        size = len(queue)
-        await asyncio.sleep(BATCH_QUIET_S)
 
 
 def _common(a: list[int], b: list[int]) -> int:

@@ -89,21 +89,30 @@ def _merged_copy(peft_model):
 
 
 @torch.no_grad()
+def merged_linear(linear) -> tuple[Tensor, Tensor | None]:
+    """A linear layer's weight with its active LoRA adapters merged in (in float32, rounded once to the base
+    dtype, so merges never accumulate rounding), and its bias; a plain linear layer's own."""
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(linear, LoraLayer):
+        return linear.weight, linear.bias
+    base = linear.get_base_layer()
+    weight = base.weight.float()
+    if not linear.disable_adapters:
+        for adapter in linear.active_adapters:
+            if adapter in linear.lora_A:
+                weight = weight + linear.get_delta_weight(adapter).float()
+    return weight.to(base.weight.dtype), base.bias
+
+
+@torch.no_grad()
 def _merge_into(plain, peft_model) -> None:
-    """plain's linear weights = the PEFT model's base weights + its active adapters' deltas (in float32,
-    rounded once to the base dtype), so merges never accumulate rounding."""
+    """plain's linear weights = the PEFT model's LoRA layers' merged weights."""
     from peft.tuners.lora import LoraLayer
 
     for name, layer in peft_model.get_base_model().named_modules():
-        if not isinstance(layer, LoraLayer):
-            continue
-        weight = layer.get_base_layer().weight
-        merged = weight.float()
-        if not layer.disable_adapters:
-            for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
-                    merged = merged + layer.get_delta_weight(adapter).float()
-        plain.get_submodule(name).weight.copy_(merged.to(weight.dtype))
+        if isinstance(layer, LoraLayer):
+            plain.get_submodule(name).weight.copy_(merged_linear(layer)[0])
 
 
 BATCH_QUIET_S = 0.003  # a batch closes once no request has arrived for this long...
@@ -363,7 +372,7 @@ class HFEngine:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                await self._let_arrivals_join(loop)
+                await let_arrivals_join(self._queue, self.max_batch, loop)
                 key = _batch_key(self._queue[0].params)
                 batch = [r for r in self._queue if _batch_key(r.params) == key][: self.max_batch]
                 self._queue = [r for r in self._queue if r not in batch]
@@ -380,16 +389,6 @@ class HFEngine:
                     if not r.future.done():
                         r.future.set_result(result)
 
-    async def _let_arrivals_join(self, loop) -> None:
-        """Hold the batch open while requests keep arriving (tool results landing from their threads), for at
-        most BATCH_WINDOW_S: a trajectory a moment late would otherwise wait a whole batch, or make the
-        others wait for its batch of one (seen: 15 trajectories idle 3.9 s behind one)."""
-        deadline = loop.time() + BATCH_WINDOW_S
-        size = -1
-        while len(self._queue) != size and len(self._queue) < self.max_batch and loop.time() < deadline:
-            size = len(self._queue)
-            await asyncio.sleep(BATCH_QUIET_S)
-
     async def set_adapter(self, adapter: AdapterState | None) -> None:
         """Serve `adapter` (None: the PeftModel's own adapter, changed in place), between batches."""
         if self.peft_model is None:
@@ -399,3 +398,14 @@ class HFEngine:
                 adapter.load_into(self.peft_model)
             _merge_into(self.model, self.peft_model)
             self.prefix_store.clear()
+
+
+async def let_arrivals_join(queue: list, max_batch: int, loop) -> None:
+    """Hold a batch open while requests keep arriving in `queue` (tool results landing from their threads),
+    for at most BATCH_WINDOW_S: a trajectory a moment late would otherwise wait a whole batch, or make the
+    others wait for its batch of one (seen: 15 trajectories idle 3.9 s behind one)."""
+    deadline = loop.time() + BATCH_WINDOW_S
+    size = -1
+    while len(queue) != size and len(queue) < max_batch and loop.time() < deadline:
+        size = len(queue)
+        await asyncio.sleep(BATCH_QUIET_S)
