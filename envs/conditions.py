@@ -47,10 +47,11 @@ class UnreliableTools:
 
     Call k of the trajectory (counting calls that parsed and name a known tool) fails when
     Random(f"{seed}/{k}").random() < failure_rate: independent of the policy's other choices, equal for
-    every policy evaluated with the same seed, so comparisons between policies are paired."""
+    every policy evaluated with the same seed, so comparisons between policies are paired. Calls whose k is
+    in `failing_calls` always fail (synth's recovery demonstrations script where the failure falls)."""
 
-    def __init__(self, env: Any, failure_rate: float, seed: int):
-        self.env, self.failure_rate, self.seed = env, failure_rate, seed
+    def __init__(self, env: Any, failure_rate: float, seed: int, failing_calls: frozenset[int] = frozenset()):
+        self.env, self.failure_rate, self.seed, self.failing_calls = env, failure_rate, seed, failing_calls
         self.attempts = 0  # calls that could have run so far
 
     def __getattr__(self, name: str) -> Any:  # reset, tool_names, final_state, next_messages, close, ...
@@ -62,7 +63,7 @@ class UnreliableTools:
                 continue  # a parse error or an unknown tool: the env answers it as usual
             draw = random.Random(f"{self.seed}/{self.attempts}")
             self.attempts += 1
-            if draw.random() < self.failure_rate:
+            if draw.random() < self.failure_rate or self.attempts - 1 in self.failing_calls:
                 call.error = ToolCallError.transient
                 call.result = draw.choice(TRANSIENT_ERRORS).format(tool=call.name)
                 call.latency_s = 0.0

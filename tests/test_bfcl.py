@@ -318,3 +318,16 @@ def test_the_env_default_reward_picks_the_checker_by_category():
     assert bfcl_score(_trajectory(env, calls), task).total == 1.0
     multi = bfcl_tasks(1, split="all")[0]
     assert bfcl_score(_trajectory(BfclEnv(multi), []), multi).components["force_terminated"] == 1.0
+
+
+def test_synth_answers_irrelevance_entries_without_a_call():
+    """Entries with no gold call reach SFT data as a direct reply that BFCL's checker passes."""
+    from rlvr.core.config import load_config
+    from rlvr.stages.synth import NO_TOOL_REPLY, Synthesizer
+
+    cfg = load_config(None, ["model.name=tiny-random-llama", "logging.wandb=disabled", "env.name=bfcl",
+                             "env.options={category: irrelevance}", "synth.tasks=3"])
+    synthesizer = Synthesizer(cfg)
+    records = synthesizer.run(synthesizer.tasks())
+    assert len(records) == 3 and {r["source"] for r in records} == {"direct"} and {r["reward"] for r in records} == {1.0}
+    assert records[0]["messages"][-1] == {"role": "assistant", "content": NO_TOOL_REPLY}

@@ -48,6 +48,53 @@ def test_synth_options_choose_the_demonstrated_tasks_over_env_options():
     assert tasks[0].id.startswith("calculator-train-")
 
 
+def test_recovery_and_restraint_demonstrations(renderer):
+    """synth.restraint draws tasks that need no tool, answered directly; synth.recovery makes a call fail
+    first, transiently (then retried) or with an argument name the env rejects (then fixed, the mistake kept
+    as context with weight 0); every conversation still passes the reward."""
+    synthesizer = Synthesizer(_config("synth.tasks=40", "synth.recovery=0.5", "synth.restraint=0.25"))
+    tasks = synthesizer.tasks()
+    assert sum(t.metadata.get("needs_tool") is False for t in tasks) == 10
+    records = synthesizer.run(tasks)
+    assert len(records) == 40 and {r["reward"] for r in records} == {1.0}
+    by_source = {}
+    for r in records:
+        by_source.setdefault(r["source"], []).append(r)
+    assert set(by_source) == {"gold", "direct", "gold+transient", "gold+bad_arguments"}
+    assert len(by_source["direct"]) == 10 and 8 <= len(by_source["gold+transient"]) + len(by_source["gold+bad_arguments"]) <= 22
+    task = {t.id: t for t in tasks}
+
+    direct = by_source["direct"][0]
+    assert [m["role"] for m in direct["messages"]] == ["system", "user", "assistant"]
+    assert direct["messages"][-1]["content"] == f"The answer is {task[direct['task_id']].answer}."
+
+    for r in by_source["gold+transient"]:
+        calls = [m for m in r["messages"] if m["role"] == "assistant" and m.get("tool_calls")]
+        results = [m["content"] for m in r["messages"] if m["role"] == "tool"]
+        failed = next(i for i, text in enumerate(results) if text.startswith("Error "))
+        assert "Retry" in results[failed] or "try again" in results[failed]
+        assert calls[failed + 1]["tool_calls"][0]["function"] == calls[failed]["tool_calls"][0]["function"]
+        assert len(calls) == len(task[r["task_id"]].gold_calls) + 1 and "weight" not in calls[failed]
+
+    r = by_source["gold+bad_arguments"][0]
+    calls = [m for m in r["messages"] if m["role"] == "assistant" and m.get("tool_calls")]
+    [wrong] = [i for i, m in enumerate(calls) if "weight" in m]
+    assert calls[wrong]["weight"] == 0 and json.loads(calls[wrong]["tool_calls"][0]["function"]["arguments"]).keys() == {"input"}
+    results = [m["content"] for m in r["messages"] if m["role"] == "tool"]
+    assert results[wrong] == "bad arguments for calculate: unknown argument(s) input; expected expression"
+    assert json.loads(calls[wrong + 1]["tool_calls"][0]["function"]["arguments"]).keys() == {"expression"}
+    # SFT trains on the fix and the rest, not on the rejected call
+    row = tokenize_conversation(renderer, r["messages"], r["tools"], max_length=4096)
+    trained = renderer.tokenizer.decode([t for t, bit in zip(row["input_ids"], row["assistant_masks"]) if bit])
+    assert '"input"' not in trained and trained.count("<tool_call>") == len(calls) - 1
+    assert '"input"' in renderer.tokenizer.decode(row["input_ids"])
+
+
+def test_restraint_needs_an_env_with_tasks_that_need_no_tool():
+    with pytest.raises(ConfigError, match="synth.restraint=0.5: env 'bfcl' has no no_tool_tasks"):
+        Synthesizer(_config("env.name=bfcl", "synth.restraint=0.5")).tasks()
+
+
 def test_a_conversation_whose_reward_fails_the_threshold_is_dropped():
     task = calculator_tasks(1)[0].model_copy(update={"answer": -1})  # the gold calls reach another number
     assert Synthesizer(_config()).run([task]) == []
@@ -102,6 +149,10 @@ def test_general_chat_is_mixed_in_and_bad_data_is_named(tmp_path, renderer):
     (tmp_path / "bad.jsonl").write_text('{"messages": []}\n')
     with pytest.raises(ConfigError, match=r"sft.data: .*bad.jsonl line 1 has no \"messages\" list"):
         training_rows(_config(f"sft.data={tmp_path / 'bad.jsonl'}"), renderer)
+    (tmp_path / "weight.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                                   {"role": "assistant", "content": "Hello", "weight": 0.5}]}) + "\n")
+    with pytest.raises(ConfigError, match=r"weight.jsonl line 1: a message's \"weight\" is 0 or 1, got 0.5"):
+        training_rows(_config(f"sft.data={tmp_path / 'weight.jsonl'}"), renderer)
     with pytest.raises(ConfigError, match="needs sft.mix_data"):
         training_rows(_config(f"sft.data={data}", "sft.mix_fraction=0.5"), renderer)
 

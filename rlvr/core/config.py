@@ -215,6 +215,11 @@ class SynthConfig(_Section):
     samples: int = Field(4, ge=1)  # teacher trajectories per task (rejection sampling)
     temperature: float = Field(0.7, ge=0.0)  # the endpoint's; a local teacher samples at rollout.temperature
     threshold: float = 1.0  # keep conversations whose reward reaches this
+    # gold conversations beyond the happy path (docs/sft.md): the share in which one call first fails (a
+    # transient error, or an argument name the env rejects) and the next turn retries or fixes it, and the
+    # share of tasks that need no tool (the env's no_tool_tasks), answered directly
+    recovery: float = Field(0.0, ge=0.0, le=1.0)
+    restraint: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class SFTConfig(_Section):

@@ -9,7 +9,8 @@
    split (for the calculator: the held-out wording family, templates never seen in training)
 
 RL and evaluation run under `env.conditions` (transient tool failures, a per-call cost, tasks that need no
-tool); the demonstrations are always clean. Differences in success carry 95% paired bootstrap intervals.
+tool); the demonstrations are clean unless `synth.recovery` or `synth.restraint` add failed calls with their
+retry or fix and direct answers to tasks that need no tool. Differences in success carry 95% paired bootstrap intervals.
 
 Everything goes into one folder `<output_dir>/<name>-<time>/`: sft.jsonl, the SFT, SFT-more and RL run
 folders, report.json and report.md (the tables, the differences with their intervals, policies.png, the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,7 +86,9 @@ def quickstart(cfg: Config) -> Path:
             console.print(f"{label}: success {reports[label]['success_rate']:.3f}")
     table = comparison_table(reports)
     differences = success_differences(reports, COMPARISONS, cfg.seed)
-    report = {"held_out_tasks": len(held_out), "conversations": len(records), "seconds": seconds,
+    sources = Counter(r["source"] for r in records)
+    report = {"held_out_tasks": len(held_out), "conversations": len(records), "sources": dict(sources),
+              "seconds": seconds,
               "total_s": sum(seconds.values()), "conditions": conditions.model_dump(), "adapters": policies,
               "policies": reports,
               "differences": differences,
@@ -109,8 +113,7 @@ def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: st
     c = cfg.env.conditions
     cost = f"{c.call_cost:g} reward per call" if c.call_cost else "no per-call cost"
     return (f"# rlvr quickstart: {cfg.model.name} on {cfg.env.name}\n\n"
-            f"**Demonstrations**: {report['conversations']} clean gold conversations (happy path: every call "
-            f"succeeds, every task needs the tool) of the training wording. **Tool conditions** of RL and "
+            f"**Demonstrations**: {_demonstrations(report)} of the training wording. **Tool conditions** of RL and "
             f"evaluation: {c.failure_rate:.0%} of tool calls fail transiently (seeded, an API-like error text), "
             f"{cost}, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
             f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further training-wording "
@@ -123,3 +126,16 @@ def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: st
             + (f"Success per task kind:\n\n{kinds}\n\n" if kinds else "") +
             f"Time: {times}; total {report['total_s']:.0f} s.\n\n"
             "![policies](policies.png)\n\n![RL reward](rl_curves.png)\n")
+
+
+def _demonstrations(report: dict) -> str:
+    sources = report.get("sources", {})
+    if set(sources) <= {"gold"}:
+        return (f"{report['conversations']} clean gold conversations (happy path: every call succeeds, every "
+                "task needs the tool)")
+    failed = sources.get("gold+transient", 0) + sources.get("gold+bad_arguments", 0)
+    return (f"{report['conversations']} gold conversations: {sources.get('gold', 0)} on the happy path, {failed} "
+            f"in which one call first fails ({sources.get('gold+transient', 0)} transiently, then retried; "
+            f"{sources.get('gold+bad_arguments', 0)} with a wrong argument name, then fixed; the failed call is "
+            f"context, not trained on when the env rejected it), {sources.get('direct', 0)} answering a task "
+            "that needs no tool directly")

@@ -33,13 +33,15 @@ from rlvr.rollout.chat import ChatRenderer, rollout_messages
 def tokenize_conversation(renderer: ChatRenderer, messages: list[Message], tools: list[dict[str, Any]],
                           max_length: int) -> dict[str, list[int]] | None:
     """input_ids and assistant_masks (1 on assistant tokens) of a conversation, cut after the last assistant
-    turn that fits in `max_length`; None when not even the first fits."""
+    turn that fits in `max_length`; None when not even the first fits. An assistant message with "weight": 0
+    (OpenAI's fine-tuning format; synth writes it on a call the env rejected) is context, masked 0."""
     msgs = rollout_messages(messages, renderer.format)
     ids: list[int] = []
     mask: list[int] = []
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
+        weight = messages[i].get("weight", 1)
         prefix = renderer.render_ids(msgs[:i], tools, generation_prompt=True)
         if prefix[: len(ids)] != ids:
             raise ValueError("the chat template rewrites earlier turns as the conversation grows; SFT in the "
@@ -51,7 +53,7 @@ def tokenize_conversation(renderer: ChatRenderer, messages: list[Message], tools
         turn = turn[: ends[0] + 1]  # what a rollout samples: the text and the end-of-turn token
         if len(prefix) + len(turn) > max_length:
             break
-        mask += [0] * (len(prefix) - len(ids)) + [1] * len(turn)
+        mask += [0] * (len(prefix) - len(ids)) + [weight] * len(turn)
         ids = prefix + turn
     return {"input_ids": ids, "assistant_masks": mask} if ids else None
 
@@ -72,6 +74,9 @@ def load_conversations(path: str, what: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{what}: {path} line {number} is not JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
             raise ConfigError(f"{what}: {path} line {number} has no \"messages\" list")
+        bad = [m["weight"] for m in row["messages"] if isinstance(m, dict) and m.get("weight", 1) not in (0, 1)]
+        if bad:
+            raise ConfigError(f"{what}: {path} line {number}: a message's \"weight\" is 0 or 1, got {bad[0]!r}")
         rows.append(row)
     if not rows:
         raise ConfigError(f"{what}: {path} holds no conversations")

@@ -7,7 +7,11 @@ by the run's rewards, and only those scoring at least `synth.threshold` are kept
 
 - gold (`synth.teacher` unset): tasks that carry `gold_calls` (calculator, support_desk, bfcl). Each gold
   call is one assistant turn, in order; a task's turn (BFCL multi-turn) ends with a short closing message
-  stating the last call's result, and the env's next user message follows.
+  stating the last call's result, and the env's next user message follows. A task without gold calls (one
+  that needs no tool, a BFCL irrelevance entry) is answered directly: its answer, or a reply that no tool
+  fits. Beyond the happy path, `synth.recovery` of the conversations show one call failing first (a
+  transient error, or an argument name the env rejects) and the next turn retrying or fixing it, and
+  `synth.restraint` of the tasks are drawn from the env's `no_tool_tasks`.
 - a local teacher (`synth.teacher` = a model name or directory): `synth.samples` trajectories per task
   sampled with an rlvr engine, in the teacher's own chat template and tool format, the text around the
   tool calls (its reasoning) kept as the turns' content: rejection sampling.
@@ -24,18 +28,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.progress import track
 
 from rlvr.rollout.chat import ChatRenderer, parse_tool_calls, rollout_messages, tool_arguments, write_tool_calls
-from rlvr.core.config import Config
+from rlvr.core.config import Config, ConfigError
 from rlvr.core.contract import Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.core.protocols import Completion, SamplingParams
+from rlvr.envs.conditions import UnreliableTools
 from rlvr.rollout.agent import rollout_trajectory
 
 
@@ -51,19 +58,54 @@ class ScriptedEngine:
         return Completion(ids, [0.0] * len(ids), "stop")
 
 
-async def gold_turns(task: Task, env_cls, format: str) -> list[str]:
+NO_TOOL_REPLY = "None of the available tools fits this request, so I will not call one."
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A scripted failure in a recovery demonstration: gold call `call` is first made and fails, either
+    transiently (`kind` "transient": the same call is then retried) or because its first argument carries a
+    wrong name that the env rejects ("bad_arguments": the correct call follows)."""
+
+    call: int
+    kind: str
+
+
+def draw_failure(task: Task, seed: int, share: float) -> Failure | None:
+    """Whether (with probability `share`, seeded by the task) and where the task's demonstration fails."""
+    draw = random.Random(f"{seed}/{task.id}/recovery")
+    if not task.gold_calls or draw.random() >= share:
+        return None
+    call = draw.randrange(len(task.gold_calls))
+    kinds = ["transient", "bad_arguments"] if task.gold_calls[call]["arguments"] else ["transient"]
+    return Failure(call, draw.choice(kinds))
+
+
+def misnamed(arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` with the first one's name replaced by a generic one a model might guess."""
+    first, *_ = arguments
+    wrong = "input" if first != "input" else "value"
+    return {(wrong if name == first else name): value for name, value in arguments.items()}
+
+
+async def gold_turns(task: Task, env_cls, format: str, failure: Failure | None = None) -> list[str]:
     """The assistant turns of a task's gold solution: one per gold call, and a closing message per turn
     ("The answer is <the last call's result>." when the task has an answer, else "Done."). The calls are
     run once on a fresh env here to learn the results; the closing message states the result, never the
-    task's answer, so a wrong gold solution fails its reward."""
+    task's answer, so a wrong gold solution fails its reward. With a `failure`, its failing call comes
+    first (neither kind reaches the env's tools, so the results stay those of the gold calls). A task
+    without gold calls gets one turn: its answer, or NO_TOOL_REPLY."""
     if not task.gold_calls:
-        raise ValueError(f"task {task.id} has no gold_calls to build a conversation from")
+        return [f"The answer is {task.answer}." if task.answer is not None else NO_TOOL_REPLY]
     env = env_cls(task)
     try:
         env.reset()
         turns: list[str] = []
         calls = task.gold_calls
         for i, gold in enumerate(calls):
+            if failure is not None and failure.call == i:
+                arguments = misnamed(gold["arguments"]) if failure.kind == "bad_arguments" else gold["arguments"]
+                turns.append(write_tool_calls("", [(gold["name"], arguments)], format))
             [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")])).calls
             turns.append(write_tool_calls("", [(gold["name"], gold["arguments"])], format))
             if i == len(calls) - 1 or calls[i + 1].get("turn", 0) != gold.get("turn", 0):
@@ -83,16 +125,26 @@ async def replay(task: Task, turns: list[str], renderer: ChatRenderer, env_cls, 
     return await scorer.score(trajectory, task)
 
 
+REJECTED = (ToolCallError.unknown_tool, ToolCallError.bad_arguments)
+
+
 def to_openai(trajectory: Trajectory, format: str, tool_names: set[str]) -> list[Message] | None:
-    """The trajectory's messages with tool calls as OpenAI `tool_calls`; None if a call did not parse."""
+    """The trajectory's messages with tool calls as OpenAI `tool_calls`; None if a call did not parse.
+    A turn whose calls the env all rejected (an unknown tool, bad arguments) gets "weight": 0, as in
+    OpenAI's fine-tuning format: SFT keeps it as context for the fix that follows but does not train on
+    the mistake."""
     out: list[Message] = []
     pending: list[str] = []
+    executed = iter(trajectory.tool_calls)
     for m in trajectory.messages:
         if m["role"] == "assistant":
             content, calls = parse_tool_calls(m["content"], format, tool_names)
             if any(c.error == ToolCallError.parse for c in calls):
                 return None
             message: Message = {"role": "assistant", "content": content}
+            errors = [next(executed).error for _ in calls]
+            if errors and all(e in REJECTED for e in errors):
+                message["weight"] = 0
             if calls:
                 ids = [f"call_{len(out)}_{i}" for i in range(len(calls))]
                 message["tool_calls"] = [{"id": i, "type": "function",
@@ -127,9 +179,16 @@ class Synthesizer:
         self.renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
 
     def tasks(self) -> list[Task]:
-        """`synth.tasks` tasks of the env's train split, with `synth.options` over `env.options`."""
-        options = {**self.cfg.env.options, **self.cfg.synth.options}
-        return self.env.tasks(self.cfg.synth.tasks, seed=self.cfg.seed, split="train", **options)
+        """`synth.tasks` tasks of the env's train split, with `synth.options` over `env.options`;
+        `synth.restraint` of them from the env's `no_tool_tasks`."""
+        from rlvr.core.tasks import env_tasks
+
+        synth = self.cfg.synth
+        if synth.restraint and not hasattr(self.env, "no_tool_tasks"):
+            raise ConfigError(f"synth.restraint={synth.restraint:g}: env {self.env.name!r} has no no_tool_tasks() "
+                              "to draw tasks that need no tool from")
+        return env_tasks(self.env, synth.tasks, self.cfg.seed, "train", {**self.cfg.env.options, **synth.options},
+                         synth.restraint)
 
     def run(self, tasks: list[Task]) -> list[dict[str, Any]]:
         teacher = self.cfg.synth.teacher
@@ -156,13 +215,24 @@ class Synthesizer:
 
     def _gold(self, task: Task) -> dict[str, Any] | None:
         if not task.gold_calls:
-            return None
-        return self._scripted(task, gold_turns(task, self.env, self.renderer.format), "gold")
+            return self._scripted(task, gold_turns(task, self.env, self.renderer.format), "direct")
+        failure = draw_failure(task, self.cfg.seed, self.cfg.synth.recovery)
+        if failure is None:
+            return self._scripted(task, gold_turns(task, self.env, self.renderer.format), "gold")
+        turns = gold_turns(task, self.env, self.renderer.format, failure)
+        if failure.kind == "bad_arguments":
+            return self._scripted(task, turns, "gold+bad_arguments")
 
-    def _scripted(self, task: Task, turns: Awaitable[list[str]], source: str) -> dict[str, Any] | None:
-        """Replay the assistant turns `turns` resolves to, scored, as a record (or None)."""
+        def failing(task: Task, seed: int = 0, **kwargs: Any) -> UnreliableTools:
+            return UnreliableTools(self.env(task, seed=seed, **kwargs), 0.0, seed, frozenset({failure.call}))
+
+        return self._scripted(task, turns, "gold+transient", failing)
+
+    def _scripted(self, task: Task, turns: Awaitable[list[str]], source: str, env_cls=None) -> dict[str, Any] | None:
+        """Replay the assistant turns `turns` resolves to, in an env made by `env_cls` (default: the run's
+        env), scored, as a record (or None)."""
         async def play() -> Trajectory | None:
-            return await replay(task, await turns, self.renderer, self.env, self.cfg.rollout, self.scorer)
+            return await replay(task, await turns, self.renderer, env_cls or self.env, self.cfg.rollout, self.scorer)
 
         return self._record(task, asyncio.run(play()), self.renderer.format, source)
 
