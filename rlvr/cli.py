@@ -69,8 +69,9 @@ def sft_command(config: str = typer.Argument(..., help="YAML run config (model, 
 @app.command("eval")
 def eval_command(config: str = typer.Argument(..., help="YAML run config (model, env, rewards, rollout)"),
                  overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-                 tasks: str = typer.Option("test", "--tasks", help="a JSON-lines file of tasks, or a named source: "
-                                           "SPLIT or ENV:SPLIT of an env's task source"),
+                 tasks: str = typer.Option("test", "--tasks", help="a JSON-lines file of tasks, a datasets "
+                                           "dataset (its test split; columns from data.columns), or a named "
+                                           "source: SPLIT or ENV:SPLIT of an env's task source"),
                  n: Optional[int] = typer.Option(None, "--n", help="tasks from a named source (default eval.tasks)"),
                  adapter: Optional[str] = typer.Option(None, "--adapter", help="adapter dir (default: the base model)"),
                  compare: Optional[list[str]] = typer.Option(None, "--compare", help="LABEL=DIR, repeated: policies "
@@ -125,16 +126,17 @@ def _eval_tasks(cfg, source: str, n: int):
     from pathlib import Path
 
     from rlvr.envs.registry import load_env
-    from rlvr.core.tasks import env_tasks, load_tasks
+    from rlvr.core.tasks import env_tasks, is_dataset, load_tasks
 
-    env_name, _, split = source.rpartition(":") if not Path(source).is_file() else ("", "", "")
+    named = not Path(source).is_file() and not is_dataset(source, cfg.data.columns)
+    env_name, _, split = source.rpartition(":") if named else ("", "", "")
     if env_name:
         cfg.env.name = env_name
     env = load_env(cfg.env.name)
     try:
         if split:
             return env_tasks(env, n, cfg.seed, split, cfg.env.options, cfg.env.conditions.no_tool_fraction)
-        return load_tasks(source, env, 0, cfg.seed, "test", {}, what="--tasks")
+        return load_tasks(source, env, 0, cfg.seed, "test", {}, what="--tasks", columns=cfg.data.columns)
     except (ValueError, TypeError, NotImplementedError) as e:
         raise ConfigError(str(e)) from None
 

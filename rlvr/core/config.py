@@ -38,10 +38,26 @@ class ModelConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+class TaskColumns(_Section):
+    """The dataset column behind each Task field when data.source is a `datasets` dataset (rlvr/core/tasks.py);
+    a field whose column the dataset lacks stays unset, except the prompt."""
+
+    id: str = "id"  # absent: <source name>-<split>-<row>
+    prompt: str = "prompt"  # a string, or a list of chat messages
+    answer: str = "answer"
+    tools: str = "tools"  # JSON tool schemas (a list, or a JSON string of one)
+    gold_calls: str = "gold_calls"
+    expected_state: str = "expected_state"
+    metadata: list[str] = Field(default_factory=list)  # columns copied into Task.metadata
+
+
 class DataConfig(_Section):
-    # where training tasks come from: "env" (the env's task source), a JSON-lines file of tasks, or
-    # "synthetic" (random scored trajectories, no rollouts: the smoke run and the learner benchmarks)
+    # where training tasks come from: "env" (the env's task source), a JSON-lines file of tasks, a
+    # `datasets` dataset (a save_to_disk folder, Parquet/CSV files, JSON files with data.columns set, or
+    # hf:ID[:CONFIG] where a hub is reachable), or "synthetic" (random scored trajectories, no rollouts: the
+    # smoke run and the learner benchmarks)
     source: str = "env"
+    columns: TaskColumns = Field(default_factory=TaskColumns)
     train_tasks: int = Field(1024, ge=1)  # how many tasks to draw from the env's task source
     tasks_per_step: int = Field(8, ge=1)
     # shape of synthetic trajectories (source=synthetic): used by the smoke run and the benchmarks

@@ -198,12 +198,12 @@ def load_jsonl(path: str | Path, cls: type[Model], defaults: dict[str, Any] | No
                 row = json.loads(line)
                 items.append(cls.model_validate({**(defaults or {}), **row} if isinstance(row, dict) else row))
             except (json.JSONDecodeError, ValidationError) as e:
-                first = str(e).splitlines()[0] if isinstance(e, json.JSONDecodeError) else _first_error(e)
+                first = str(e).splitlines()[0] if isinstance(e, json.JSONDecodeError) else first_error(e)
                 raise ValueError(f"{path}:{lineno}: not a valid {cls.__name__}: {first}") from None
     return items
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"{where}: {err['msg']}" if where else err["msg"]

@@ -67,7 +67,7 @@ class EnvSource:
             Scorer.from_config(cfg.rewards, self.env, cfg.env.conditions.call_cost)  # fail now, not in a worker
             no_tool = cfg.env.conditions.no_tool_fraction
             tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train", cfg.env.options,
-                               no_tool_fraction=no_tool)
+                               no_tool_fraction=no_tool, columns=cfg.data.columns)
             self.held_out = (env_tasks(self.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, no_tool)
                              if cfg.eval.every else [])
         except (PluginError, ValueError, TypeError, NotImplementedError) as e:
