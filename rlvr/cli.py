@@ -57,13 +57,25 @@ def synth(config: str = typer.Argument(..., help="YAML run config (env, rewards,
 @app.command("sft")
 def sft_command(config: str = typer.Argument(..., help="YAML run config (model, sft)"),
                 overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")):
-    """Supervised fine-tuning of a LoRA adapter (TRL's SFTTrainer) on `rlvr synth` conversations."""
+    """Supervised fine-tuning of a LoRA adapter on `rlvr synth` conversations (TRL's SFT loss, the RL learner's path)."""
     cfg = _config(config, overrides)
     from rlvr.stages.sft import sft
 
     with _config_errors():
         run = sft(cfg)
     typer.echo(f"adapter: {run.path / 'adapter'}  (start RL from it: model.init_adapter={run.path / 'adapter'})")
+
+
+@app.command("dpo")
+def dpo_command(config: str = typer.Argument(..., help="YAML run config (model, env, rollout, dpo)"),
+                overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")):
+    """Preference optimisation (DPO, IPO; per-call credit with dpo.credit=first_divergence) from rollout pairs or a file."""
+    cfg = _config(config, overrides)
+    from rlvr.stages.dpo import dpo
+
+    with _config_errors():
+        run = dpo(cfg)
+    typer.echo(f"adapter: {run.path / 'adapter'}")
 
 
 @app.command("eval")

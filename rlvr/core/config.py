@@ -115,6 +115,7 @@ CREDIT_NAMES = ("none", "per_call", "step_grouped")
 LOSS_NAMES = ("grpo", "gspo", "cispo")
 AGGREGATION_NAMES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATOR_NAMES = ("k1", "k3")
+PREFERENCE_LOSS_NAMES = ("sigmoid", "ipo")
 
 
 class AlgorithmConfig(_Section):
@@ -251,6 +252,25 @@ class SFTConfig(_Section):
     time_limit_s: float | None = Field(None, gt=0.0)  # stop after this much training time (a fair baseline)
 
 
+class DPOConfig(_Section):
+    """`rlvr dpo`: preference optimisation of a LoRA policy on multi-turn tool trajectories (rlvr/stages/dpo.py)."""
+
+    # JSON lines {"chosen": messages, "rejected": messages, "tools": [...]} (OpenAI style, as synth writes);
+    # empty: pairs from rollouts of the starting policy (model.init_adapter) on `tasks` env tasks
+    pairs: str = ""
+    tasks: int = Field(64, ge=1)  # tasks rolled out, rollout.group_size each, under env.conditions
+    margin: float = Field(0.5, gt=0.0)  # a pair's reward gap, chosen - rejected, at least this
+    # trajectory: the whole sampled trajectories (standard DPO); first_divergence: only the assistant turn of
+    # each side where the two first differ, the call that decided the outcome (ToolPO-style per-call credit)
+    credit: Literal["trajectory", "first_divergence"] = "trajectory"
+    loss: Literal[PREFERENCE_LOSS_NAMES] = "sigmoid"  # sigmoid: DPO; ipo: IPO (TRL's loss_type names)
+    beta: float = Field(0.1, gt=0.0)
+    lr: float = Field(5e-5, gt=0.0)  # LoRA: ~10x a full fine-tune's (TRL's default 1e-6 barely moves an adapter)
+    epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(8, ge=1)  # pairs per optimiser step
+    time_limit_s: float | None = Field(None, gt=0.0)
+
+
 class RayConfig(_Section):
     enabled: bool = False  # false: everything runs in this process, so a debugger works
     address: str = ""  # "" starts a local Ray bound to 127.0.0.1; "auto" joins the submitting cluster
@@ -289,6 +309,7 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rlvr.core.config import (ADVANTAGE_NAMES, AGGREGATION_NAMES, CREDIT_NAMES, KL_ESTIMATOR_NAMES,
-                              LOSS_NAMES)
+                              LOSS_NAMES, PREFERENCE_LOSS_NAMES)
 
 # Log-ratios are clamped before exp() so one wild token cannot produce inf (verl uses the same bound).
 LOG_RATIO_BOUND = 20.0
@@ -345,6 +346,42 @@ def nll_objective(counts: BatchCounts, logp: Tensor, mask: Tensor) -> tuple[Tens
     return nll / max(counts.tokens, 1), {"nll": nll.detach()}
 
 
+# --------------------------------------------------------------------------------------------------
+# Preference optimisation: losses of a pair's log-ratio margin z = (logp_c - ref_c) - (logp_r - ref_r),
+# each summed over its sequence's loss-masked tokens (TRL's DPOTrainer loss_type names).
+
+
+def dpo_sigmoid(z: Tensor, beta: float) -> Tensor:
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta z). Args: z (P,). Returns (P,)."""
+    return -F.logsigmoid(beta * z)
+
+
+def ipo(z: Tensor, beta: float) -> Tensor:
+    """IPO (Azar et al. 2023): (z - 1 / (2 beta))^2, regressing the margin to a fixed target. (P,) -> (P,)."""
+    return (z - 1.0 / (2.0 * beta)) ** 2
+
+
+PREFERENCE_LOSSES: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "sigmoid": dpo_sigmoid,
+    "ipo": ipo,
+}
+
+
+def preference_objective(loss: str, beta: float, pairs: int, logp: Tensor, ref_logp: Tensor,
+                         mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The preference loss of the pairs in one micro-batch, divided by the step's `pairs`.
+
+    Rows alternate chosen, rejected: (2P, T) logp (with grad), ref_logp and mask. Returns (loss, metrics summed
+    over the micro-batch's pairs): chosen and rejected implicit rewards beta * log-ratio, margin beta * z,
+    accuracy (z > 0), as TRL logs them."""
+    ratios = ((logp - ref_logp) * mask).sum(-1).view(-1, 2)  # (P, 2): chosen, rejected
+    z = ratios[:, 0] - ratios[:, 1]
+    rewards = beta * ratios.detach()
+    metrics = {"rewards/chosen": rewards[:, 0].sum(), "rewards/rejected": rewards[:, 1].sum(),
+               "rewards/margin": (beta * z.detach()).sum(), "rewards/accuracy": (z.detach() > 0).float().sum()}
+    return PREFERENCE_LOSSES[loss](z, beta).sum() / pairs, metrics
+
+
 def policy_objective(
     spec: ObjectiveSpec,
     counts: BatchCounts,
@@ -398,7 +435,8 @@ def _check_names() -> None:
     """Each registry holds exactly the names the config accepts (rlvr/core/config.py declares them torch-free)."""
     declared = {"ADVANTAGE_NAMES": (ADVANTAGES, ADVANTAGE_NAMES), "CREDIT_NAMES": (CREDIT, CREDIT_NAMES),
                 "LOSS_NAMES": (LOSSES, LOSS_NAMES), "AGGREGATION_NAMES": (AGGREGATIONS, AGGREGATION_NAMES),
-                "KL_ESTIMATOR_NAMES": (KL_ESTIMATORS, KL_ESTIMATOR_NAMES)}
+                "KL_ESTIMATOR_NAMES": (KL_ESTIMATORS, KL_ESTIMATOR_NAMES),
+                "PREFERENCE_LOSS_NAMES": (PREFERENCE_LOSSES, PREFERENCE_LOSS_NAMES)}
     for constant, (registry, names) in declared.items():
         if set(registry) != set(names):
             raise ImportError(f"rlvr.core.config.{constant} {sorted(names)} differs from its registry's names "

@@ -408,6 +408,16 @@ class Learner:
             self._accumulate(micro, counts, totals)
         return totals
 
+    def update(self, micro: list[MicroBatch], counts: BatchCounts) -> tuple[float, dict[str, float]]:
+        """One optimiser step on the micro-batches' gradient (clipped to learner.grad_clip); returns the
+        gradient norm before clipping and `backward`'s summed loss and metrics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = self.backward(micro, counts)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf))
+        self.optimizer.step()
+        self.scheduler.step()
+        return grad_norm, totals
+
     def _accumulate(self, micro: list[MicroBatch], counts: BatchCounts, totals: dict[str, float]) -> None:
         for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
             if prompt is None:
@@ -468,12 +478,10 @@ class Learner:
         for _ in range(self.cfg.epochs):
             totals, grad_norms = {"loss": 0.0}, []
             for micro, counts in minis:
-                self.optimizer.zero_grad(set_to_none=True)
-                for key, value in self.backward(micro, counts).items():  # loss: the mini-batch's; others: token sums
+                grad_norm, summed = self.update(micro, counts)
+                for key, value in summed.items():  # loss: the mini-batch's; others: token sums
                     _accumulate_metric(totals, key, value)
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf)))
-                self.optimizer.step()
-                self.scheduler.step()
+                grad_norms.append(grad_norm)
         self.model.eval()
         self.steps_done += 1
         elapsed = time.perf_counter() - start
