@@ -117,7 +117,8 @@ def test_behaviour_metrics_by_hand():
         Group(id="b", task=direct, trajectories=[_trajectory(direct, 0, 1.0, [ok]), _trajectory(direct, 1, 1.0)])]
     assert behaviour(groups, ["numeric_answer"]) == {
         "trajectories_with_tool_errors": 3, "recovery_rate": pytest.approx(1 / 3), "transient_failures": 2,
-        "retry_rate": 0.5, "no_tool_trajectories": 2, "unnecessary_call_rate": 0.5}
+        "retry_rate": 0.5, "no_tool_trajectories": 2, "unnecessary_call_rate": 0.5,
+        "hallucinated_calls_per_trajectory": pytest.approx(2 / 6)}  # the rejected call, the call on the direct task
     report = summarize(groups, ["numeric_answer"], samples=1, seconds=1.0)
     assert report["outcomes"] == {"a": 0.5, "b": 1.0}
     clean = behaviour([], ["numeric_answer"])

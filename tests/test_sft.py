@@ -235,24 +235,43 @@ class _Teacher:
     """An OpenAI-compatible /chat/completions on 127.0.0.1 that solves calculator tasks with their gold
     calls, reasoning included, and answers `final` at the end."""
 
-    def __init__(self, tasks, final=None):
+    def __init__(self, tasks, final=None, busy=0, malformed=None, vary=False, delay_s=0.0):
+        """`busy`: the first that many requests get 429 Too Many Requests; `malformed`: the task id whose
+        answers carry broken tool-call arguments; `vary`: each conversation words its steps its own way."""
         import http.server
         import threading
+        import time
 
         by_prompt = {t.prompt: t for t in tasks}
-        self.requests = []
+        self.requests, self.headers, self.in_flight, self.max_in_flight = [], [], 0, 0
+        lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(handler):  # noqa: N805
                 body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-                self.requests.append(body)
+                with lock:
+                    self.requests.append(body)
+                    self.headers.append(dict(handler.headers))
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                    number = len(self.requests)
+                time.sleep(delay_s)
+                with lock:
+                    self.in_flight -= 1
+                if number <= busy:
+                    handler.send_response(429)
+                    handler.send_header("Retry-After", "0")
+                    handler.send_header("Content-Length", "0")
+                    handler.end_headers()
+                    return
                 task = by_prompt[next(m["content"] for m in body["messages"] if m["role"] == "user")]
                 done = sum(m["role"] == "tool" for m in body["messages"])
+                words = f" (take {number})" if vary and done == 0 else ""
                 if done < len(task.gold_calls):
                     gold = task.gold_calls[done]
-                    message = {"role": "assistant", "content": f"Step {done + 1}: compute it.", "tool_calls": [
-                        {"id": f"c{done}", "type": "function",
-                         "function": {"name": gold["name"], "arguments": json.dumps(gold["arguments"])}}]}
+                    arguments = "{not json" if task.id == malformed else json.dumps(gold["arguments"])
+                    message = {"role": "assistant", "content": f"Step {done + 1}: compute it.{words}", "tool_calls": [
+                        {"id": f"c{done}", "type": "function", "function": {"name": gold["name"], "arguments": arguments}}]}
                 else:
                     message = {"role": "assistant", "content": f"The answer is {final or body['messages'][-1]['content']}."}
                 payload = json.dumps({"choices": [{"message": message}]}).encode()
@@ -290,3 +309,34 @@ def test_an_openai_compatible_endpoint_teaches_and_its_reasoning_is_kept():
         assert Synthesizer(_config(f"synth.teacher={wrong.url}")).run(tasks) == []  # rejected by the reward
     finally:
         wrong.close()
+
+
+def test_an_endpoint_is_sampled_concurrently_with_a_key_retries_and_clear_errors(monkeypatch):
+    """synth.samples conversations per task, synth.concurrency at a time, the key from synth.api_key_env as a
+    bearer token; 429s are retried; a malformed answer names its task."""
+    tasks = calculator_tasks(3)
+    monkeypatch.setenv("TEACHER_KEY", "sk-test")
+    teacher = _Teacher(tasks, busy=2, vary=True, delay_s=0.05)
+    try:
+        records = Synthesizer(_config(f"synth.teacher={teacher.url}", "synth.samples=2", "synth.concurrency=4",
+                                      "synth.api_key_env=TEACHER_KEY")).run(tasks)
+    finally:
+        teacher.close()
+    assert sorted(r["task_id"] for r in records) == sorted([t.id for t in tasks] * 2)  # two distinct samples each
+    assert len(teacher.requests) == 2 + 3 * 2 * 3  # two refused, then 3 requests per conversation
+    assert {h["Authorization"] for h in teacher.headers} == {"Bearer sk-test"}
+    assert 2 <= teacher.max_in_flight <= 4
+
+    broken = _Teacher(tasks, malformed=tasks[1].id)
+    try:
+        with pytest.raises(RuntimeError, match=rf"task {tasks[1].id}: a malformed chat completion \(JSONDecodeError"):
+            Synthesizer(_config(f"synth.teacher={broken.url}", "synth.samples=1")).run(tasks)
+    finally:
+        broken.close()
+    refusing = _Teacher(tasks, busy=100)
+    try:
+        with pytest.raises(RuntimeError, match=rf"task {tasks[0].id}: HTTP 429, still after 2 attempts"):
+            Synthesizer(_config(f"synth.teacher={refusing.url}", "synth.samples=1", "synth.retries=1",
+                                "synth.concurrency=1")).run(tasks[:1])
+    finally:
+        refusing.close()

@@ -231,6 +231,9 @@ class SynthConfig(_Section):
     teacher_model: str = ""
     samples: int = Field(4, ge=1)  # teacher trajectories per task (rejection sampling)
     temperature: float = Field(0.7, ge=0.0)  # the endpoint's; a local teacher samples at rollout.temperature
+    api_key_env: str = "OPENAI_API_KEY"  # the endpoint's key is read from this environment variable
+    concurrency: int = Field(8, ge=1)  # conversations with the endpoint at a time
+    retries: int = Field(4, ge=0)  # per request, on 408/429/5xx and refused connections, backing off exponentially
     threshold: float = 1.0  # keep conversations whose reward reaches this
     # gold conversations beyond the happy path (docs/sft.md): the share in which one call first fails (a
     # transient error, or an argument name the env rejects) and the next turn retries or fixes it, and the

@@ -150,8 +150,10 @@ def micro_batch_rows(pairs: list[Pair], budget: int) -> list[list[list[int]]]:
     return micro + ([rows] if rows else [])
 
 
-def dpo(cfg: Config):
-    """Train, save the adapter into a run folder `<output_dir>/<name>-dpo-<time>/adapter`; returns the Run."""
+def dpo(cfg: Config, pairs: list[Pair] | None = None):
+    """Train, save the adapter into a run folder `<output_dir>/<name>-dpo-<time>/adapter`; returns the Run.
+    `pairs` (e.g. `rollout_pairs(cfg)[0]`, shared by runs that compare credit modes) replaces dpo.pairs and
+    the rollouts."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -163,7 +165,9 @@ def dpo(cfg: Config):
     from rlvr.training.models import add_lora, load_model, load_tokenizer
 
     source: dict[str, Any] = {}
-    if cfg.dpo.pairs:
+    if pairs is not None:
+        source = {"pairs": float(len(pairs))}
+    elif cfg.dpo.pairs:
         pairs = file_pairs(cfg, ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format))
     else:
         pairs, source = rollout_pairs(cfg)

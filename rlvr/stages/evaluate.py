@@ -79,6 +79,8 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
         "seconds": seconds,
         **behaviour(groups, rewards),
         "outcomes": {g.task.id: _mean(is_success(t, rewards) for t in g.trajectories) for g in groups},
+        "hallucinated_by_task": {g.task.id: _mean(hallucinated_calls(g.task, t) for t in g.trajectories)
+                                 for g in groups},
     }
     if samples > 1:
         report[f"pass@{samples}"] = _mean(any(is_success(t, rewards) for t in g.trajectories) for g in groups)
@@ -94,6 +96,9 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
     recovery_rate     success among trajectories that met a tool error (any kind)
     retry_rate        share of transiently failed calls that the trajectory made again (same tool and arguments)
     unnecessary_call_rate   share of trajectories on tasks that need no tool (needs_tool=False) with a call
+    hallucinated_calls_per_trajectory   calls that should not have been made, per trajectory: every call on a
+                      task that needs no tool, and every call the env rejected (unknown tool, bad arguments,
+                      unparseable) elsewhere
     """
     trajectories = [t for g in groups for t in g.trajectories]
     errored = [t for t in trajectories if any(c.error is not None for c in t.tool_calls)]
@@ -107,7 +112,17 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
                                 for c in t.tool_calls[k + 1:]) for t, k in failed) if failed else None,
         "no_tool_trajectories": len(no_tool),
         "unnecessary_call_rate": _mean(bool(t.tool_calls) for t in no_tool) if no_tool else None,
+        "hallucinated_calls_per_trajectory": _mean(hallucinated_calls(g.task, t) for g in groups
+                                                   for t in g.trajectories) if trajectories else None,
     }
+
+
+def hallucinated_calls(task: Task, trajectory: Trajectory) -> int:
+    """Calls that should not have been made: all of them on a task that needs no tool, else those the env
+    rejected (unparseable, an unknown tool, bad arguments)."""
+    if task.metadata.get("needs_tool") is False:
+        return len(trajectory.tool_calls)
+    return sum(c.error in REJECTED for c in trajectory.tool_calls)
 
 
 def _breakdown(groups, rewards: list[str], key) -> dict[str, dict[str, Any]]:
@@ -124,7 +139,9 @@ def _mean(values) -> float:
 
 
 COLUMNS = ("success_rate", "tool_call_validity", "format_compliance", "mean_turns", "mean_tokens", "mean_latency_s")
-BEHAVIOUR_COLUMNS = ("tool_calls_per_trajectory", "recovery_rate", "retry_rate", "unnecessary_call_rate")
+BEHAVIOUR_COLUMNS = ("tool_calls_per_trajectory", "recovery_rate", "retry_rate", "unnecessary_call_rate",
+                     "hallucinated_calls_per_trajectory")
+REJECTED = (ToolCallError.parse, ToolCallError.unknown_tool, ToolCallError.bad_arguments)
 
 
 def comparison_table(reports: dict[str, dict[str, Any]]) -> str:

@@ -16,8 +16,11 @@ by the run's rewards, and only those scoring at least `synth.threshold` are kept
   sampled with an rlvr engine, in the teacher's own chat template and tool format, the text around the
   tool calls (its reasoning) kept as the turns' content: rejection sampling.
 - an endpoint (`synth.teacher` = an http(s) URL of an OpenAI-compatible server, `synth.teacher_model` the
-  model it serves): chat completions with the tools, its tool calls executed by the env, up to
-  `rollout.max_turns`; its turns are then replayed through the loop to be scored.
+  model it serves): `synth.samples` conversations per task, `synth.concurrency` at a time, chat completions
+  with the tools, its tool calls executed by the env, up to `rollout.max_turns`; its turns are then replayed
+  through the loop to be scored. The key in the environment variable `synth.api_key_env` is sent as a bearer
+  token; 408/429/5xx answers and refused connections are retried `synth.retries` times with exponential
+  backoff (or the server's Retry-After); a malformed answer stops synth with an error naming the task.
 
 Written as JSON lines {"id", "task_id", "env", "source", "reward", "messages", "tools"}; a conversation
 that repeats another of the same task is dropped; so is one with a tool call that does not parse.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import urllib.error
 import urllib.request
@@ -195,7 +199,7 @@ class Synthesizer:
         if teacher is None:
             found = [self._gold(t) for t in track(tasks, description="gold conversations", transient=True)]
         elif teacher.startswith(("http://", "https://")):
-            found = [self._endpoint(t) for t in track(tasks, description=f"teacher {teacher}", transient=True)]
+            found = asyncio.run(self._endpoint(tasks))
         else:
             found = self._local_teacher(tasks)
         return dedupe(r for r in found if r is not None)
@@ -251,25 +255,106 @@ class Synthesizer:
         return [self._record(g.task, t, worker.renderer.format, f"teacher:{synth.teacher}")
                 for g in groups for t in g.trajectories]
 
-    def _endpoint(self, task: Task) -> dict[str, Any] | None:
+    async def _endpoint(self, tasks: list[Task]) -> list[dict[str, Any] | None]:
+        """`synth.samples` conversations per task with the endpoint, `synth.concurrency` at a time."""
+        from rich.progress import Progress
+
         synth = self.cfg.synth
+        client = EndpointClient(synth.teacher, api_key=os.environ.get(synth.api_key_env) or None,
+                                retries=synth.retries)
+        limit = asyncio.Semaphore(synth.concurrency)
+        with Progress(transient=True) as progress:
+            bar = progress.add_task(f"teacher {synth.teacher}", total=len(tasks) * synth.samples)
 
-        async def turns() -> list[str]:
-            messages = await endpoint_conversation(task, self.env, synth.teacher, synth.teacher_model,
-                                                   self.cfg.rollout.max_turns, synth.temperature)
-            return openai_turns(messages, self.renderer.format)
+            async def one(task: Task) -> dict[str, Any] | None:
+                async with limit:
+                    messages = await endpoint_conversation(task, self.env, client, synth.teacher_model,
+                                                           self.cfg.rollout.max_turns, synth.temperature)
+                turns = openai_turns(messages, self.renderer.format)
+                trajectory = await replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer)
+                progress.advance(bar)
+                return self._record(task, trajectory, self.renderer.format, f"endpoint:{synth.teacher_model}")
 
-        return self._scripted(task, turns(), f"endpoint:{synth.teacher_model}")
+            return await asyncio.gather(*(one(t) for t in tasks for _ in range(synth.samples)))
 
 
-async def endpoint_conversation(task: Task, env_cls, url: str, model: str, max_turns: int,
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+class EndpointError(RuntimeError):
+    """The teacher endpoint failed for good (after its retries) or answered something that is not a chat
+    completion; the message names the task."""
+
+
+class EndpointClient:
+    """POSTs chat completions to an OpenAI-compatible server: a bearer token when given, and retries with
+    exponential backoff (honouring Retry-After) on 408/429/5xx answers and refused connections."""
+
+    def __init__(self, url: str, api_key: str | None = None, retries: int = 4, backoff_s: float = 0.5,
+                 timeout_s: float = 300.0):
+        self.url, self.api_key, self.retries = url.rstrip("/") + "/chat/completions", api_key, retries
+        self.backoff_s, self.timeout_s = backoff_s, timeout_s
+
+    async def chat(self, body: dict[str, Any], task_id: str) -> dict[str, Any]:
+        """The reply's message (content, tool_calls) for the conversation of task `task_id`."""
+        for attempt in range(self.retries + 1):
+            try:
+                answer = await asyncio.to_thread(self._post, body)
+                break
+            except _Retry as e:
+                if attempt == self.retries:
+                    raise EndpointError(f"teacher endpoint {self.url}, task {task_id}: {e.reason}, still after "
+                                        f"{self.retries + 1} attempts") from None
+                await asyncio.sleep(e.retry_after_s if e.retry_after_s is not None else self.backoff_s * 2 ** attempt)
+        try:
+            message = answer["choices"][0]["message"]
+            for call in message.get("tool_calls") or []:
+                if not isinstance(call["function"]["name"], str):
+                    raise TypeError("a tool call without a name")
+                if not isinstance(tool_arguments(call["function"]["arguments"]), dict):
+                    raise TypeError("tool call arguments that are not a JSON object")
+        except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
+            raise EndpointError(f"teacher endpoint {self.url}, task {task_id}: a malformed chat completion "
+                                f"({type(e).__name__}: {e}): {json.dumps(answer)[:300]}") from None
+        return message
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                text = response.read()
+        except urllib.error.HTTPError as e:
+            status = f"HTTP {e.code} {e.read()[:300].decode(errors='replace')}".strip()
+            if e.code in RETRY_STATUS:
+                after = e.headers.get("Retry-After")
+                raise _Retry(status, float(after) if after and after.isdigit() else None) from None
+            raise EndpointError(f"teacher endpoint {self.url}: {status}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}", None) from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return {"not JSON": text[:300].decode(errors="replace")}
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after_s: float | None):
+        super().__init__(reason)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
+async def endpoint_conversation(task: Task, env_cls, client: EndpointClient, model: str, max_turns: int,
                                 temperature: float) -> list[Message]:
     """A conversation with an OpenAI-compatible chat endpoint, its tool calls executed by a fresh env."""
     env = env_cls(task)
     try:
         messages, tools = env.reset()
         for _ in range(max_turns):
-            reply = _chat(url, {"model": model, "messages": messages, "tools": tools, "temperature": temperature})
+            reply = await client.chat({"model": model, "messages": messages, "tools": tools,
+                                       "temperature": temperature}, task.id)
             calls = reply.get("tool_calls") or []
             messages.append({"role": "assistant", "content": reply.get("content") or "",
                              **({"tool_calls": calls} if calls else {})})
@@ -288,16 +373,6 @@ async def endpoint_conversation(task: Task, env_cls, url: str, model: str, max_t
         return messages
     finally:
         env.close()
-
-
-def _chat(url: str, body: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
-    request = urllib.request.Request(url.rstrip("/") + "/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read())["choices"][0]["message"]
-    except (urllib.error.URLError, KeyError, IndexError, json.JSONDecodeError) as e:
-        raise RuntimeError(f"teacher endpoint {url}: {type(e).__name__}: {e}") from None
 
 
 def dedupe(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
