@@ -141,7 +141,9 @@ def _rollout_backend(cfg: Config, learner: Learner) -> RolloutBackend:
         return RayRollouts(cfg)
     from rlvr.rollout.workers import LocalRollouts, RolloutWorker
 
-    return LocalRollouts(RolloutWorker(cfg, model=learner.model if cfg.rollout.engine != "vllm" else None))
+    # a 4-bit learner's model is not one the engines serve: they load the unquantised base and take adapters
+    shared = cfg.rollout.engine != "vllm" and cfg.model.quantization == "none"
+    return LocalRollouts(RolloutWorker(cfg, model=learner.model if shared else None))
 
 
 def _data_source(cfg: Config) -> RolloutSource:

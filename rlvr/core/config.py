@@ -36,6 +36,9 @@ class ModelConfig(_Section):
     name: str = "smollm2-135m-instruct"  # built-in offline name, local directory, or hub id
     init_adapter: str | None = None  # a PEFT adapter dir to start the policy from (e.g. the SFT result)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    # 4bit: QLoRA, the learner's frozen base in NF4 with double quantisation (bitsandbytes, CUDA or CPU),
+    # LoRA and compute in bf16 where the hardware has it; rollout engines serve the unquantised base + adapter
+    quantization: Literal["none", "4bit"] = "none"
 
 
 class TaskColumns(_Section):
@@ -332,11 +335,12 @@ AUTO_TIS_CAP = 2.0  # verl's rollout_is_threshold
 def effective_tis_cap(cfg: Config) -> float | None:
     """The TIS cap the learner uses: `algorithm.tis_cap` when set (0 = off), else 2.0 when the rollouts are
     off-policy (they overlap learner steps, ray.max_staleness >= 1, or come from vLLM, whose kernels and
-    precision differ from the learner's), else None."""
+    precision differ from the learner's, or from the unquantised base while the learner's is 4-bit), else None."""
     cap = cfg.algorithm.tis_cap
     if cap is not None:
         return cap or None
-    return AUTO_TIS_CAP if cfg.ray.max_staleness >= 1 or cfg.rollout.engine == "vllm" else None
+    off_policy = cfg.ray.max_staleness >= 1 or cfg.rollout.engine == "vllm" or cfg.model.quantization != "none"
+    return AUTO_TIS_CAP if off_policy else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -161,8 +161,8 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
     from rlvr.run import Run
     from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, preference_objective
     from rlvr.training.checkpoint import save_adapter
-    from rlvr.training.learner import Learner, make_micro_batch, resolve_device, use_bf16
-    from rlvr.training.models import add_lora, load_model, load_tokenizer
+    from rlvr.training.learner import Learner, load_policy, make_micro_batch
+    from rlvr.training.models import load_tokenizer
 
     source: dict[str, Any] = {}
     if pairs is not None:
@@ -177,12 +177,8 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
     if cfg.dpo.credit == "first_divergence":
         pairs = [first_divergence(p) for p in pairs]
     run = Run(cfg.model_copy(update={"name": f"{cfg.name}-dpo"}))
-    device = resolve_device(cfg.learner.device)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = add_lora(load_model(cfg.model.name, dtype=torch.bfloat16 if use_bf16(cfg.learner.precision, device)
-                                else torch.float32, device=device), cfg.model.lora, cfg.model.init_adapter,
-                     reference=True)
+    model = load_policy(cfg, reference=True)
+    device = next(model.parameters()).device
     per_epoch = -(-len(pairs) // cfg.dpo.batch_size)
     total = math.ceil(cfg.dpo.epochs * per_epoch)
     learner_cfg = cfg.learner.model_copy(update=dict(  # TRL's DPO defaults, LoRA's learning rate

@@ -114,15 +114,14 @@ def as_trajectory(number: int, row: dict[str, list[int]]) -> Trajectory:
 
 def sft(cfg: Config):
     """Fine-tune, save the adapter into a run folder `<output_dir>/<name>-sft-<time>/adapter`; returns the Run."""
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from rlvr.core.contract import Batch
     from rlvr.run import Run
     from rlvr.training.algorithms import ObjectiveSpec, nll_objective
     from rlvr.training.checkpoint import save_adapter
-    from rlvr.training.learner import Learner, resolve_device, use_bf16
-    from rlvr.training.models import add_lora, load_model, load_tokenizer
+    from rlvr.training.learner import Learner, load_policy
+    from rlvr.training.models import load_tokenizer
 
     renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
     examples = [as_trajectory(i, row) for i, row in enumerate(training_rows(cfg, renderer))]  # bad data fails first
@@ -130,11 +129,7 @@ def sft(cfg: Config):
         raise ConfigError(f"sft.data: {cfg.sft.data} has no assistant turn that fits in sft.max_length")
     run = Run(cfg.model_copy(update={"name": f"{cfg.name}-sft"}))
     sft_cfg = cfg.sft
-    device = resolve_device(cfg.learner.device)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the LoRA initialisation
-    model = add_lora(load_model(cfg.model.name, dtype=torch.bfloat16 if use_bf16(cfg.learner.precision, device)
-                                else torch.float32, device=device), cfg.model.lora, cfg.model.init_adapter)
+    model = load_policy(cfg)
     per_epoch = -(-len(examples) // sft_cfg.batch_size)
     total = math.ceil(sft_cfg.epochs * per_epoch)
     learner_cfg = cfg.learner.model_copy(update=dict(  # TRL's SFT defaults

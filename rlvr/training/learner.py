@@ -587,19 +587,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_learner(cfg: Config) -> Learner:
-    """Load the base model, attach the LoRA adapter, and wrap both in a Learner."""
+def load_policy(cfg: Config, reference: bool = False):
+    """The learner's model: the base (model.quantization) with the trainable LoRA adapter, fresh or
+    model.init_adapter, and with `reference` the starting adapter's frozen copy (REFERENCE_ADAPTER)."""
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the LoRA initialisation: the same config builds the same starting policy
     device = resolve_device(cfg.learner.device)
     # frozen base weights in the compute dtype (half the memory, no per-step casts); LoRA stays float32
     dtype = torch.bfloat16 if use_bf16(cfg.learner.precision, device) else torch.float32
+    base = load_model(cfg.model.name, dtype=dtype, device=device, quantization=cfg.model.quantization)
+    return add_lora(base, cfg.model.lora, cfg.model.init_adapter, reference=reference)
+
+
+def build_learner(cfg: Config) -> Learner:
+    """Load the base model, attach the LoRA adapter, and wrap both in a Learner."""
     algo = cfg.algorithm
     # the KL reference after an SFT start is the starting policy (a frozen copy of the init adapter), unless
     # algorithm.reference=base; without init_adapter or KL term there is nothing to load
-    reference = algo.beta > 0 and algo.reference == "start"
-    model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora, cfg.model.init_adapter,
-                     reference=reference)
+    model = load_policy(cfg, reference=algo.beta > 0 and algo.reference == "start")
     spec = ObjectiveSpec(loss=algo.loss, aggregation=algo.aggregation, clip_low=algo.clip_low,
                          clip_high=algo.clip_high, beta=algo.beta, kl_estimator=algo.kl_estimator,
                          tis_cap=effective_tis_cap(cfg), dual_clip=algo.dual_clip)

@@ -169,12 +169,32 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """The base model in `dtype` on `device`, in eval mode (no dropout in log-prob passes)."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               quantization: str = "none"):
+    """The base model in `dtype` on `device`, in eval mode (no dropout in log-prob passes). With quantization
+    "4bit" its linear layers are NF4 with double quantisation, computing in `dtype` (QLoRA; bitsandbytes);
+    the embeddings and LM head stay in `dtype`."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype)
-    return model.to(device).eval()
+    if quantization == "none":
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype).to(device).eval()
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError("model.quantization=4bit needs bitsandbytes: pip install 'rlvr[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=dtype, quantization_config=config,
+                                                 device_map={"": str(device)})
+    for module in model.modules():
+        # bitsandbytes' CPU fast path repacks a layer's weights at its first no-grad forward in eval mode (the
+        # learner's old-policy and reference passes), and later backward passes through the repacked
+        # weights are wrong (LoRA gradients off by 117% on tiny-random-llama, tests/test_qlora.py)
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model.eval()
 
 
 REFERENCE_ADAPTER = "reference"  # the frozen copy of the starting adapter that serves as the KL reference
