@@ -65,6 +65,9 @@ class ToolEnv:
     system_prompt: str | None = None
     # the env's success test (weight > 0) and logged metrics (weight 0), used when a run names no rewards
     rewards: ClassVar[dict[str, float]] = {"numeric_answer": 1.0, "tool_call_validity": 0.0}
+    # how the calls of one assistant turn run: concurrently (stateless tools), or one after another in the
+    # order written, for envs whose tools change state (concurrent calls on a shared state race)
+    sequential_calls: ClassVar[bool] = False
 
     def __init__(self, task: Task, seed: int = 0, tool_timeout_s: float = 10.0):
         self.task = task
@@ -136,18 +139,29 @@ class ToolEnv:
         return self.messages(), self.tool_schemas()
 
     async def step(self, calls: list[ToolCall]) -> StepResult:
-        """Execute the calls concurrently; each is bounded by the per-call timeout."""
-        anchor = self.state_key()
-        for call in calls:
-            call.anchor = anchor
-        await asyncio.gather(*(self._execute(c) for c in calls))
-        for call in calls:
-            self._history.append((call.name, call.arguments, call.result))
-            if call.error is None:
-                progress = self.call_progress(call)
-                if progress is not None:
-                    call.scores["progress"] = float(progress)
+        """Execute the calls, each bounded by the per-call timeout: concurrently, all anchored to the state
+        before the step, or, with `sequential_calls`, one after another, each anchored to (and scored
+        against) the state the previous one left."""
+        if self.sequential_calls:
+            for call in calls:
+                call.anchor = self.state_key()
+                await self._execute(call)
+                self._record(call)
+        else:
+            anchor = self.state_key()
+            for call in calls:
+                call.anchor = anchor
+            await asyncio.gather(*(self._execute(c) for c in calls))
+            for call in calls:
+                self._record(call)
         return StepResult(calls=calls, done=self.done)
+
+    def _record(self, call: ToolCall) -> None:
+        self._history.append((call.name, call.arguments, call.result))
+        if call.error is None:
+            progress = self.call_progress(call)
+            if progress is not None:
+                call.scores["progress"] = float(progress)
 
     @property
     def done(self) -> bool:
@@ -179,7 +193,7 @@ async def run_tool(call: ToolCall, run: Callable[[], Any], timeout_s: float,
     loop = asyncio.get_running_loop()
     try:
         value = await asyncio.wait_for(loop.run_in_executor(_TOOL_THREADS, run), timeout_s)
-        call.result = value if isinstance(value, str) else str(value)
+        call.result = tool_text(value)
     except asyncio.TimeoutError:
         call.error = ToolCallError.timeout
         call.result = f"{call.name} timed out after {timeout_s:g} s"
@@ -188,6 +202,17 @@ async def run_tool(call: ToolCall, run: Callable[[], Any], timeout_s: float,
         call.result = (describe_failure(call, e) if describe_failure
                        else f"{call.name} failed: {type(e).__name__}: {e}")
     call.latency_s = time.perf_counter() - start
+
+
+def tool_text(value: Any) -> str:
+    """What the model reads of a tool's return value: a string as it is, anything JSON can hold (dicts,
+    lists, numbers, None) as JSON, anything else as str()."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 @functools.cache

@@ -51,7 +51,9 @@ def synth(config: str = typer.Argument(..., help="YAML run config (env, rewards,
         tasks = synthesizer.tasks()
         records = synthesizer.run(tasks)
     write_jsonl(out, records)
-    typer.echo(f"{len(records)} conversations from {len(tasks)} tasks -> {out}")
+    for task_id, why in synthesizer.skipped:
+        typer.echo(f"skipped {task_id}: {why}")
+    typer.echo(f"{len(records)} conversations from {len(tasks)} tasks -> {out} ({len(synthesizer.skipped)} skipped)")
 
 
 @app.command("sft")

@@ -28,8 +28,10 @@ def _config(*overrides):
 
 def test_gold_conversations_are_scored_and_written_as_openai_tool_calls():
     tasks = calculator_tasks(4)
-    records = Synthesizer(_config()).run(tasks + tasks[:1])  # a repeated task: deduplicated
+    synthesizer = Synthesizer(_config())
+    records = synthesizer.run(tasks + tasks[:1])  # a repeated task: deduplicated, and said so
     assert [r["task_id"] for r in records] == [t.id for t in tasks]
+    assert synthesizer.skipped == [(tasks[0].id, "repeats a conversation kept for the same task")]
     first = records[0]
     assert first["source"] == "gold" and first["reward"] == 1.0 and first["tools"][0]["function"]["name"] == "calculate"
     roles = [m["role"] for m in first["messages"]]
@@ -97,7 +99,9 @@ def test_restraint_needs_an_env_with_tasks_that_need_no_tool():
 
 def test_a_conversation_whose_reward_fails_the_threshold_is_dropped():
     task = calculator_tasks(1)[0].model_copy(update={"answer": -1})  # the gold calls reach another number
-    assert Synthesizer(_config()).run([task]) == []
+    synthesizer = Synthesizer(_config())
+    assert synthesizer.run([task]) == []
+    assert synthesizer.skipped == [(task.id, "reward 0 is below synth.threshold=1")]
 
 
 def test_the_loss_mask_covers_exactly_what_a_rollout_samples(renderer):

@@ -8,7 +8,7 @@ import json
 from typing import Any, Callable
 
 from rlvr.core.contract import Task, ToolCall
-from rlvr.envs.base import StepResult, ToolEnv, tool
+from rlvr.envs.base import ToolEnv, tool
 from rlvr.envs.support_desk.backend import (POLICIES, STATE_CHANGING_TOOLS, PolicyViolation,
                                             differing_records, generate_db, orders_of, paid_and_refunded,
                                             snapshot, to_cents, to_dollars, transactions_of)
@@ -18,6 +18,7 @@ class SupportDeskEnv(ToolEnv):
     """A customer's request against a policy-enforcing backend; success = the records the gold calls leave."""
 
     name = "support_desk"
+    sequential_calls = True  # the tools change the records: each call sees the state the previous left
     system_prompt = (
         "You are a customer-support agent for an online shop. Help the customer who wrote in, using the "
         "tools. Look the customer up by their email first, and check orders and transactions before "
@@ -202,12 +203,6 @@ class SupportDeskEnv(ToolEnv):
         return message
 
     # -- the interface -------------------------------------------------------------------------------
-
-    async def step(self, calls: list[ToolCall]) -> StepResult:
-        """Run the calls one after another: each sees (and is anchored to) the state the previous left."""
-        for call in calls:
-            await super().step([call])
-        return StepResult(calls=calls, done=self.done)
 
     def final_state(self) -> dict[str, Any]:
         return {"db": snapshot(self.db), "policy_violations": copy.deepcopy(self.policy_violations)}

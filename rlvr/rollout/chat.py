@@ -399,3 +399,29 @@ def _turn_end_id(tokenizer) -> int:
     if not tail:
         raise ValueError("cannot find the end-of-turn token of the chat template")
     return tail[0]
+
+
+def check_prompts_fit(cfg, env_cls, tasks: list, what: str) -> None:
+    """Raise ConfigError naming the first task whose opening prompt, tool schemas included, leaves no room
+    for an answer in the model's context (its max_position_embeddings): before any model loads, rather
+    than a truncation warning in the middle of a run."""
+    from transformers import AutoConfig
+
+    from rlvr.core.config import ConfigError
+    from rlvr.training.models import load_tokenizer, resolve_model
+
+    limit = getattr(AutoConfig.from_pretrained(resolve_model(cfg.model.name)), "max_position_embeddings", None)
+    if not limit:
+        return
+    renderer = ChatRenderer(load_tokenizer(cfg.model.name), cfg.rollout.tool_format)
+    for task in tasks:
+        env = env_cls(task)
+        try:
+            messages, tools = env.reset()
+        finally:
+            env.close()
+        length = len(renderer.prompt_ids(messages, tools))
+        if length >= limit:
+            raise ConfigError(f"{what}: task {task.id}'s opening prompt with its {len(tools)} tool schemas is "
+                              f"{length} tokens; {cfg.model.name} holds {limit} positions, so nothing is left "
+                              "to answer in (shorten the prompt or the tools, or use a longer-context model)")

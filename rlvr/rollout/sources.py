@@ -59,6 +59,7 @@ class EnvSource:
         """`backend` builds the workers once the learner exists (in-process they may share its model)."""
         from rlvr.core.plugins import PluginError
         from rlvr.core.tasks import TaskSampler, env_tasks, load_tasks
+        from rlvr.rollout.chat import check_prompts_fit
         from rlvr.envs.registry import load_env
         from rlvr.rewards.scoring import Scorer
 
@@ -72,6 +73,8 @@ class EnvSource:
                              if cfg.eval.every else [])
         except (PluginError, ValueError, TypeError, NotImplementedError) as e:
             raise ConfigError(str(e)) from None
+        check_prompts_fit(cfg, self.env, tasks, "data.source")
+        check_prompts_fit(cfg, self.env, self.held_out, "eval")
         self.sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
         self.sleep = _engines_share_the_learner_gpu(cfg)
         if self.sleep and cfg.ray.max_staleness:

@@ -29,8 +29,11 @@ def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples
                     transcripts: str | Path | None = None, label: str = "policy") -> dict[str, Any]:
     """The metrics of the base model with `adapter` (None: the base model alone) on `tasks`; with `transcripts`,
     every trajectory is appended to that JSON-lines file under `label`, to read what went wrong."""
+    from rlvr.envs.registry import load_env
+    from rlvr.rollout.chat import check_prompts_fit
     from rlvr.rollout.workers import RolloutWorker
 
+    check_prompts_fit(cfg, load_env(cfg.env.name), tasks, "eval")
     policy = cfg.model_copy(deep=True)
     policy.model.init_adapter = adapter
     worker = RolloutWorker(policy)

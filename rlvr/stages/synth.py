@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+from collections import Counter
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Iterable
@@ -195,6 +196,8 @@ class Synthesizer:
                          synth.restraint)
 
     def run(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """The kept conversations; `self.skipped` lists (task id, why) for every one that was not kept."""
+        self.skipped: list[tuple[str, str]] = []
         teacher = self.cfg.synth.teacher
         if teacher is None:
             found = [self._gold(t) for t in track(tasks, description="gold conversations", transient=True)]
@@ -202,20 +205,31 @@ class Synthesizer:
             found = asyncio.run(self._endpoint(tasks))
         else:
             found = self._local_teacher(tasks)
-        return dedupe(r for r in found if r is not None)
+        kept = dedupe(r for r in found if r is not None)
+        repeated = Counter(r["task_id"] for r in found if r is not None) - Counter(r["task_id"] for r in kept)
+        self.skipped += [(task_id, "repeats a conversation kept for the same task")
+                         for task_id, n in repeated.items() for _ in range(n)]
+        return kept
 
     def _record(self, task: Task, trajectory: Trajectory | None, format: str, source: str) -> dict[str, Any] | None:
-        if trajectory is None or trajectory.reward is None or trajectory.reward < self.cfg.synth.threshold:
-            return None
+        threshold = self.cfg.synth.threshold
+        if trajectory is None or trajectory.reward is None:
+            return self._skip(task, "a reward failed on it (rewards.on_error dropped it)")
+        if trajectory.reward < threshold:
+            return self._skip(task, f"reward {trajectory.reward:.3g} is below synth.threshold={threshold:g}")
         env = self.env(task)
         try:
             messages, tools = to_openai(trajectory, format, env.tool_names), env.tool_schemas()
         finally:
             env.close()
         if messages is None:
-            return None
+            return self._skip(task, "a tool call in it does not parse")
         return {"id": trajectory.id, "task_id": task.id, "env": task.env, "source": source,
                 "reward": trajectory.reward, "messages": messages, "tools": tools}
+
+    def _skip(self, task: Task, why: str) -> None:
+        self.skipped.append((task.id, why))
+        return None
 
     def _gold(self, task: Task) -> dict[str, Any] | None:
         if not task.gold_calls:

@@ -1,0 +1,89 @@
+"""Mistakes caught early: tool results that are data become JSON, stateful envs run a turn's calls in order,
+and a prompt that does not fit the model's context stops `rlvr train` and `rlvr eval` before any model loads."""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from rlvr.core.config import ConfigError, load_config
+from rlvr.core.contract import Task, ToolCall
+from rlvr.envs.base import ToolEnv, tool
+from rlvr.envs.calculator import calculator_tasks
+
+
+class _Inventory(ToolEnv):
+    name = "inventory_test"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.items, self.running, self.overlaps = {"apples": 1}, 0, 0
+        self.lock = threading.Lock()
+
+    @tool
+    def add(self, item: str) -> dict:
+        """Add one item.
+
+        Args:
+            item: its name
+        """
+        with self.lock:
+            self.running += 1
+            self.overlaps += self.running > 1
+        time.sleep(0.05)
+        self.items[item] = self.items.get(item, 0) + 1
+        with self.lock:
+            self.running -= 1
+        return {"item": item, "count": self.items[item], "note": "ünïcode"}
+
+    def state_key(self) -> str:
+        return json.dumps(self.items, sort_keys=True)
+
+
+def _step(env_cls, n=3):
+    env = env_cls(Task(id="t", env="inventory_test", prompt="?"))
+    calls = [ToolCall(name="add", arguments={"item": "apples"}, raw="x") for _ in range(n)]
+    asyncio.run(env.step(calls))
+    return env, calls
+
+
+def test_tool_results_that_are_data_become_json():
+    _, [call] = _step(_Inventory, 1)
+    assert json.loads(call.result) == {"item": "apples", "count": 2, "note": "ünïcode"}
+
+
+def test_concurrent_by_default_sequential_for_envs_with_state():
+    env, calls = _step(_Inventory)
+    assert env.overlaps > 0 and len({c.anchor for c in calls}) == 1  # all anchored to the state before the step
+
+    class Sequential(_Inventory):
+        sequential_calls = True
+
+    env, calls = _step(Sequential)
+    assert env.overlaps == 0 and [json.loads(c.result)["count"] for c in calls] == [2, 3, 4]
+    assert [json.loads(c.anchor)["apples"] for c in calls] == [1, 2, 3]  # each sees the previous call's state
+
+
+def test_support_desk_runs_a_turns_calls_in_order():
+    from rlvr.envs.support_desk.env import SupportDeskEnv
+
+    assert SupportDeskEnv.sequential_calls and not ToolEnv.sequential_calls
+
+
+def test_a_prompt_over_the_context_stops_train_and_eval_before_a_model_loads(tmp_path):
+    from rlvr.loop import train
+    from rlvr.stages.evaluate import evaluate_policy
+
+    long = calculator_tasks(1)[0].model_copy(update={"id": "too-long", "prompt": "How many? " * 3000})
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(t.model_dump_json() for t in [*calculator_tasks(2), long]) + "\n")
+    cfg = load_config(None, ["model.name=tiny-random-llama", "logging.wandb=disabled", f"output_dir={tmp_path}",
+                             f"data.source={tasks}", "steps=1", "eval.every=0"])
+    with pytest.raises(ConfigError, match=r"data.source: task too-long's opening prompt with its 1 tool schemas is "
+                                          r"\d+ tokens; tiny-random-llama holds 4096 positions"):
+        train(cfg)
+    assert not list(tmp_path.glob("*/adapter"))
+    with pytest.raises(ConfigError, match="eval: task too-long's opening prompt"):
+        evaluate_policy(cfg, [long], adapter=None)
