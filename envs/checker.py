@@ -9,7 +9,9 @@ two envs built with the same seed behave identically; a call built from each too
 (not rejected as bad arguments: schema and signature agree); unknown tools, missing, extra and
 wrongly-typed arguments and unparsable garbage come back as error results of the right kind instead
 of exceptions; every step finishes within the per-call timeout; the final state is JSON; the state
-key is a string; next_messages returns messages; close works. An env class with a `diagnostics()`
+key is a string; next_messages returns messages; close works; two instances share no state (calls in one
+leave the other's final state alone); tools return strings or JSON data; the task's gold calls, if any,
+replay without errors and pass the env's default rewards. An env class with a `diagnostics()`
 classmethod (e.g. the python env: which sandbox layers are active) has its lines printed as `info`.
 """
 
@@ -100,10 +102,14 @@ async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int 
             expect(names == env.tool_names, "schemas name exactly the env's tools",
                    f"schemas {sorted(names)} vs tools {sorted(env.tool_names)}")
         calls_per_tool = [_valid_call(schema) for schema in tools if _schema_ok(schema)]
-        results = []
-        for env in envs:
-            results.append(await _step(env, [c.model_copy(deep=True) for c in calls_per_tool], expect,
-                                       "valid calls", tool_timeout_s))
+        _check_returns(envs[0], calls_per_tool, expect)
+        untouched = _state(envs[1])
+        results = [await _step(envs[0], [c.model_copy(deep=True) for c in calls_per_tool], expect, "valid calls",
+                               tool_timeout_s)]
+        expect(_state(envs[1]) == untouched, "two env instances share no state",
+               "calls made in one changed the other's final_state(): keep state on the instance, not the class")
+        results.append(await _step(envs[1], [c.model_copy(deep=True) for c in calls_per_tool], expect,
+                                   "valid calls", tool_timeout_s))
         if results[0] is not None and results[1] is not None:
             for call in results[0]:
                 expect(call.error != ToolCallError.bad_arguments, f"schema-built call to {call.name} is accepted",
@@ -124,7 +130,76 @@ async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int 
                 env.close()
             except Exception as e:
                 expect(False, "close() runs", f"{type(e).__name__}: {e}")
+    if task.gold_calls:
+        await _check_gold(env_cls, task, seed, tool_timeout_s, expect)
     return report
+
+
+def _state(env: ToolEnv) -> str:
+    try:
+        return json.dumps(env.final_state(), sort_keys=True, default=str)
+    except Exception as e:  # reported by _check_after
+        return f"{type(e).__name__}"
+
+
+def _check_returns(env: ToolEnv, calls: list[ToolCall], expect) -> None:
+    """Each @tool method returns a string or something JSON can hold (called directly, on a scratch env)."""
+    scratch = type(env)(env.task, seed=env.seed, tool_timeout_s=env.tool_timeout_s)
+    try:
+        for call in calls:
+            fn = scratch._tools.get(call.name or "")
+            if fn is None:
+                continue  # tools given as schemas (task.tools)
+            try:
+                value = fn(**call.arguments)
+            except Exception:
+                continue  # an error answer is checked elsewhere
+            try:
+                ok = isinstance(value, str) or json.dumps(value) is not None
+            except (TypeError, ValueError):
+                ok = False
+            expect(ok, "tools return strings or JSON data",
+                   f"{call.name} returned {type(value).__name__}: the model would read its str(), {str(value)!r:.80}")
+    finally:
+        scratch.close()
+
+
+async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: float, expect) -> None:
+    """The task's gold calls, replayed turn by turn on a fresh env and answered with the last result (as
+    `rlvr synth` does), pass the env's default rewards."""
+    from rlvr.core.contract import Trajectory
+    from rlvr.rewards.scoring import Scorer
+
+    env = env_cls(task, seed=seed, tool_timeout_s=timeout_s)
+    try:
+        env.reset()
+        made: list[ToolCall] = []
+        answer = ""
+        for i, gold in enumerate(task.gold_calls):
+            [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)",
+                                               turn=gold.get("turn", 0))])).calls
+            made.append(call)
+            last = i == len(task.gold_calls) - 1
+            if last or task.gold_calls[i + 1].get("turn", 0) != gold.get("turn", 0):
+                answer = f"The answer is {call.result}." if task.answer is not None else "Done."
+                env.next_messages(answer)
+        failed = [c for c in made if c.error is not None]
+        if not expect(not failed, "gold calls run without errors",
+                      "; ".join(f"{c.name}: {c.result!r:.80}" for c in failed)):
+            return
+        trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0],
+                                completion_ids=[0], loss_mask=[1], logprobs=[0.0], tool_calls=made,
+                                final_answer=answer, final_state=env.final_state())
+        scorer = Scorer.from_specs(env_cls.rewards)
+        scored = await scorer.score(trajectory, task)
+        passing = [term.name for term in scorer.terms if term.weight > 0]
+        components = scored.reward_components if scored is not None else {}
+        expect(all(components.get(name, 0.0) >= 1.0 for name in passing), "gold calls score a pass",
+               f"with the env's rewards {components}")
+    except Exception as e:
+        expect(False, "gold calls replay", f"{type(e).__name__}: {e}")
+    finally:
+        env.close()
 
 
 def _is_message(m: Any) -> bool:

@@ -56,6 +56,43 @@ class Noisy(Counter):
 
 class NoTasks(ToolEnv):
     name = "no_tasks"
+
+
+SHARED = {"count": 0}
+
+
+class SharedState(Counter):
+    """Keeps its count in a module-level dict: every instance sees every other's calls."""
+    @tool
+    def add(self, amount: int) -> str:
+        """Add to the counter.
+
+        Args:
+            amount: how much to add
+        """
+        SHARED["count"] += amount
+        return str(SHARED["count"])
+
+    def final_state(self):
+        return dict(SHARED)
+
+
+class ReturnsObject(Counter):
+    @tool
+    def add(self, amount: int) -> object:
+        """Add to the counter.
+
+        Args:
+            amount: how much to add
+        """
+        return object()
+
+
+class WrongGold(Counter):
+    @classmethod
+    def tasks(cls, n, seed=0, split="train"):
+        return [Task(id=f"c{i}", env="counter", prompt="count to 3", answer=3,
+                     gold_calls=[{"name": "add", "arguments": {"amount": 2}}]) for i in range(n)]
 '''
 
 
@@ -100,6 +137,9 @@ def test_checker_passes_the_calculator_and_a_plain_plugin(plugin_module):
     ("StepRaises", "never raises: RuntimeError: backend down"),
     ("Noisy", "reset() is deterministic for a seed"),
     ("NoTasks", "task source gives tasks: NotImplementedError"),
+    ("SharedState", "two env instances share no state: calls made in one changed the other's final_state()"),
+    ("ReturnsObject", "tools return strings or JSON data: add returned object"),
+    ("WrongGold", "gold calls score a pass: with the env's rewards {'numeric_answer': 0.0"),
 ])
 def test_checker_reports_violations(plugin_module, cls, violation):
     report = asyncio.run(check_env(load_env(f"{plugin_module}:{cls}")))
