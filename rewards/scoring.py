@@ -1,6 +1,8 @@
 """Scoring trajectories: several rewards combined with weights, run concurrently, failures never silent.
 
-    reward = sum_r w_r * total_r                 (weight-0 rewards are logged metrics only)
+    reward = sum_r w_r * total_r                 (combine="sum"; weight-0 rewards are logged metrics only)
+    reward = prod_{r: w_r != 0} total_r ** w_r   (combine="product": parts that must all hold, as tau-bench
+                                                  multiplies its checks; a 0/1 part is a gate)
     call credit c_k = mean(call checks_k) + progress_k + sum_r w_r * credit_{r,k}     (docs/credit.md)
 
 Sync rewards run in a thread pool, async ones on the event loop; every reward of every trajectory runs
@@ -57,18 +59,40 @@ class ScoringStats:
     busy_s: float = 0.0  # wall time with at least one trajectory being scored (overlaps generation)
 
 
+def weighted_sum(weights: list[float], totals: list[float]) -> float:
+    return sum(w * t for w, t in zip(weights, totals))
+
+
+def weighted_product(weights: list[float], totals: list[float]) -> float:
+    """prod t ** w over the terms with w != 0; a negative part has no real power and is refused."""
+    value = 1.0
+    for w, t in zip(weights, totals):
+        if w == 0:
+            continue
+        if t < 0:
+            raise ValueError(f"combine=product needs rewards >= 0, got {t}")
+        value *= 0.0 if t == 0 else t ** w
+    return value
+
+
+COMBINE: dict[str, Callable[[list[float], list[float]], float]] = {"sum": weighted_sum, "product": weighted_product}
+
+
 class Scorer:
     """Scores trajectories with weighted reward terms; see the module docstring."""
 
     def __init__(self, terms: list[RewardTerm], *, on_error: Literal["raise", "drop"] = "raise",
-                 timeout_s: float = 60.0, concurrency: int = 256):
+                 timeout_s: float = 60.0, concurrency: int = 256, combine: str = "sum"):
         if not terms:
             raise ValueError("Scorer needs at least one reward")
         if not any(t.weight != 0 for t in terms):
             raise ValueError(f"every reward has weight 0 ({', '.join(t.name for t in terms)}): nothing to learn from")
         if on_error not in ("raise", "drop"):
             raise ValueError(f"on_error must be 'raise' or 'drop', got {on_error!r}")
+        if combine not in COMBINE:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
         self.terms = terms
+        self.combine = combine
         self.on_error = on_error
         self.timeout_s = timeout_s
         self.concurrency = concurrency
@@ -96,8 +120,11 @@ class Scorer:
         specs = specs or [(name, weight, {}) for name, weight in env.rewards.items()]
         if call_cost:
             specs.append(("tool_calls", -call_cost, {}))
+        if call_cost and rewards.combine == "product":
+            raise ValueError("env.conditions.call_cost subtracts a cost per call; rewards.combine=product multiplies "
+                             "parts: use combine=sum, or make the cost a factor of your own reward")
         return cls.from_specs(specs, on_error=rewards.on_error, timeout_s=rewards.timeout_s,
-                              concurrency=rewards.concurrency)
+                              concurrency=rewards.concurrency, combine=rewards.combine)
 
     async def score(self, trajectory: Trajectory, task: Task) -> Trajectory | None:
         """Sets reward, reward_components and per-call scores/credit; None when dropped (on_error=drop)."""
@@ -126,7 +153,7 @@ class Scorer:
             for f in failures:
                 log.warning("dropped: %s", f)
             return None
-        trajectory.reward = sum(term.weight * score.total for term, score in zip(self.terms, results))
+        trajectory.reward = COMBINE[self.combine]([t.weight for t in self.terms], [r.total for r in results])
         components: dict[str, float] = {}
         for term, score in zip(self.terms, results):
             components[term.name] = score.total

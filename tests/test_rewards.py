@@ -160,6 +160,27 @@ def test_weighted_sum_with_metrics_and_components():
     assert traj.reward_components["format/present"] == 1.0 and traj.reward_components["numeric_answer"] == 1.0
 
 
+def test_product_combination_multiplies_the_weighted_parts_and_gates():
+    """tau-bench's way: every part must hold. weight 0 stays a metric; a weight is an exponent."""
+    from rlvr.core.config import load_config
+    from rlvr.envs.calculator import CalculatorEnv
+    from rlvr.rewards.scoring import weighted_product
+
+    assert weighted_product([1.0, 0.0, 2.0], [0.5, 0.0, 0.5]) == pytest.approx(0.125)
+    assert weighted_product([1.0, 1.0], [1.0, 0.0]) == 0.0  # a failed gate zeroes everything
+    with pytest.raises(ValueError, match="combine=product needs rewards >= 0, got -1"):
+        weighted_product([1.0], [-1.0])
+    scorer = Scorer.from_specs({"numeric_answer": 1.0, "format": 1.0, "tool_call_validity": 0.0}, combine="product")
+    right = asyncio.run(scorer.score(_traj("The total is 42.", [ToolCall(raw="{", error=ToolCallError.parse)]), _task(42)))
+    wrong = asyncio.run(scorer.score(_traj("The total is 41."), _task(42)))
+    assert right.reward == 1.0 and wrong.reward == 0.0  # the sum would give 2.0 and 1.0
+    cfg = load_config(None, ["rewards.combine=product"])
+    with pytest.raises(ValueError, match="call_cost subtracts a cost per call; rewards.combine=product multiplies"):
+        Scorer.from_config(cfg.rewards, CalculatorEnv, call_cost=0.05)
+    with pytest.raises(ValueError, match="combine must be one of sum, product"):
+        Scorer.from_specs({"numeric_answer": 1.0}, combine="max")
+
+
 def test_rewards_run_concurrently_sync_and_async():
     in_flight, peak = 0, 0
 

@@ -107,6 +107,8 @@ class RewardSpec(_Section):
 class RewardsConfig(_Section):
     functions: list[RewardSpec] = Field(default_factory=list)  # empty: the env's own success test and metrics
     on_error: Literal["raise", "drop"] = "raise"  # a reward that raises stops the run, or drops the trajectory
+    # sum: sum_r w_r * r; product: prod_r r ** w_r over the weighted rewards (all must hold; 0/1 ones are gates)
+    combine: Literal["sum", "product"] = "sum"
     timeout_s: float = Field(60.0, gt=0.0)
     concurrency: int = Field(256, ge=1)  # reward calls in flight at once
 
