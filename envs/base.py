@@ -15,7 +15,8 @@ each call in a worker thread bounded by a per-call timeout, turns exceptions, ti
 bad arguments into error results the model can read, and never raises on model output.
 
 Optional hooks: `tasks(n, seed, split, **options)` (the env's own task source), `next_messages(answer)`
-(a simulated user that replies to a final answer, for multi-turn conversations), `state_key()` and
+(what replies to a final answer, for multi-turn conversations) or a `user` simulator that sees the whole
+conversation (envs/users.py, awaited without blocking other rollouts), `state_key()` and
 `call_progress(call)` (what per-call credit compares calls by and scores them with, docs/credit.md).
 
 This module imports neither torch nor Ray.
@@ -68,6 +69,10 @@ class ToolEnv:
     # how the calls of one assistant turn run: concurrently (stateless tools), or one after another in the
     # order written, for envs whose tools change state (concurrent calls on a shared state race)
     sequential_calls: ClassVar[bool] = False
+    # a simulated user who answers the agent's final answers (envs/users.py), set per instance from the task;
+    # None: `next_messages` decides. The user speaks at most max_user_turns times (None: until it is done)
+    user: Any = None
+    max_user_turns: ClassVar[int | None] = None
 
     def __init__(self, task: Task, seed: int = 0, tool_timeout_s: float = 10.0):
         self.task = task
@@ -110,6 +115,20 @@ class ToolEnv:
     def next_messages(self, answer: str) -> list[Message]:
         """Messages that answer the model's final answer (e.g. the user's next request); [] ends the episode."""
         return []
+
+    async def user_turn(self, conversation: list[Message], answer: str) -> list[Message]:
+        """What follows the agent's final `answer` ([] ends the episode): the simulated `user`'s next message,
+        which sees the whole `conversation`, while it has turns left; without a user, `next_messages(answer)`."""
+        if self.user is None:
+            return self.next_messages(answer)
+        spoken = getattr(self, "_user_turns", 0)
+        if self.max_user_turns is not None and spoken >= self.max_user_turns:
+            return []
+        text = await self.user.reply(conversation, self.task)
+        if text is None:
+            return []
+        self._user_turns = spoken + 1
+        return [{"role": "user", "content": text}]
 
     def state_key(self) -> str:
         """Identifies the state the next calls are made from; calls of a group made from equal keys are

@@ -11,7 +11,7 @@ wrongly-typed arguments and unparsable garbage come back as error results of the
 of exceptions; every step finishes within the per-call timeout; the final state is JSON; the state
 key is a string; next_messages returns messages; close works; two instances share no state (calls in one
 leave the other's final state alone); tools return strings or JSON data; the task's gold calls, if any,
-replay without errors and pass the env's default rewards. An env class with a `diagnostics()`
+replay without errors and, given a Scorer of the env's rewards (`rlvr envs check` gives one), pass them. An env class with a `diagnostics()`
 classmethod (e.g. the python env: which sandbox layers are active) has its lines printed as `info`.
 """
 
@@ -49,7 +49,9 @@ class CheckReport:
 
 
 async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int = 0,
-                    tool_timeout_s: float = 10.0) -> CheckReport:
+                    tool_timeout_s: float = 10.0, scorer: Any = None) -> CheckReport:
+    """`scorer`: a rlvr.rewards Scorer (the env's default rewards, as `rlvr envs check` passes) that the
+    task's gold calls must pass; without one they need only replay without errors."""
     report = CheckReport(env=env_cls.name or env_cls.__name__)
 
     def expect(condition: bool, what: str, why: str = "") -> bool:
@@ -131,7 +133,7 @@ async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int 
             except Exception as e:
                 expect(False, "close() runs", f"{type(e).__name__}: {e}")
     if task.gold_calls:
-        await _check_gold(env_cls, task, seed, tool_timeout_s, expect)
+        await _check_gold(env_cls, task, seed, tool_timeout_s, scorer, expect)
     return report
 
 
@@ -164,11 +166,10 @@ def _check_returns(env: ToolEnv, calls: list[ToolCall], expect) -> None:
         scratch.close()
 
 
-async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: float, expect) -> None:
+async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: float, scorer, expect) -> None:
     """The task's gold calls, replayed turn by turn on a fresh env and answered with the last result (as
-    `rlvr synth` does), pass the env's default rewards."""
+    `rlvr synth` does), run without errors and pass `scorer`'s rewards."""
     from rlvr.core.contract import Trajectory
-    from rlvr.rewards.scoring import Scorer
 
     env = env_cls(task, seed=seed, tool_timeout_s=timeout_s)
     try:
@@ -185,12 +186,11 @@ async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: 
                 env.next_messages(answer)
         failed = [c for c in made if c.error is not None]
         if not expect(not failed, "gold calls run without errors",
-                      "; ".join(f"{c.name}: {c.result!r:.80}" for c in failed)):
+                      "; ".join(f"{c.name}: {c.result!r:.80}" for c in failed)) or scorer is None:
             return
         trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0],
                                 completion_ids=[0], loss_mask=[1], logprobs=[0.0], tool_calls=made,
                                 final_answer=answer, final_state=env.final_state())
-        scorer = Scorer.from_specs(env_cls.rewards)
         scored = await scorer.score(trajectory, task)
         passing = [term.name for term in scorer.terms if term.weight > 0]
         components = scored.reward_components if scored is not None else {}

@@ -252,12 +252,15 @@ def envs_check(name: str = typer.Argument(..., help="env name, entry point or pa
     from rlvr.envs.registry import load_env
     from rlvr.core.plugins import PluginError
 
+    from rlvr.rewards.scoring import Scorer
+
     try:
         env = load_env(name)
-    except PluginError as e:
+        scorer = Scorer.from_specs(env.rewards)  # the env's default rewards: its gold calls must pass them
+    except (PluginError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    report = asyncio.run(check_env(env, seed=seed, tool_timeout_s=tool_timeout_s))
+    report = asyncio.run(check_env(env, seed=seed, tool_timeout_s=tool_timeout_s, scorer=scorer))
     for line in report.lines():
         typer.echo(line)
     typer.echo(f"{name}: {len(report.passed)} checks passed, {len(report.violations)} violations")

@@ -142,7 +142,10 @@ def test_checker_passes_the_calculator_and_a_plain_plugin(plugin_module):
     ("WrongGold", "gold calls score a pass: with the env's rewards {'numeric_answer': 0.0"),
 ])
 def test_checker_reports_violations(plugin_module, cls, violation):
-    report = asyncio.run(check_env(load_env(f"{plugin_module}:{cls}")))
+    from rlvr.rewards.scoring import Scorer
+
+    env = load_env(f"{plugin_module}:{cls}")
+    report = asyncio.run(check_env(env, scorer=Scorer.from_specs(env.rewards)))
     assert not report.ok and any(violation in v for v in report.violations), report.violations
 
 

@@ -5,7 +5,7 @@ One trajectory:
     repeat up to max_turns:
         sampled = engine.generate(prompt_ids + completion)      -> loss_mask 1, behaviour log-probs
         calls = parse_tool_calls(decode(sampled))
-        no calls -> final answer: stop, unless env.next_messages(answer) brings the user's next turn
+        no calls -> final answer: stop, unless env.user_turn(...) brings the user's next turn
         hit the token budget -> max_tokens
         results = env.step(calls)                                -> each call bounded by its timeout
         completion += template suffix of the tool (or user) messages -> loss_mask 0, log-prob 0.0
@@ -83,7 +83,7 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
                                           for c in calls]
             else:
                 final_answer, finish = content, "stop"
-                replies = env.next_messages(content)  # a simulated user's next request, if any
+                replies = await env.user_turn(messages, content)  # a simulated user's next request, if any
                 if not replies:
                     break
             suffix = renderer.suffix_ids(replies, tools)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rlvr.core.endpoint import tool_arguments
 from rlvr.core.contract import Message, ToolCall, ToolCallError
 
 FORMATS = ("hermes", "llama3", "mistral")
@@ -267,11 +268,6 @@ def rollout_messages(messages: list[Message], format: str) -> list[Message]:
         else:
             out.append({"role": m["role"], "content": m["content"]})
     return out
-
-
-def tool_arguments(raw: Any) -> dict[str, Any]:
-    """An OpenAI tool call's arguments: a JSON string (the API's form) or already a dict."""
-    return json.loads(raw) if isinstance(raw, str) else raw
 
 
 # --------------------------------------------------------------------------------------------------

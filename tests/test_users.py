@@ -1,0 +1,117 @@
+"""Simulated users: the async user turn sees the whole conversation, keeps its turn budget, never blocks other
+rollouts, and its tokens are masked like tool results; an LLM user behind an OpenAI-compatible endpoint."""
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+
+import pytest
+
+from rlvr.core.contract import Task
+from rlvr.core.endpoint import EndpointClient
+from rlvr.envs.calculator import CalculatorEnv
+from rlvr.envs.users import EndpointUser, ScriptedUser
+
+
+class _Chatty(CalculatorEnv):
+    max_user_turns = 2
+
+    def __init__(self, task, seed=0, tool_timeout_s=10.0):
+        super().__init__(task, seed, tool_timeout_s)
+        self.user = ScriptedUser(["And doubled?", "And tripled?", "never said: over budget"])
+
+
+def test_the_user_turn_sees_the_conversation_and_keeps_its_budget():
+    env = _Chatty(Task(id="t", env="calculator", prompt="What is 2 + 2?"))
+    conversation = env.messages() + [{"role": "assistant", "content": "4"}]
+    assert asyncio.run(env.user_turn(conversation, "4")) == [{"role": "user", "content": "And doubled?"}]
+    assert asyncio.run(env.user_turn(conversation, "8")) == [{"role": "user", "content": "And tripled?"}]
+    assert asyncio.run(env.user_turn(conversation, "12")) == []  # max_user_turns spent
+    plain = CalculatorEnv(Task(id="t", env="calculator", prompt="?"))
+    assert asyncio.run(plain.user_turn(conversation, "4")) == []  # no user: next_messages decides
+
+
+def test_user_messages_are_masked_in_a_rollout():
+    from rlvr.core.config import RolloutConfig
+    from rlvr.rollout.agent import rollout_trajectory
+    from rlvr.rollout.chat import ChatRenderer
+    from rlvr.stages.synth import ScriptedEngine
+    from rlvr.training.models import load_tokenizer
+
+    renderer = ChatRenderer(load_tokenizer("tiny-random-llama"))
+    task = Task(id="t", env="calculator", prompt="What is 2 + 2?", answer=12)
+    engine = ScriptedEngine(renderer, ["It is 4.", "It is 8.", "It is 12."])
+    trajectory = asyncio.run(rollout_trajectory(task, 0, engine, renderer, _Chatty, RolloutConfig(max_turns=6)))
+    assert [m["role"] for m in trajectory.messages[1:]] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    sampled = renderer.tokenizer.decode([t for t, m in zip(trajectory.completion_ids, trajectory.loss_mask) if m])
+    context = renderer.tokenizer.decode([t for t, m in zip(trajectory.completion_ids, trajectory.loss_mask) if not m])
+    assert "And doubled?" in context and "And doubled?" not in sampled and "It is 8." in sampled
+    assert trajectory.final_answer == "It is 12."
+
+
+class _UserServer:
+    """An OpenAI-compatible endpoint on 127.0.0.1 playing the user: it asks for 5 more until the agent says 9,
+    then stops; slow on purpose."""
+
+    def __init__(self, delay_s=0.3):
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                outer.requests.append(body)
+                time.sleep(delay_s)
+                done = body["messages"][-1]["content"] == "9."  # the agent's last words, as the user hears them
+                text = "###STOP###" if done else "Please also add 5."
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
+    server = _UserServer()
+    try:
+        user = EndpointUser(EndpointClient(server.url), "user-sim", "You want 2 + 2, then 5 more.", seed=7)
+        task = Task(id="t", env="calculator", prompt="What is 2 + 2?")
+        conversation = [{"role": "system", "content": "Solve."}, {"role": "user", "content": "What is 2 + 2?"},
+                        {"role": "assistant", "content": "<tool_call>...</tool_call>"}, {"role": "tool", "content": "4"},
+                        {"role": "assistant", "content": "It is 4."}]
+
+        async def two_users_and_a_ticker():
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            clock = asyncio.create_task(ticker())
+            replies = await asyncio.gather(user.reply(conversation, task), user.reply(conversation, task))
+            clock.cancel()
+            return replies, ticks
+
+        start = time.perf_counter()
+        replies, ticks = asyncio.run(two_users_and_a_ticker())
+        assert replies == ["Please also add 5.", "Please also add 5."]
+        assert time.perf_counter() - start < 0.55 and ticks > 10  # concurrent, and the loop kept running
+        sent = server.requests[0]
+        assert sent["seed"] == 7 and sent["model"] == "user-sim"
+        assert [m["role"] for m in sent["messages"]] == ["system", "assistant", "user", "user"]
+        assert "You want 2 + 2, then 5 more." in sent["messages"][0]["content"]
+        conversation += [{"role": "user", "content": "Please also add 5."}, {"role": "assistant", "content": "9."}]
+        assert asyncio.run(user.reply(conversation, task)) is None  # the stop phrase ends it
+    finally:
+        server.server.shutdown()
