@@ -21,6 +21,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "final_state": "rlvr.rewards.state:final_state_match",
     "tool_call_validity": "rlvr.rewards.calls:tool_call_validity",
     "tool_calls": "rlvr.rewards.calls:tool_calls",
+    "llm_judge": "rlvr.rewards.judge:llm_judge",
     "policy_compliance": "rlvr.rewards.support_desk:policy_compliance",
     "reasoning_gym": "rlvr.rewards.reasoning_gym:reasoning_gym_score",
     "bfcl": "rlvr.rewards.bfcl:bfcl_score",

@@ -85,6 +85,23 @@ FLOOR_1 = textwrap.dedent("""
             if inspect.isawaitable(value):
                 value = asyncio.run(value)
             scored.add(reward)
+    # the judge needs an endpoint: a one-line OpenAI-compatible server on 127.0.0.1 that always says YES
+    import http.server, json, threading
+    class Yes(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"content": "YES"}}]}).encode()
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Yes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    judged = asyncio.run(load_reward("llm_judge")(trajectory, task, url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                                                  model="judge", rubric="The agent answered."))
+    server.shutdown()
+    assert judged.total == 1.0
+    scored.add("llm_judge")
     assert scored == set(BUILTIN_REWARDS), set(BUILTIN_REWARDS) - scored
     heavy = sorted(m for m in ("torch", "transformers", "ray") if m in sys.modules)
     assert not heavy, f"imported: {heavy}"

@@ -1,0 +1,86 @@
+"""The LLM-judge reward against an OpenAI-compatible endpoint on 127.0.0.1: assertions judged concurrently,
+the share of YES, verdicts as components, and failures that go through rewards.on_error, never a 0."""
+
+import asyncio
+import http.server
+import json
+import threading
+import time
+
+import pytest
+
+from rlvr.core.contract import Task, Trajectory
+from rlvr.rewards.scoring import RewardError, Scorer
+
+
+class _Judge:
+    """Says YES when the assertion's quoted word appears in the conversation; 'MAYBE' for 'unsure'."""
+
+    def __init__(self, delay_s=0.2):
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(handler):  # noqa: N805
+                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+                outer.requests.append(body)
+                time.sleep(delay_s)
+                prompt = body["messages"][-1]["content"]
+                conversation, _, assertion = prompt.partition("\n\nAssertion: ")
+                word = assertion.split("'")[1] if "'" in assertion else ""
+                text = "MAYBE" if "unsure" in assertion else ("YES. It does." if word in conversation else "NO")
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(payload)))
+                handler.end_headers()
+                handler.wfile.write(payload)
+
+            def log_message(handler, *args):  # noqa: N805
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def judge():
+    server = _Judge()
+    yield server
+    server.server.shutdown()
+
+
+def _trajectory():
+    return Trajectory(id="t/0", task_id="t", group_id="t", prompt_ids=[1], completion_ids=[2], loss_mask=[1],
+                      logprobs=[0.0], messages=[{"role": "system", "content": "hidden"},
+                                                {"role": "user", "content": "Cancel my order please."},
+                                                {"role": "assistant", "content": "Shall I cancel order 7? Please confirm."}])
+
+
+def test_assertions_are_judged_concurrently_and_reported(judge, caplog):
+    task = Task(id="t", env="support_desk", prompt="?", metadata={"assertions": [
+        "The agent says 'confirm'", "The agent says 'refund'", "The agent names 'order 7'"]})
+    scorer = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge"})])
+    start = time.perf_counter()
+    with caplog.at_level("INFO", logger="rlvr.rewards.judge"):
+        scored = asyncio.run(scorer.score(_trajectory(), task))
+    assert time.perf_counter() - start < 0.5  # three 0.2 s verdicts side by side
+    assert scored.reward == pytest.approx(2 / 3)
+    assert {k: v for k, v in scored.reward_components.items() if k.startswith("llm_judge/")} == {
+        "llm_judge/assertions": 3.0, "llm_judge/passed": 2.0, "llm_judge/a0": 1.0, "llm_judge/a1": 0.0,
+        "llm_judge/a2": 1.0}
+    sent = judge.requests[0]["messages"][-1]["content"]
+    assert "USER: Cancel my order please." in sent and "hidden" not in sent
+    assert sum("verdict=" in r.message for r in caplog.records) == 3
+
+
+def test_a_rubric_option_and_errors_go_through_on_error(judge):
+    task = Task(id="t", env="support_desk", prompt="?")
+    rubric = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge", "rubric": "Says 'Cancel'"})])
+    assert asyncio.run(rubric.score(_trajectory(), task)).reward == 1.0
+    unsure = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge", "rubric": "unsure"})])
+    with pytest.raises(RewardError, match="neither YES nor NO: 'MAYBE'"):
+        asyncio.run(unsure.score(_trajectory(), task))
+    nothing = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge"})], on_error="drop")
+    assert asyncio.run(nothing.score(_trajectory(), task)) is None and nothing.stats.dropped == 1
+    assert "has no metadata['assertions']" in nothing.stats.errors[0]
