@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from rlvr.core.contract import Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.contract import REJECTED_CALLS, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.rewards.base import Score
 
 CHECKS = ("parsed", "known_tool", "valid_arguments", "executed", "novel")
@@ -46,7 +46,7 @@ def tool_call_validity(trajectory: Trajectory, task: Task) -> Score:
     checks = call_checks(trajectory)
     valid = [c["parsed"] * c["known_tool"] * c["valid_arguments"] for c in checks]
     components = {"calls": float(len(checks))}
-    for kind in (ToolCallError.parse, ToolCallError.unknown_tool, ToolCallError.bad_arguments):
+    for kind in REJECTED_CALLS:
         components[kind.value] = float(sum(c.error == kind for c in trajectory.tool_calls))
     total = sum(valid) / len(valid) if valid else 1.0
     return Score(total=total, components=components, calls=valid)

@@ -7,7 +7,6 @@ import json
 import threading
 import time
 
-import pytest
 
 from rlvr.core.contract import Task
 from rlvr.core.endpoint import EndpointClient

@@ -46,6 +46,10 @@ class ToolCallError(str, Enum):
     transient = "transient"  # the tool failed transiently (a rate limit, an outage): a retry may succeed
 
 
+# the call itself was wrong (as opposed to a tool that failed on a valid call): the env rejected it
+REJECTED_CALLS = (ToolCallError.parse, ToolCallError.unknown_tool, ToolCallError.bad_arguments)
+
+
 class ToolCall(_Strict):
     """One tool call made by the model, as parsed from its output and executed by the environment."""
 

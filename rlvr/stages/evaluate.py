@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.core.config import Config
-from rlvr.core.contract import Task, ToolCallError, Trajectory
+from rlvr.core.contract import REJECTED_CALLS, Task, ToolCallError, Trajectory
 
 
 def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples: int = 1,
@@ -125,7 +125,7 @@ def hallucinated_calls(task: Task, trajectory: Trajectory) -> int:
     rejected (unparseable, an unknown tool, bad arguments)."""
     if task.metadata.get("needs_tool") is False:
         return len(trajectory.tool_calls)
-    return sum(c.error in REJECTED for c in trajectory.tool_calls)
+    return sum(c.error in REJECTED_CALLS for c in trajectory.tool_calls)
 
 
 def _breakdown(groups, rewards: list[str], key) -> dict[str, dict[str, Any]]:
@@ -144,7 +144,6 @@ def _mean(values) -> float:
 COLUMNS = ("success_rate", "tool_call_validity", "format_compliance", "mean_turns", "mean_tokens", "mean_latency_s")
 BEHAVIOUR_COLUMNS = ("tool_calls_per_trajectory", "recovery_rate", "retry_rate", "unnecessary_call_rate",
                      "hallucinated_calls_per_trajectory")
-REJECTED = (ToolCallError.parse, ToolCallError.unknown_tool, ToolCallError.bad_arguments)
 
 
 def comparison_table(reports: dict[str, dict[str, Any]]) -> str:

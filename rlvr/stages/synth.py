@@ -43,7 +43,7 @@ from rich.progress import track
 
 from rlvr.rollout.chat import ChatRenderer, parse_tool_calls, rollout_messages, tool_arguments, write_tool_calls
 from rlvr.core.config import Config, ConfigError
-from rlvr.core.contract import Message, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.contract import REJECTED_CALLS, Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.core.protocols import Completion, SamplingParams
 from rlvr.core.endpoint import EndpointClient
 from rlvr.envs.conditions import UnreliableTools
@@ -129,9 +129,6 @@ async def replay(task: Task, turns: list[str], renderer: ChatRenderer, env_cls, 
     return await scorer.score(trajectory, task)
 
 
-REJECTED = (ToolCallError.unknown_tool, ToolCallError.bad_arguments)
-
-
 def to_openai(trajectory: Trajectory, format: str, tool_names: set[str]) -> list[Message] | None:
     """The trajectory's messages with tool calls as OpenAI `tool_calls`; None if a call did not parse.
     A turn whose calls the env all rejected (an unknown tool, bad arguments) gets "weight": 0, as in
@@ -147,7 +144,7 @@ def to_openai(trajectory: Trajectory, format: str, tool_names: set[str]) -> list
                 return None
             message: Message = {"role": "assistant", "content": content}
             errors = [next(executed).error for _ in calls]
-            if errors and all(e in REJECTED for e in errors):
+            if errors and all(e in REJECTED_CALLS for e in errors):
                 message["weight"] = 0
             if calls:
                 ids = [f"call_{len(out)}_{i}" for i in range(len(calls))]
