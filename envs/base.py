@@ -73,6 +73,9 @@ class ToolEnv:
     # None: `next_messages` decides. The user speaks at most max_user_turns times (None: until it is done)
     user: Any = None
     max_user_turns: ClassVar[int | None] = None
+    # per-call credit from the state: the tasks' expected states come from replaying their gold calls
+    # (with_gold_states) and each call scores whether it moved the final state toward them (call_progress)
+    gold_state_credit: ClassVar[bool] = False
 
     def __init__(self, task: Task, seed: int = 0, tool_timeout_s: float = 10.0):
         self.task = task
@@ -137,8 +140,36 @@ class ToolEnv:
         return hashlib.sha1(json.dumps(self._history, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def call_progress(self, call: ToolCall) -> float | None:
-        """An env-specific score for a call that executed (e.g. +1 for a state change the goal needs)."""
-        return None
+        """An env-specific score for a call that executed (e.g. +1 for a state change the goal needs).
+        With `gold_state_credit`: +1 when the call brought the final state closer to the task's expected
+        state (fewer differing leaves), -1 when farther, 0 when neither."""
+        if not self.gold_state_credit or self.task.expected_state is None:
+            return None
+        before = getattr(self, "_distance", None)
+        if before is None:
+            before = self._distance = state_distance(self._initial_state, self.task.expected_state)
+        self._distance = state_distance(self.final_state(), self.task.expected_state)
+        return float((before > self._distance) - (before < self._distance))
+
+    @classmethod
+    def with_gold_states(cls, tasks: list[Task], seed: int = 0) -> list[Task]:
+        """`tasks` with `expected_state` filled in, where missing, by the final state their gold calls leave
+        on a fresh env (replayed in order): the generic "replay the gold actions, diff the final state"
+        target of the `final_state` reward and of `gold_state_credit`. Tasks without gold calls stay as
+        they are."""
+        filled = []
+        for task in tasks:
+            if task.expected_state is None and task.gold_calls:
+                env = cls(task, seed=seed)
+                try:
+                    env.reset()
+                    for gold in task.gold_calls:
+                        asyncio.run(env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")]))
+                    task = task.model_copy(update={"expected_state": env.final_state()})
+                finally:
+                    env.close()
+            filled.append(task)
+        return filled
 
     def close(self) -> None:
         pass
@@ -155,6 +186,8 @@ class ToolEnv:
         return [copy.deepcopy(_schema(type(fn.__self__), name)) for name, fn in self._tools.items()]
 
     def reset(self) -> tuple[list[Message], list[dict[str, Any]]]:
+        if self.gold_state_credit:
+            self._initial_state = self.final_state()
         return self.messages(), self.tool_schemas()
 
     async def step(self, calls: list[ToolCall]) -> StepResult:
@@ -221,6 +254,23 @@ async def run_tool(call: ToolCall, run: Callable[[], Any], timeout_s: float,
         call.result = (describe_failure(call, e) if describe_failure
                        else f"{call.name} failed: {type(e).__name__}: {e}")
     call.latency_s = time.perf_counter() - start
+
+
+def state_distance(state: Any, expected: Any) -> int:
+    """How many leaves of `expected` (a JSON-like dict/list tree) `state` misses or holds differently, plus
+    the keys `state` has beyond it; lists of records with an "id" are matched by id, other lists by position."""
+    if isinstance(expected, dict) and isinstance(state, dict):
+        return (sum(state_distance(state.get(k, _ABSENT), v) for k, v in expected.items())
+                + sum(k not in expected for k in state))
+    if isinstance(expected, list) and isinstance(state, list):
+        if all(isinstance(r, dict) and "id" in r for r in [*expected, *state]):
+            return state_distance({str(r["id"]): r for r in state}, {str(r["id"]): r for r in expected})
+        return (sum(state_distance(a, b) for a, b in zip(state, expected))
+                + abs(len(state) - len(expected)))
+    return int(state != expected)
+
+
+_ABSENT = object()
 
 
 def tool_text(value: Any) -> str:

@@ -87,3 +87,65 @@ def test_a_prompt_over_the_context_stops_train_and_eval_before_a_model_loads(tmp
     assert not list(tmp_path.glob("*/adapter"))
     with pytest.raises(ConfigError, match="eval: task too-long's opening prompt"):
         evaluate_policy(cfg, [long], adapter=None)
+
+
+class _Shelf(ToolEnv):
+    """A key-value shelf whose tasks say what to store; credit from the state the gold calls leave."""
+    name = "shelf_test"
+    gold_state_credit = True
+    sequential_calls = True
+    rewards = {"final_state": 1.0}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shelf = {"a": 1}
+
+    @tool
+    def put(self, key: str, value: int) -> str:
+        """Store a value.
+
+        Args:
+            key: where
+            value: what
+        """
+        self.shelf[key] = value
+        return "ok"
+
+    @tool
+    def look(self, key: str) -> str:
+        """Read a value.
+
+        Args:
+            key: where
+        """
+        return str(self.shelf.get(key))
+
+    def final_state(self):
+        return {"shelf": dict(self.shelf)}
+
+    @classmethod
+    def tasks(cls, n, seed=0, split="train"):
+        return [Task(id=f"s{i}", env="shelf_test", prompt="Store b=2 and c=3.", gold_calls=[
+            {"name": "put", "arguments": {"key": "b", "value": 2}}, {"name": "put", "arguments": {"key": "c", "value": 3}}])
+            for i in range(n)]
+
+
+def test_gold_state_credit_replays_the_gold_calls_and_scores_each_call_by_the_state_diff():
+    from rlvr.core.tasks import env_tasks
+    from rlvr.envs.base import state_distance
+    from rlvr.envs.checker import check_env
+    from rlvr.rewards.scoring import Scorer
+
+    assert state_distance({"x": [{"id": 1, "v": 2}], "y": 1}, {"x": [{"id": 1, "v": 3}], "z": 1}) == 3
+    [task] = env_tasks(_Shelf, 1, 0, "train", {})
+    assert task.expected_state == {"shelf": {"a": 1, "b": 2, "c": 3}}
+    env = _Shelf(task)
+    env.reset()
+    calls = [ToolCall(name="put", arguments={"key": "b", "value": 2}, raw="x"),  # closer
+             ToolCall(name="look", arguments={"key": "b"}, raw="x"),  # a read: no change
+             ToolCall(name="put", arguments={"key": "a", "value": 9}, raw="x"),  # farther
+             ToolCall(name="put", arguments={"key": "a", "value": 1}, raw="x")]  # closer again
+    asyncio.run(env.step(calls))
+    assert [c.scores["progress"] for c in calls] == [1.0, 0.0, -1.0, 1.0]
+    report = asyncio.run(check_env(_Shelf, task=task, scorer=Scorer.from_specs(_Shelf.rewards)))
+    assert "gold calls score a pass" in report.passed, report.violations

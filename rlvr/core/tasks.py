@@ -31,19 +31,25 @@ def load_tasks(source: str, env, count: int, seed: int, split: str, options: dic
         return env_tasks(env, count, seed, split, options, no_tool_fraction)
     columns = columns or TaskColumns()
     if is_dataset(source, columns):
-        return dataset_tasks(source, env.name, split, columns, what)
+        return _gold_states(env, dataset_tasks(source, env.name, split, columns, what), seed)
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"{what}: {source!r} is neither 'env' nor a JSON-lines file of tasks")
     tasks = load_jsonl(path, Task, defaults={"env": env.name} if env is not None else None)
     if not tasks:
         raise ValueError(f"{what}: {path} holds no tasks")
+    tasks = _gold_states(env, tasks, seed)
     if env is not None:
         other = next((t for t in tasks if t.env != env.name), None)
         if other is not None:
             raise ValueError(f"{what}: task {other.id!r} in {path} is for env {other.env!r}; this run's env is "
                              f"{env.name!r}")
     return tasks
+
+
+def _gold_states(env, tasks: list[Task], seed: int) -> list[Task]:
+    """Expected states from the gold calls, for envs that score calls against them (ToolEnv.gold_state_credit)."""
+    return env.with_gold_states(tasks, seed=seed) if getattr(env, "gold_state_credit", False) else tasks
 
 
 DATASET_FILES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -122,7 +128,7 @@ def env_tasks(env, count: int, seed: int, split: str, options: dict, no_tool_fra
     if n_direct and not hasattr(env, "no_tool_tasks"):
         raise ValueError(f"env.conditions.no_tool_fraction: env {env.name!r} has no no_tool_tasks() to draw "
                          "tasks that need no tool from")
-    tasks = env.tasks(count - n_direct, seed=seed, split=split, **options)
+    tasks = _gold_states(env, env.tasks(count - n_direct, seed=seed, split=split, **options), seed)
     if not n_direct:
         return tasks
     tasks += env.no_tool_tasks(n_direct, seed=seed, split=split)
