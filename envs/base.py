@@ -256,6 +256,15 @@ async def run_tool(call: ToolCall, run: Callable[[], Any], timeout_s: float,
     call.latency_s = time.perf_counter() - start
 
 
+def closing(task: Task, last_result: str | None) -> str:
+    """The assistant's words that end a gold turn (synth's demonstrations, the checker's replay): the task's
+    own `metadata["gold_answer"]` when it has one (what the agent must say, e.g. tau2's communicate_info),
+    else "The answer is <the last call's result>." for a task with an answer, else "Done."."""
+    if task.metadata.get("gold_answer"):
+        return task.metadata["gold_answer"]
+    return f"The answer is {last_result}." if task.answer is not None else "Done."
+
+
 def state_distance(state: Any, expected: Any) -> int:
     """How many leaves of `expected` (a JSON-like dict/list tree) `state` misses or holds differently, plus
     the keys `state` has beyond it; lists of records with an "id" are matched by id, other lists by position."""

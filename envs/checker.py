@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlvr.core.contract import Task, ToolCall, ToolCallError
-from rlvr.envs.base import ToolEnv
+from rlvr.envs.base import ToolEnv, closing
 
 _ROLES = {"system", "user", "assistant", "tool"}
 _SAMPLE = {"string": "1", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
@@ -175,6 +175,7 @@ async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: 
     try:
         env.reset()
         made: list[ToolCall] = []
+        said: list[dict] = []
         answer = ""
         for i, gold in enumerate(task.gold_calls):
             [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)",
@@ -182,7 +183,8 @@ async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: 
             made.append(call)
             last = i == len(task.gold_calls) - 1
             if last or task.gold_calls[i + 1].get("turn", 0) != gold.get("turn", 0):
-                answer = f"The answer is {call.result}." if task.answer is not None else "Done."
+                answer = closing(task, call.result)
+                said.append({"role": "assistant", "content": answer})
                 env.next_messages(answer)
         failed = [c for c in made if c.error is not None]
         if not expect(not failed, "gold calls run without errors",
@@ -190,7 +192,7 @@ async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: 
             return
         trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0],
                                 completion_ids=[0], loss_mask=[1], logprobs=[0.0], tool_calls=made,
-                                final_answer=answer, final_state=env.final_state())
+                                final_answer=answer, final_state=env.final_state(), messages=said)
         scored = await scorer.score(trajectory, task)
         passing = [term.name for term in scorer.terms if term.weight > 0]
         components = scored.reward_components if scored is not None else {}

@@ -21,6 +21,7 @@ BUILTIN_ENVS: dict[str, str] = {
     "support_desk": "rlvr.envs.support_desk:SupportDeskEnv",
     "reasoning_gym": "rlvr.envs.reasoning_gym:ReasoningGymEnv",
     "bfcl": "rlvr.envs.bfcl:BfclEnv",
+    "tau2": "rlvr.envs.tau2:Tau2Env",
 }
 
 

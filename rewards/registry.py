@@ -22,6 +22,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "tool_call_validity": "rlvr.rewards.calls:tool_call_validity",
     "tool_calls": "rlvr.rewards.calls:tool_calls",
     "llm_judge": "rlvr.rewards.judge:llm_judge",
+    "tau2_communicate": "rlvr.rewards.tau2:communicate",
     "policy_compliance": "rlvr.rewards.support_desk:policy_compliance",
     "reasoning_gym": "rlvr.rewards.reasoning_gym:reasoning_gym_score",
     "bfcl": "rlvr.rewards.bfcl:bfcl_score",

@@ -29,7 +29,9 @@ def test_metrics_by_hand():
               Group(id="b", task=b, trajectories=[_trajectory(b, 0, 0.0, [ok, ok], finish="max_tokens"),
                                                   _trajectory(b, 1, 0.0)])]
     report = summarize(groups, ["numeric_answer"], samples=2, seconds=4.0)
-    assert report["success_rate"] == 0.25 and report["pass@2"] == 0.5
+    assert report["success_rate"] == 0.25 and report["pass@2"] == 0.5 and report["pass^2"] == 0.0
+    both = Group(id="a", task=a, trajectories=[_trajectory(a, 0, 1.0), _trajectory(a, 1, 1.0)])
+    assert summarize([both, groups[1]], ["numeric_answer"], samples=2, seconds=1.0)["pass^2"] == 0.5
     assert report["tool_call_validity"] == 0.75  # 3 of 4 calls ran
     assert report["format_compliance"] == 0.5  # one parse error, one cut at max tokens
     assert report["mean_turns"] == 2.0 and report["mean_latency_s"] == 0.5

@@ -87,6 +87,8 @@ def summarize(groups, rewards: list[str], samples: int, seconds: float) -> dict[
     }
     if samples > 1:
         report[f"pass@{samples}"] = _mean(any(is_success(t, rewards) for t in g.trajectories) for g in groups)
+        # tau-bench's reliability: every one of the k samples succeeds
+        report[f"pass^{samples}"] = _mean(all(is_success(t, rewards) for t in g.trajectories) for g in groups)
     report["per_family"] = _breakdown(groups, rewards, lambda task: task.metadata.get("family")
                                       or task.metadata.get("category") or task.env)
     if any("kind" in g.task.metadata for g in groups):
@@ -149,7 +151,7 @@ BEHAVIOUR_COLUMNS = ("tool_calls_per_trajectory", "recovery_rate", "retry_rate",
 def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
     """A Markdown table of several reports side by side (rows: policies); the behaviour columns appear
     where some report has them (tasks under env.conditions)."""
-    extra = sorted({k for r in reports.values() for k in r if k.startswith("pass@")})
+    extra = sorted({k for r in reports.values() for k in r if k.startswith(("pass@", "pass^"))})
     behaviours = [c for c in BEHAVIOUR_COLUMNS[1:] if any(r.get(c) is not None for r in reports.values())]
     columns = ["tasks", *COLUMNS[:3], *extra, BEHAVIOUR_COLUMNS[0], *behaviours, *COLUMNS[3:]]
     return _policy_table(columns, {label: [r.get(c) for c in columns] for label, r in reports.items()})

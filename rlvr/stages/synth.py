@@ -46,6 +46,7 @@ from rlvr.core.config import Config, ConfigError
 from rlvr.core.contract import REJECTED_CALLS, Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.core.protocols import Completion, SamplingParams
 from rlvr.core.endpoint import EndpointClient
+from rlvr.envs.base import closing
 from rlvr.envs.conditions import UnreliableTools
 from rlvr.rollout.agent import rollout_trajectory
 
@@ -113,7 +114,7 @@ async def gold_turns(task: Task, env_cls, format: str, failure: Failure | None =
             [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")])).calls
             turns.append(write_tool_calls("", [(gold["name"], gold["arguments"])], format))
             if i == len(calls) - 1 or calls[i + 1].get("turn", 0) != gold.get("turn", 0):
-                turns.append(f"The answer is {call.result}." if task.answer is not None else "Done.")
+                turns.append(closing(task, call.result))
                 env.next_messages(turns[-1])  # multi-turn envs move on to their next user turn
         return turns
     finally:
