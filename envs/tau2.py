@@ -123,8 +123,10 @@ class Tau2Env(ToolEnv):
         if n > len(rows):
             raise ValueError(f"tau2 {domain} {split}: {n} tasks asked, the split has {len(rows)}")
         random.Random(f"tau2-{domain}-{split}-{seed}").shuffle(rows)
-        tasks = [cls._task(row, domain, split, user_url, user_model) for row in rows[:n]]
-        return cls.with_gold_states(tasks, seed=seed)
+        tasks = cls.with_gold_states([cls._task(row, domain, split, user_url, user_model) for row in rows[:n]], seed)
+        # a task with no gold action expects the database untouched
+        untouched = {"db": db_hash(domain_server(domain)._base_db())}
+        return [t if t.expected_state is not None else t.model_copy(update={"expected_state": untouched}) for t in tasks]
 
     @staticmethod
     def _task(row: dict[str, Any], domain: str, split: str, user_url: str | None, user_model: str) -> Task:
