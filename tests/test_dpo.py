@@ -179,3 +179,34 @@ def test_dpo_from_rollouts_needs_pairs_with_a_margin(tmp_path):
     with pytest.raises(ConfigError, match=r"dpo: no pair in 8 rollouts reached a reward gap of dpo.margin=0.5"):
         dpo(_config(f"output_dir={tmp_path}", "dpo.tasks=2", "rollout.group_size=4", "rollout.max_new_tokens=8",
                     "rollout.max_turns=1", "env.name=calculator"))
+
+
+def test_file_pairs_are_rendered_token_for_token_as_sft_renders():
+    """A pair from dpo.pairs: each side's ids and loss mask are SFT's rendering of that conversation (tested
+    against the agent loop in tests/test_sft.py): assistant turns scored, tool results masked."""
+    from rlvr.rollout.chat import ChatRenderer
+    from rlvr.stages.dpo import file_pairs
+    from rlvr.stages.sft import tokenize_conversation
+    from rlvr.training.models import load_tokenizer
+
+    chosen = [{"role": "user", "content": "What is 2 + 2?"},
+              {"role": "assistant", "content": "", "tool_calls": [{"id": "a", "type": "function", "function": {
+                  "name": "calculate", "arguments": json.dumps({"expression": "2 + 2"})}}]},
+              {"role": "tool", "tool_call_id": "a", "name": "calculate", "content": "4"},
+              {"role": "assistant", "content": "The answer is 4."}]
+    rejected = chosen[:1] + [{"role": "assistant", "content": "The answer is 5."}]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pairs.jsonl"
+        path.write_text(json.dumps({"chosen": chosen, "rejected": rejected}) + "\n")
+        cfg = _config(f"dpo.pairs={path}")
+        renderer = ChatRenderer(load_tokenizer(MODEL), cfg.rollout.tool_format)
+        [(c, r)] = file_pairs(cfg, renderer)
+    for side, messages in ((c, chosen), (r, rejected)):
+        row = tokenize_conversation(renderer, messages, [], cfg.sft.max_length)
+        assert side.prompt_ids + side.completion_ids == row["input_ids"]
+        assert [0] * len(side.prompt_ids) + side.loss_mask == row["assistant_masks"]
+    masked = renderer.tokenizer.decode([t for t, m in zip(c.completion_ids, c.loss_mask) if not m])
+    assert "tool\n4" in masked  # the tool result is context
