@@ -2,7 +2,8 @@
 
     python bench/qlora.py [--model qwen2.5-coder-0.5b-instruct] [--sequences 8] [--length 512]
 
-Each variant runs in its own process (peak resident memory only grows): load the policy (model.quantization
+A CPU bench (host memory; on a GPU the figure to read is torch.cuda.max_memory_allocated). Each variant runs
+in its own process (peak resident memory only grows): load the policy (model.quantization
 none or 4bit, LoRA rank 16), then one learner step (a forward and backward, GRPO loss) on the same random
 batch. Printed per variant: resident memory after the imports, after loading, and at the peak, and what
 the model and the step added to the post-import baseline; then the ratio 4bit / bf16 of that added memory
@@ -42,7 +43,7 @@ def variant(args) -> None:
 
     baseline = rss_mb()
     cfg = load_config(None, [f"model.name={args.model}", f"model.quantization={args.quantization}",
-                             "learner.precision=bf16", "learner.mini_batches=1"])
+                             "learner.precision=bf16", "learner.mini_batches=1", "learner.device=cpu"])
     model = load_policy(cfg)
     loaded = rss_mb()
     g = torch.Generator().manual_seed(0)

@@ -20,21 +20,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 async def replay(task, scorer):
-    from rlvr.core.contract import ToolCall, Trajectory
-    from rlvr.envs.base import closing
+    from rlvr.core.contract import Trajectory
+    from rlvr.envs.base import replay_gold
     from rlvr.envs.tau2 import Tau2Env
 
     env = Tau2Env(task)
     env.reset()
-    made = []
-    for gold in task.gold_calls:
-        made += (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")])).calls
-    answer = closing(task, made[-1].result if made else None)
+    steps = await replay_gold(env, task)
+    made = [call for call, _ in steps]
+    said = [{"role": "assistant", "content": text} for _, text in steps if text is not None]
     trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0], completion_ids=[0],
-                            loss_mask=[1], logprobs=[0.0], tool_calls=made, final_answer=answer,
-                            final_state=env.final_state(), messages=[{"role": "assistant", "content": answer}])
+                            loss_mask=[1], logprobs=[0.0], tool_calls=made, final_answer=said[-1]["content"] if said else "",
+                            final_state=env.final_state(), messages=said)
     scored = await scorer.score(trajectory, task)
-    errors = [f"{c.name}: {c.result[:100]}" for c in made if c.error is not None or (c.result or "").startswith("Error")]
+    errors = [f"{c.name}: {c.result[:100]}" for c in made if c.error is not None]
     return scored, errors
 
 

@@ -77,6 +77,12 @@ class ToolEnv:
     # (with_gold_states) and each call scores whether it moved the final state toward them (call_progress)
     gold_state_credit: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.gold_state_credit and not cls.sequential_calls:
+            raise TypeError(f"{cls.__name__}: gold_state_credit scores each call by the state it leaves, which "
+                            "needs sequential_calls = True (concurrent calls change the state together)")
+
     def __init__(self, task: Task, seed: int = 0, tool_timeout_s: float = 10.0):
         self.task = task
         self.seed = seed
@@ -154,17 +160,16 @@ class ToolEnv:
     @classmethod
     def with_gold_states(cls, tasks: list[Task], seed: int = 0) -> list[Task]:
         """`tasks` with `expected_state` filled in, where missing, by the final state their gold calls leave
-        on a fresh env (replayed in order): the generic "replay the gold actions, diff the final state"
-        target of the `final_state` reward and of `gold_state_credit`. Tasks without gold calls stay as
-        they are."""
+        on a fresh env (`replay_gold`): the generic "replay the gold actions, diff the final state" target of
+        the `final_state` reward and of `gold_state_credit`. Tasks without gold calls stay as they are.
+        Gold calls that fail are part of the replay (some benchmarks' gold fails on purpose)."""
         filled = []
         for task in tasks:
             if task.expected_state is None and task.gold_calls:
                 env = cls(task, seed=seed)
                 try:
                     env.reset()
-                    for gold in task.gold_calls:
-                        asyncio.run(env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")]))
+                    _run_sync(replay_gold(env, task))
                     task = task.model_copy(update={"expected_state": env.final_state()})
                 finally:
                     env.close()
@@ -256,6 +261,35 @@ async def run_tool(call: ToolCall, run: Callable[[], Any], timeout_s: float,
     call.latency_s = time.perf_counter() - start
 
 
+async def replay_gold(env: "ToolEnv", task: Task) -> list[tuple[ToolCall, str | None]]:
+    """Run the task's gold calls in order on `env` (already reset), each turn closed by `closing(...)` and
+    handed to `next_messages` (multi-turn envs move on to their next user turn). Returns each executed call
+    with the closing text when it ends a turn (else None). The one replay behind synth's gold
+    conversations, the checker, `with_gold_states` and bench/tau2_gold.py."""
+    steps: list[tuple[ToolCall, str | None]] = []
+    calls = task.gold_calls or []
+    for i, gold in enumerate(calls):
+        [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)",
+                                           turn=gold.get("turn", 0))])).calls
+        ends_turn = i == len(calls) - 1 or calls[i + 1].get("turn", 0) != gold.get("turn", 0)
+        said = closing(task, call.result) if ends_turn else None
+        if said is not None:
+            env.next_messages(said)
+        steps.append((call, said))
+    return steps
+
+
+def _run_sync(coroutine):
+    """Run a coroutine to its end from sync code, also when the caller is inside a running event loop (the
+    checker awaits a task source that replays gold calls): then in a thread with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def closing(task: Task, last_result: str | None) -> str:
     """The assistant's words that end a gold turn (synth's demonstrations, the checker's replay): the task's
     own `metadata["gold_answer"]` when it has one (what the agent must say, e.g. tau2's communicate_info),
@@ -268,15 +302,27 @@ def closing(task: Task, last_result: str | None) -> str:
 def state_distance(state: Any, expected: Any) -> int:
     """How many leaves of `expected` (a JSON-like dict/list tree) `state` misses or holds differently, plus
     the keys `state` has beyond it; lists of records with an "id" are matched by id, other lists by position."""
+    if state is _ABSENT:
+        return _leaves(expected)
     if isinstance(expected, dict) and isinstance(state, dict):
         return (sum(state_distance(state.get(k, _ABSENT), v) for k, v in expected.items())
-                + sum(k not in expected for k in state))
+                + sum(_leaves(v) for k, v in state.items() if k not in expected))
     if isinstance(expected, list) and isinstance(state, list):
         if all(isinstance(r, dict) and "id" in r for r in [*expected, *state]):
             return state_distance({str(r["id"]): r for r in state}, {str(r["id"]): r for r in expected})
         return (sum(state_distance(a, b) for a, b in zip(state, expected))
-                + abs(len(state) - len(expected)))
+                + sum(_leaves(x) for x in (state[len(expected):] or expected[len(state):])))
+    if isinstance(expected, (dict, list)) or isinstance(state, (dict, list)):
+        return max(_leaves(expected), _leaves(state))  # a subtree against a value: all of it differs
     return int(state != expected)
+
+
+def _leaves(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(_leaves(v) for v in value.values()) or 1
+    if isinstance(value, list):
+        return sum(_leaves(v) for v in value) or 1
+    return 1
 
 
 _ABSENT = object()

@@ -11,7 +11,8 @@ wrongly-typed arguments and unparsable garbage come back as error results of the
 of exceptions; every step finishes within the per-call timeout; the final state is JSON; the state
 key is a string; next_messages returns messages; close works; two instances share no state (calls in one
 leave the other's final state alone); tools return strings or JSON data; the task's gold calls, if any,
-replay without errors and, given a Scorer of the env's rewards (`rlvr envs check` gives one), pass them. An env class with a `diagnostics()`
+replay and, given a Scorer of the env's rewards (`rlvr envs check` gives one), pass them (gold calls that
+fail are listed as notes: some benchmarks' gold fails on purpose). An env class with a `diagnostics()`
 classmethod (e.g. the python env: which sandbox layers are active) has its lines printed as `info`.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlvr.core.contract import Task, ToolCall, ToolCallError
-from rlvr.envs.base import ToolEnv, closing
+from rlvr.envs.base import ToolEnv, replay_gold
 
 _ROLES = {"system", "user", "assistant", "tool"}
 _SAMPLE = {"string": "1", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
@@ -133,7 +134,7 @@ async def check_env(env_cls: type[ToolEnv], task: Task | None = None, seed: int 
             except Exception as e:
                 expect(False, "close() runs", f"{type(e).__name__}: {e}")
     if task.gold_calls:
-        await _check_gold(env_cls, task, seed, tool_timeout_s, scorer, expect)
+        await _check_gold(env_cls, task, seed, tool_timeout_s, scorer, expect, report)
     return report
 
 
@@ -166,29 +167,23 @@ def _check_returns(env: ToolEnv, calls: list[ToolCall], expect) -> None:
         scratch.close()
 
 
-async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: float, scorer, expect) -> None:
-    """The task's gold calls, replayed turn by turn on a fresh env and answered with the last result (as
-    `rlvr synth` does), run without errors and pass `scorer`'s rewards."""
+async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: float, scorer, expect,
+                      report: CheckReport) -> None:
+    """The task's gold calls, replayed turn by turn on a fresh env and closed as `rlvr synth` closes them,
+    pass `scorer`'s rewards; gold calls that fail are listed as notes."""
     from rlvr.core.contract import Trajectory
 
     env = env_cls(task, seed=seed, tool_timeout_s=timeout_s)
     try:
         env.reset()
-        made: list[ToolCall] = []
-        said: list[dict] = []
-        answer = ""
-        for i, gold in enumerate(task.gold_calls):
-            [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)",
-                                               turn=gold.get("turn", 0))])).calls
-            made.append(call)
-            last = i == len(task.gold_calls) - 1
-            if last or task.gold_calls[i + 1].get("turn", 0) != gold.get("turn", 0):
-                answer = closing(task, call.result)
-                said.append({"role": "assistant", "content": answer})
-                env.next_messages(answer)
+        steps = await replay_gold(env, task)
+        made = [call for call, _ in steps]
+        said = [{"role": "assistant", "content": text} for _, text in steps if text is not None]
+        answer = said[-1]["content"] if said else ""
         failed = [c for c in made if c.error is not None]
-        if not expect(not failed, "gold calls run without errors",
-                      "; ".join(f"{c.name}: {c.result!r:.80}" for c in failed)) or scorer is None:
+        if failed:  # some benchmarks' gold fails on purpose (a lookup by a wrong email first): worth a look
+            report.notes.append("gold calls that fail: " + "; ".join(f"{c.name}: {c.result!r:.80}" for c in failed))
+        if scorer is None:
             return
         trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0],
                                 completion_ids=[0], loss_mask=[1], logprobs=[0.0], tool_calls=made,

@@ -10,8 +10,9 @@ What is reproduced exactly and what is approximated:
 - DB check (exact): the final database is hashed and compared with the hash of the database the task's gold
   actions leave when replayed on a fresh copy (`expected_state`, filled by the task source), as tau2 does.
   Reward `final_state`.
-- communicate check (exact): every string of the task's `communicate_info` appears in the agent's
-  messages, case-insensitively with commas removed. Reward `tau2_communicate`.
+- communicate check (exact): where the task's reward basis has COMMUNICATE (the airline tasks), every
+  string of its `communicate_info` appears in one of the agent's messages (their text, tool calls left
+  out), case-insensitively with commas removed. Reward `tau2_communicate`.
 - NL assertions (judge): tau2 grades `nl_assertions` with an LLM; here the task carries them as
   `metadata["assertions"]` for the `llm_judge` reward, which a run adds with its endpoint (40 of 114
   retail tasks have any).
@@ -33,6 +34,7 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -105,8 +107,8 @@ class Tau2Env(ToolEnv):
         self._hash: str | None = None
         user = task.metadata.get("user") or {}
         if user.get("url"):
-            self.user = EndpointUser(EndpointClient(user["url"]), user.get("model", ""),
-                                     task.metadata.get("user_brief", ""), seed=seed)
+            self.user = EndpointUser(EndpointClient(user["url"], api_key=os.environ.get(user.get("key_env", "OPENAI_API_KEY"))),
+                                     user.get("model", ""), task.metadata.get("user_brief", ""), seed=seed)
         else:
             self.user = ScriptedUser([CONFIRMATION])
 

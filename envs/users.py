@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from rlvr.core.contract import Message, Task
+from rlvr.core.contract import Message, Task, spoken_text
 from rlvr.core.endpoint import EndpointClient
 
 
@@ -55,8 +55,9 @@ class EndpointUser:
     async def reply(self, conversation: list[Message], task: Task) -> str | None:
         swapped: list[dict[str, Any]] = [{"role": "system", "content": self.system}]
         for m in conversation:
-            if m["role"] in ("user", "assistant") and m.get("content"):
-                swapped.append({"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]})
+            text = spoken_text(m.get("content") or "") if m["role"] == "assistant" else (m.get("content") or "")
+            if m["role"] in ("user", "assistant") and text:
+                swapped.append({"role": "assistant" if m["role"] == "user" else "user", "content": text})
         answer = await self.client.chat({"model": self.model, "messages": swapped, "temperature": self.temperature,
                                          "seed": self.seed}, task.id)
         text = (answer.get("content") or "").strip()

@@ -8,7 +8,8 @@ OpenAI-compatible endpoint (tau-bench's natural-language assertions, rubric grad
         - name: llm_judge
           options: {url: ..., model: ..., rubric: "The agent confirmed before cancelling."}
 
-The assertions are the task's `metadata["assertions"]` (a list of strings), or the one `rubric` option.
+The assertions are the task's `metadata["assertions"]` (a list of strings; an empty list scores 1.0), or
+the one `rubric` option; a task with neither is an error.
 Each goes to the judge in its own request, all of them concurrently (async, so rollouts keep generating),
 with the conversation as the agent and user saw it (tool calls and results included); the judge answers
 YES or NO on its first line. The reward is the share of YES, with components `assertions` and `passed` and
@@ -50,9 +51,11 @@ def transcript(trajectory: Trajectory) -> str:
 async def llm_judge(trajectory: Trajectory, task: Task, *, url: str, model: str, rubric: str | None = None,
                     api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.0) -> Score:
     assertions = [rubric] if rubric else task.metadata.get("assertions")
-    if not assertions or not all(isinstance(a, str) and a for a in assertions):
+    if not isinstance(assertions, list) or not all(isinstance(a, str) and a for a in assertions):
         raise ValueError(f"llm_judge: task {task.id} has no metadata['assertions'] list of strings and no rubric "
                          "option to judge")
+    if not assertions:  # nothing to assert holds (tau2 scores a task without assertions so)
+        return Score(total=1.0, components={"assertions": 0.0, "passed": 0.0})
     client = _client(url, os.environ.get(api_key_env) or None)
     conversation = transcript(trajectory)
 

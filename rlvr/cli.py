@@ -54,6 +54,10 @@ def synth(config: str = typer.Argument(..., help="YAML run config (env, rewards,
     for task_id, why in synthesizer.skipped:
         typer.echo(f"skipped {task_id}: {why}")
     typer.echo(f"{len(records)} conversations from {len(tasks)} tasks -> {out} ({len(synthesizer.skipped)} skipped)")
+    if synthesizer.failed:
+        typer.echo(f"error: the teacher endpoint failed {len(synthesizer.failed)} conversations (the others are "
+                   f"written): {synthesizer.failed[0]}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("sft")

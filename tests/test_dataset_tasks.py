@@ -83,3 +83,16 @@ def test_a_hub_id_without_a_reachable_hub_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"data.source: cannot load the dataset hf:someone/nothing: ConnectionError"):
         load_tasks("hf:someone/nothing", CalculatorEnv, 0, 0, "train", {})
+
+
+def test_nested_columns_lose_the_nulls_arrow_adds_and_a_plain_folder_is_not_a_dataset(tmp_path):
+    from rlvr.core.tasks import is_dataset
+
+    rows = [{"prompt": "a", "gold_calls": [{"name": "calculate", "arguments": {"expression": "1 + 1"}}]},
+            {"prompt": "b", "gold_calls": [{"name": "other", "arguments": {"x": 1}}]}]
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "nested")  # arguments become one struct {expression, x}
+    tasks = load_tasks(str(tmp_path / "nested"), CalculatorEnv, 0, 0, "train", {})
+    assert [t.gold_calls[0]["arguments"] for t in tasks] == [{"expression": "1 + 1"}, {"x": 1}]
+    (tmp_path / "test").mkdir()
+    assert not is_dataset(str(tmp_path / "test"), _cfg().data.columns)
+    assert is_dataset(str(tmp_path / "nested"), _cfg().data.columns)

@@ -210,3 +210,10 @@ def test_file_pairs_are_rendered_token_for_token_as_sft_renders():
         assert [0] * len(side.prompt_ids) + side.loss_mask == row["assistant_masks"]
     masked = renderer.tokenizer.decode([t for t, m in zip(c.completion_ids, c.loss_mask) if not m])
     assert "tool\n4" in masked  # the tool result is context
+
+
+def test_no_pairs_is_an_error_not_an_untrained_adapter(tmp_path):
+    from rlvr.stages.dpo import dpo
+
+    with pytest.raises(ConfigError, match="dpo: no preference pairs to train on"):
+        dpo(_config(f"output_dir={tmp_path}"), pairs=[])

@@ -137,6 +137,9 @@ def test_gold_state_credit_replays_the_gold_calls_and_scores_each_call_by_the_st
     from rlvr.rewards.scoring import Scorer
 
     assert state_distance({"x": [{"id": 1, "v": 2}], "y": 1}, {"x": [{"id": 1, "v": 3}], "z": 1}) == 3
+    assert state_distance({}, {"r": {"a": 1, "b": [2, 3]}}) == 3  # a missing subtree: all its leaves
+    with pytest.raises(TypeError, match="gold_state_credit scores each call by the state it leaves"):
+        type("Concurrent", (_Shelf,), {"sequential_calls": False})
     [task] = env_tasks(_Shelf, 1, 0, "train", {})
     assert task.expected_state == {"shelf": {"a": 1, "b": 2, "c": 3}}
     env = _Shelf(task)

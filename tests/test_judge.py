@@ -84,3 +84,9 @@ def test_a_rubric_option_and_errors_go_through_on_error(judge):
     nothing = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge"})], on_error="drop")
     assert asyncio.run(nothing.score(_trajectory(), task)) is None and nothing.stats.dropped == 1
     assert "has no metadata['assertions']" in nothing.stats.errors[0]
+
+
+def test_a_task_with_an_empty_assertion_list_passes(judge):
+    task = Task(id="t", env="tau2", prompt="?", metadata={"assertions": []})
+    scorer = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge"})])
+    assert asyncio.run(scorer.score(_trajectory(), task)).reward == 1.0 and judge.requests == []

@@ -317,7 +317,7 @@ def test_an_openai_compatible_endpoint_teaches_and_its_reasoning_is_kept():
 
 def test_an_endpoint_is_sampled_concurrently_with_a_key_retries_and_clear_errors(monkeypatch):
     """synth.samples conversations per task, synth.concurrency at a time, the key from synth.api_key_env as a
-    bearer token; 429s are retried; a malformed answer names its task."""
+    bearer token; 429s are retried; a malformed answer names its task and loses no other conversation."""
     tasks = calculator_tasks(3)
     monkeypatch.setenv("TEACHER_KEY", "sk-test")
     teacher = _Teacher(tasks, busy=2, vary=True, delay_s=0.05)
@@ -332,15 +332,20 @@ def test_an_endpoint_is_sampled_concurrently_with_a_key_retries_and_clear_errors
     assert 2 <= teacher.max_in_flight <= 4
 
     broken = _Teacher(tasks, malformed=tasks[1].id)
-    try:
-        with pytest.raises(RuntimeError, match=rf"task {tasks[1].id}: a malformed chat completion \(JSONDecodeError"):
-            Synthesizer(_config(f"synth.teacher={broken.url}", "synth.samples=1")).run(tasks)
+    try:  # the other tasks' conversations are kept, the failure is named
+        synthesizer = Synthesizer(_config(f"synth.teacher={broken.url}", "synth.samples=1"))
+        kept = synthesizer.run(tasks)
     finally:
         broken.close()
+    assert sorted(r["task_id"] for r in kept) == sorted([tasks[0].id, tasks[2].id])
+    [failure] = synthesizer.failed
+    assert f"task {tasks[1].id}: a malformed chat completion (JSONDecodeError" in failure
+    assert synthesizer.skipped == [(tasks[1].id, f"the endpoint failed: {failure}")]
     refusing = _Teacher(tasks, busy=100)
     try:
-        with pytest.raises(RuntimeError, match=rf"task {tasks[0].id}: HTTP 429, still after 2 attempts"):
-            Synthesizer(_config(f"synth.teacher={refusing.url}", "synth.samples=1", "synth.retries=1",
-                                "synth.concurrency=1")).run(tasks[:1])
+        synthesizer = Synthesizer(_config(f"synth.teacher={refusing.url}", "synth.samples=1", "synth.retries=1",
+                                          "synth.concurrency=1"))
+        assert synthesizer.run(tasks[:1]) == []
     finally:
         refusing.close()
+    assert f"task {tasks[0].id}: HTTP 429, still after 2 attempts" in synthesizer.failed[0]

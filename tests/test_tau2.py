@@ -66,6 +66,11 @@ def test_communicate_is_taus_check():
     assert communicate(said("The refund is 1234.50 dollars.", "It arrives on tuesday."), task).total == 1.0
     assert communicate(said("The refund is 1234.50 dollars."), task).components == {"found": 0.5}
     assert communicate(said(), Task(id="u", env="tau2", prompt="?")).total == 1.0
+    # only where tau2 checks it, and only what the agent says, not its tool-call arguments
+    unchecked = task.model_copy(update={"metadata": {**task.metadata, "reward_basis": ["DB", "NL_ASSERTION"]}})
+    assert communicate(said("Nothing."), unchecked).total == 1.0
+    call = '<tool_call>\n{"name": "refund", "arguments": {"amount": "1234.50", "day": "Tuesday"}}\n</tool_call>'
+    assert communicate(said(call), task).total == 0.0
 
 
 def test_both_domains_pass_the_checker_with_their_gold(tasks):
@@ -74,3 +79,18 @@ def test_both_domains_pass_the_checker_with_their_gold(tasks):
     [airline] = Tau2Env.tasks(1, split="train", domain="airline")
     report = asyncio.run(check_env(Tau2Env, task=airline, scorer=Scorer.from_specs(Tau2Env.rewards)))
     assert report.ok, report.violations
+
+
+def test_envs_check_draws_its_own_tasks_and_gold_conversations_end_with_the_gold_answer():
+    """The checker's own task draw replays gold inside its event loop; synth's gold conversation for a tau2
+    task has no simulated-user turn after the gold answer (the replay hears no user)."""
+    from rlvr.core.config import load_config
+    from rlvr.stages.synth import Synthesizer
+
+    assert asyncio.run(check_env(Tau2Env, scorer=Scorer.from_specs(Tau2Env.rewards))).ok
+    [task] = [t for t in Tau2Env.tasks(10, split="train", domain="airline") if t.metadata["gold_answer"]][:1]
+    cfg = load_config(None, ["model.name=tiny-random-llama", "logging.wandb=disabled", "env.name=tau2",
+                             "rollout.max_turns=12"])
+    [record] = Synthesizer(cfg).run([task])
+    assert record["messages"][-1] == {"role": "assistant", "content": task.metadata["gold_answer"]}
+    assert CONFIRMATION not in [m.get("content") for m in record["messages"]]

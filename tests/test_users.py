@@ -108,7 +108,8 @@ def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
         assert time.perf_counter() - start < 0.55 and ticks > 10  # concurrent, and the loop kept running
         sent = server.requests[0]
         assert sent["seed"] == 7 and sent["model"] == "user-sim"
-        assert [m["role"] for m in sent["messages"]] == ["system", "assistant", "user", "user"]
+        # roles swapped; the agent's tool-call turn says nothing to the user and is left out, as is the tool
+        assert [m["role"] for m in sent["messages"]] == ["system", "assistant", "user"]
         assert "You want 2 + 2, then 5 more." in sent["messages"][0]["content"]
         conversation += [{"role": "user", "content": "Please also add 5."}, {"role": "assistant", "content": "9."}]
         assert asyncio.run(user.reply(conversation, task)) is None  # the stop phrase ends it

@@ -9,6 +9,7 @@ so trajectories can be dumped, inspected and replayed.
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Literal, TypeVar
@@ -48,6 +49,14 @@ class ToolCallError(str, Enum):
 
 # the call itself was wrong (as opposed to a tool that failed on a valid call): the env rejected it
 REJECTED_CALLS = (ToolCallError.parse, ToolCallError.unknown_tool, ToolCallError.bad_arguments)
+
+_CALL_MARKUP = re.compile(r"<tool_call>.*?(</tool_call>|$)|<\|python_tag\|>.*$|\[TOOL_CALLS\].*$", re.DOTALL)
+
+
+def spoken_text(content: str) -> str:
+    """What an assistant message says to the user: its text without tool-call markup (hermes `<tool_call>`
+    blocks, llama3's `<|python_tag|>` and mistral's `[TOOL_CALLS]` tails; a bare JSON llama3 call is left)."""
+    return _CALL_MARKUP.sub("", content or "").strip()
 
 
 class ToolCall(_Strict):

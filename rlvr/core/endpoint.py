@@ -11,7 +11,13 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+
+# requests wait on the network, not the CPU: their own pool, so a judge's hundreds of concurrent verdicts do
+# not queue behind asyncio's default pool of min(32, cores + 4) threads (or block tools and rewards)
+_REQUEST_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="rlvr-endpoint")
 
 
 def tool_arguments(raw: Any) -> Any:
@@ -23,8 +29,8 @@ RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
 class EndpointError(RuntimeError):
-    """The teacher endpoint failed for good (after its retries) or answered something that is not a chat
-    completion; the message names the task."""
+    """The endpoint refused a request for good (after its retries, or a 4xx it will not retry) or answered
+    something that is not a chat completion; the message names the endpoint and the task."""
 
 
 class EndpointClient:
@@ -40,11 +46,13 @@ class EndpointClient:
         """The reply's message (content, tool_calls) for the conversation of task `task_id`."""
         for attempt in range(self.retries + 1):
             try:
-                answer = await asyncio.to_thread(self._post, body)
+                answer = await asyncio.get_running_loop().run_in_executor(_REQUEST_THREADS, self._post, body)
                 break
+            except _Refused as e:
+                raise EndpointError(f"endpoint {self.url}, task {task_id}: {e}") from None
             except _Retry as e:
                 if attempt == self.retries:
-                    raise EndpointError(f"teacher endpoint {self.url}, task {task_id}: {e.reason}, still after "
+                    raise EndpointError(f"endpoint {self.url}, task {task_id}: {e.reason}, still after "
                                         f"{self.retries + 1} attempts") from None
                 await asyncio.sleep(e.retry_after_s if e.retry_after_s is not None else self.backoff_s * 2 ** attempt)
         try:
@@ -55,7 +63,7 @@ class EndpointClient:
                 if not isinstance(tool_arguments(call["function"]["arguments"]), dict):
                     raise TypeError("tool call arguments that are not a JSON object")
         except (KeyError, IndexError, TypeError, json.JSONDecodeError) as e:
-            raise EndpointError(f"teacher endpoint {self.url}, task {task_id}: a malformed chat completion "
+            raise EndpointError(f"endpoint {self.url}, task {task_id}: a malformed chat completion "
                                 f"({type(e).__name__}: {e}): {json.dumps(answer)[:300]}") from None
         return message
 
@@ -72,13 +80,17 @@ class EndpointClient:
             if e.code in RETRY_STATUS:
                 after = e.headers.get("Retry-After")
                 raise _Retry(status, float(after) if after and after.isdigit() else None) from None
-            raise EndpointError(f"teacher endpoint {self.url}: {status}") from None
+            raise _Refused(status) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             raise _Retry(f"{type(e).__name__}: {getattr(e, 'reason', e)}", None) from None
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             return {"not JSON": text[:300].decode(errors="replace")}
+
+
+class _Refused(Exception):
+    """An answer not worth retrying (a 4xx other than 408/429)."""
 
 
 class _Retry(Exception):

@@ -56,11 +56,12 @@ DATASET_FILES = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl"
 
 
 def is_dataset(source: str, columns: TaskColumns) -> bool:
-    """A source read with `datasets` rather than as JSON lines of Tasks: a folder, Parquet or CSV files,
-    a hub id, or JSON files whose columns data.columns renames."""
+    """A source read with `datasets` rather than as JSON lines of Tasks: a `save_to_disk` folder, Parquet or
+    CSV files, a hub id, or JSON files whose columns data.columns renames."""
     path = Path(source)
-    return (source.startswith("hf:") or path.is_dir() or path.suffix in (".parquet", ".csv")
-            or (path.suffix in (".json", ".jsonl") and bool(columns.model_fields_set)))
+    saved = path.is_dir() and any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json"))
+    return (source.startswith("hf:") or saved or path.suffix in (".parquet", ".csv")
+            or (path.suffix in (".json", ".jsonl") and columns != TaskColumns()))
 
 
 def dataset_tasks(source: str, env_name: str, split: str, columns: TaskColumns, what: str) -> list[Task]:
@@ -86,8 +87,10 @@ def dataset_tasks(source: str, env_name: str, split: str, columns: TaskColumns, 
                 value = row.get(column)
                 if value is None:
                     continue
-                if field in ("tools", "gold_calls", "expected_state") and isinstance(value, str):
-                    value = json.loads(value)
+                if field in ("tools", "gold_calls", "expected_state"):
+                    # Arrow stores nested columns as structs whose keys are the union over rows, null where a
+                    # row lacks one: drop those (a JSON-string column keeps its nulls as written)
+                    value = json.loads(value) if isinstance(value, str) else _without_nulls(value)
                 fields[field] = str(value) if field == "id" else value
             tasks.append(Task.model_validate(fields))
         except (json.JSONDecodeError, ValidationError) as e:
@@ -96,6 +99,14 @@ def dataset_tasks(source: str, env_name: str, split: str, columns: TaskColumns, 
     if not tasks:
         raise ValueError(f"{what}: {source} ({split}) holds no rows")
     return tasks
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _load_split(source: str, split: str, what: str):

@@ -122,6 +122,7 @@ def rollout_pairs(cfg: Config) -> tuple[list[Pair], dict[str, float]]:
     try:
         tasks = load_tasks(cfg.data.source, worker.env, cfg.dpo.tasks, cfg.seed, "train", cfg.env.options,
                            no_tool_fraction=cfg.env.conditions.no_tool_fraction, columns=cfg.data.columns)
+        tasks = tasks[: cfg.dpo.tasks]  # a file or dataset gives all its rows
         per_call = cfg.data.tasks_per_step
         groups = []
         for start in track(range(0, len(tasks), per_call), description="dpo rollouts"):
@@ -174,6 +175,8 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
         if not pairs:
             raise ConfigError(f"dpo: no pair in {source['rollouts']:.0f} rollouts reached a reward gap of dpo.margin="
                               f"{cfg.dpo.margin:g} (mean reward {source['rollout_reward']:.3f})")
+    if not pairs:
+        raise ConfigError("dpo: no preference pairs to train on")
     if cfg.dpo.credit == "first_divergence":
         pairs = [first_divergence(p) for p in pairs]
     run = Run(cfg.model_copy(update={"name": f"{cfg.name}-dpo"}))

@@ -20,7 +20,9 @@ by the run's rewards, and only those scoring at least `synth.threshold` are kept
   with the tools, its tool calls executed by the env, up to `rollout.max_turns`; its turns are then replayed
   through the loop to be scored. The key in the environment variable `synth.api_key_env` is sent as a bearer
   token; 408/429/5xx answers and refused connections are retried `synth.retries` times with exponential
-  backoff (or the server's Retry-After); a malformed answer stops synth with an error naming the task.
+  backoff (or the server's Retry-After); a conversation the endpoint fails (a malformed answer, an error
+after the retries) is skipped naming its task, the others are kept, and `rlvr synth` writes them, then
+exits 1 listing the failures.
 
 Written as JSON lines {"id", "task_id", "env", "source", "reward", "messages", "tools"}; a conversation
 that repeats another of the same task is dropped; so is one with a tool call that does not parse.
@@ -45,9 +47,10 @@ from rlvr.rollout.chat import ChatRenderer, parse_tool_calls, rollout_messages, 
 from rlvr.core.config import Config, ConfigError
 from rlvr.core.contract import REJECTED_CALLS, Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.core.protocols import Completion, SamplingParams
-from rlvr.core.endpoint import EndpointClient
-from rlvr.envs.base import closing
+from rlvr.core.endpoint import EndpointClient, EndpointError
+from rlvr.envs.base import replay_gold
 from rlvr.envs.conditions import UnreliableTools
+from rlvr.envs.users import ScriptedUser
 from rlvr.rollout.agent import rollout_trajectory
 
 
@@ -106,23 +109,35 @@ async def gold_turns(task: Task, env_cls, format: str, failure: Failure | None =
     try:
         env.reset()
         turns: list[str] = []
-        calls = task.gold_calls
-        for i, gold in enumerate(calls):
+        for i, ((_, said), gold) in enumerate(zip(await replay_gold(env, task), task.gold_calls)):
             if failure is not None and failure.call == i:
                 arguments = misnamed(gold["arguments"]) if failure.kind == "bad_arguments" else gold["arguments"]
                 turns.append(write_tool_calls("", [(gold["name"], arguments)], format))
-            [call] = (await env.step([ToolCall(name=gold["name"], arguments=gold["arguments"], raw="(gold)")])).calls
             turns.append(write_tool_calls("", [(gold["name"], gold["arguments"])], format))
-            if i == len(calls) - 1 or calls[i + 1].get("turn", 0) != gold.get("turn", 0):
-                turns.append(closing(task, call.result))
-                env.next_messages(turns[-1])  # multi-turn envs move on to their next user turn
+            if said is not None:
+                turns.append(said)
         return turns
     finally:
         env.close()
 
 
-async def replay(task: Task, turns: list[str], renderer: ChatRenderer, env_cls, settings, scorer) -> Trajectory | None:
-    """Play `turns` through the agent loop as trajectory 0 of `task`, scored (None if a reward dropped it)."""
+def with_user_lines(env_cls, lines: list[str] = ()):
+    """`env_cls` whose simulated user, where the env has one, says exactly `lines` (then is done): a replay
+    hears the user the recorded conversation heard (none, for gold), not a fresh, differently seeded one."""
+    def make(task: Task, seed: int = 0, **kwargs: Any):
+        env = env_cls(task, seed=seed, **kwargs)
+        if env.user is not None:
+            env.user = ScriptedUser(list(lines))
+        return env
+
+    return make
+
+
+async def replay(task: Task, turns: list[str], renderer: ChatRenderer, env_cls, settings, scorer,
+                 user_lines: list[str] = ()) -> Trajectory | None:
+    """Play `turns` through the agent loop as trajectory 0 of `task` (a simulated user saying `user_lines`),
+    scored (None if a reward dropped it)."""
+    env_cls = with_user_lines(env_cls, user_lines)
     settings = settings.model_copy(update={"max_turns": len(turns) + 1, "temperature": 0.0,
                                            "max_new_tokens": max(settings.max_new_tokens, 4096),
                                            "max_total_tokens": max(settings.max_total_tokens, 1 << 16)})
@@ -193,8 +208,10 @@ class Synthesizer:
                          synth.restraint)
 
     def run(self, tasks: list[Task]) -> list[dict[str, Any]]:
-        """The kept conversations; `self.skipped` lists (task id, why) for every one that was not kept."""
+        """The kept conversations; `self.skipped` lists (task id, why) for every one that was not kept, and
+        `self.failed` the endpoint errors among them (a caller that writes the kept ones then fails)."""
         self.skipped: list[tuple[str, str]] = []
+        self.failed: list[str] = []  # endpoint errors, each naming its task
         teacher = self.cfg.synth.teacher
         if teacher is None:
             found = [self._gold(t) for t in track(tasks, description="gold conversations", transient=True)]
@@ -236,10 +253,15 @@ class Synthesizer:
             return self._scripted(task, gold_turns(task, self.env, self.renderer.format), "gold")
         turns = gold_turns(task, self.env, self.renderer.format, failure)
         if failure.kind == "bad_arguments":
-            return self._scripted(task, turns, "gold+bad_arguments")
+            record = self._scripted(task, turns, "gold+bad_arguments")
+            if record is not None and not any(m.get("weight") == 0 for m in record["messages"]):
+                return self._skip(task, f"the env accepted the misnamed argument {misnamed(task.gold_calls[failure.call]['arguments'])}"
+                                        ": no mistake to recover from")
+            return record
 
         def failing(task: Task, seed: int = 0, **kwargs: Any) -> UnreliableTools:
-            return UnreliableTools(self.env(task, seed=seed, **kwargs), 0.0, seed, frozenset({failure.call}))
+            return UnreliableTools(with_user_lines(self.env)(task, seed=seed, **kwargs), 0.0, seed,
+                                   frozenset({failure.call}))
 
         return self._scripted(task, turns, "gold+transient", failing)
 
@@ -279,10 +301,17 @@ class Synthesizer:
 
             async def one(task: Task) -> dict[str, Any] | None:
                 async with limit:
-                    messages = await endpoint_conversation(task, self.env, client, synth.teacher_model,
-                                                           self.cfg.rollout.max_turns, synth.temperature)
+                    try:
+                        messages = await endpoint_conversation(task, self.env, client, synth.teacher_model,
+                                                               self.cfg.rollout.max_turns, synth.temperature)
+                    except EndpointError as e:  # the others' conversations are kept; the CLI then fails
+                        self.failed.append(str(e))
+                        progress.advance(bar)
+                        return self._skip(task, f"the endpoint failed: {e}")
                 turns = openai_turns(messages, self.renderer.format)
-                trajectory = await replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer)
+                first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+                heard = [m["content"] for m in messages[first:] if m["role"] == "user"]  # the user's replies
+                trajectory = await replay(task, turns, self.renderer, self.env, self.cfg.rollout, self.scorer, heard)
                 progress.advance(bar)
                 return self._record(task, trajectory, self.renderer.format, f"endpoint:{synth.teacher_model}")
 
