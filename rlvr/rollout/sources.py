@@ -73,8 +73,9 @@ class EnvSource:
                              if cfg.eval.every else [])
         except (PluginError, ValueError, TypeError, NotImplementedError) as e:
             raise ConfigError(str(e)) from None
-        check_prompts_fit(cfg, self.env, tasks, "data.source")
-        check_prompts_fit(cfg, self.env, self.held_out, "eval")
+        if not cfg.ray.enabled:  # in-process envs are built here anyway; on Ray only the workers build them
+            check_prompts_fit(cfg, self.env, tasks, "data.source")
+            check_prompts_fit(cfg, self.env, self.held_out, "eval")
         self.sampler = TaskSampler(tasks, cfg.data.tasks_per_step, cfg.seed)
         self.sleep = _engines_share_the_learner_gpu(cfg)
         if self.sleep and cfg.ray.max_staleness:
