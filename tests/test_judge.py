@@ -2,52 +2,27 @@
 the share of YES, verdicts as components, and failures that go through rewards.on_error, never a 0."""
 
 import asyncio
-import http.server
-import json
-import threading
 import time
 
 import pytest
 
 from rlvr.core.contract import Task, Trajectory
 from rlvr.rewards.scoring import RewardError, Scorer
+from chat_server import ChatServer
 
 
-class _Judge:
-    """Says YES when the assertion's quoted word appears in the conversation; 'MAYBE' for 'unsure'."""
-
-    def __init__(self, delay_s=0.2):
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(handler):  # noqa: N805
-                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-                outer.requests.append(body)
-                time.sleep(delay_s)
-                prompt = body["messages"][-1]["content"]
-                conversation, _, assertion = prompt.partition("\n\nAssertion: ")
-                word = assertion.split("'")[1] if "'" in assertion else ""
-                text = "MAYBE" if "unsure" in assertion else ("YES. It does." if word in conversation else "NO")
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                handler.send_response(200)
-                handler.send_header("Content-Length", str(len(payload)))
-                handler.end_headers()
-                handler.wfile.write(payload)
-
-            def log_message(handler, *args):  # noqa: N805
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+def _judge(body, number):
+    """Says YES when the assertion's quoted word appears in the conversation; MAYBE for 'unsure'."""
+    conversation, _, assertion = body["messages"][-1]["content"].partition("\n\nAssertion: ")
+    word = assertion.split("'")[1] if "'" in assertion else ""
+    return {"content": "MAYBE" if "unsure" in assertion else ("YES. It does." if word in conversation else "NO")}
 
 
 @pytest.fixture
 def judge():
-    server = _Judge()
+    server = ChatServer(_judge, delay_s=0.2)
     yield server
-    server.server.shutdown()
+    server.close()
 
 
 def _trajectory():

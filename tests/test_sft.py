@@ -13,6 +13,7 @@ from rlvr.training.models import load_tokenizer
 from rlvr.rewards.scoring import Scorer
 from rlvr.stages.sft import tokenize_conversation, training_rows
 from rlvr.stages.synth import Synthesizer, gold_turns, replay, write_jsonl
+from chat_server import ChatServer
 
 MODEL = "tiny-random-llama"  # SmolLM2's tokenizer and chat template (no native tool support: hermes fallback)
 
@@ -235,65 +236,27 @@ def test_a_local_teacher_is_rejection_sampled():
     assert all(r["messages"][-1]["role"] == "assistant" and r["reward"] == 0.0 for r in kept)
 
 
-class _Teacher:
-    """An OpenAI-compatible /chat/completions on 127.0.0.1 that solves calculator tasks with their gold
-    calls, reasoning included, and answers `final` at the end."""
+def _Teacher(tasks, final=None, busy=0, malformed=None, vary=False, delay_s=0.0):
+    """A teacher behind a ChatServer that solves calculator tasks with their gold calls, reasoning included,
+    and answers `final` at the end. `busy`: the first that many requests get 429 Too Many Requests;
+    `malformed`: the task id whose answers carry broken tool-call arguments; `vary`: each conversation words
+    its steps its own way."""
+    by_prompt = {t.prompt: t for t in tasks}
 
-    def __init__(self, tasks, final=None, busy=0, malformed=None, vary=False, delay_s=0.0):
-        """`busy`: the first that many requests get 429 Too Many Requests; `malformed`: the task id whose
-        answers carry broken tool-call arguments; `vary`: each conversation words its steps its own way."""
-        import http.server
-        import threading
-        import time
+    def answer(body, number):
+        if number <= busy:
+            return 429
+        task = by_prompt[next(m["content"] for m in body["messages"] if m["role"] == "user")]
+        done = sum(m["role"] == "tool" for m in body["messages"])
+        words = f" (take {number})" if vary and done == 0 else ""
+        if done < len(task.gold_calls):
+            gold = task.gold_calls[done]
+            arguments = "{not json" if task.id == malformed else json.dumps(gold["arguments"])
+            return {"content": f"Step {done + 1}: compute it.{words}", "tool_calls": [
+                {"id": f"c{done}", "type": "function", "function": {"name": gold["name"], "arguments": arguments}}]}
+        return {"content": f"The answer is {final or body['messages'][-1]['content']}."}
 
-        by_prompt = {t.prompt: t for t in tasks}
-        self.requests, self.headers, self.in_flight, self.max_in_flight = [], [], 0, 0
-        lock = threading.Lock()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(handler):  # noqa: N805
-                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-                with lock:
-                    self.requests.append(body)
-                    self.headers.append(dict(handler.headers))
-                    self.in_flight += 1
-                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                    number = len(self.requests)
-                time.sleep(delay_s)
-                with lock:
-                    self.in_flight -= 1
-                if number <= busy:
-                    handler.send_response(429)
-                    handler.send_header("Retry-After", "0")
-                    handler.send_header("Content-Length", "0")
-                    handler.end_headers()
-                    return
-                task = by_prompt[next(m["content"] for m in body["messages"] if m["role"] == "user")]
-                done = sum(m["role"] == "tool" for m in body["messages"])
-                words = f" (take {number})" if vary and done == 0 else ""
-                if done < len(task.gold_calls):
-                    gold = task.gold_calls[done]
-                    arguments = "{not json" if task.id == malformed else json.dumps(gold["arguments"])
-                    message = {"role": "assistant", "content": f"Step {done + 1}: compute it.{words}", "tool_calls": [
-                        {"id": f"c{done}", "type": "function", "function": {"name": gold["name"], "arguments": arguments}}]}
-                else:
-                    message = {"role": "assistant", "content": f"The answer is {final or body['messages'][-1]['content']}."}
-                payload = json.dumps({"choices": [{"message": message}]}).encode()
-                handler.send_response(200)
-                handler.send_header("Content-Type", "application/json")
-                handler.send_header("Content-Length", str(len(payload)))
-                handler.end_headers()
-                handler.wfile.write(payload)
-
-            def log_message(handler, *args):  # noqa: N805
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
+    return ChatServer(answer, delay_s)
 
 
 def test_an_openai_compatible_endpoint_teaches_and_its_reasoning_is_kept():

@@ -2,9 +2,6 @@
 rollouts, and its tokens are masked like tool results; an LLM user behind an OpenAI-compatible endpoint."""
 
 import asyncio
-import http.server
-import json
-import threading
 import time
 
 
@@ -12,6 +9,7 @@ from rlvr.core.contract import Task
 from rlvr.core.endpoint import EndpointClient
 from rlvr.envs.calculator import CalculatorEnv
 from rlvr.envs.users import EndpointUser, ScriptedUser
+from chat_server import ChatServer
 
 
 class _Chatty(CalculatorEnv):
@@ -50,37 +48,13 @@ def test_user_messages_are_masked_in_a_rollout():
     assert trajectory.final_answer == "It is 12."
 
 
-class _UserServer:
-    """An OpenAI-compatible endpoint on 127.0.0.1 playing the user: it asks for 5 more until the agent says 9,
-    then stops; slow on purpose."""
-
-    def __init__(self, delay_s=0.3):
-        self.requests = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(handler):  # noqa: N805
-                body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-                outer.requests.append(body)
-                time.sleep(delay_s)
-                done = body["messages"][-1]["content"] == "9."  # the agent's last words, as the user hears them
-                text = "###STOP###" if done else "Please also add 5."
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                handler.send_response(200)
-                handler.send_header("Content-Length", str(len(payload)))
-                handler.end_headers()
-                handler.wfile.write(payload)
-
-            def log_message(handler, *args):  # noqa: N805
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+def _user(body, number):
+    """Plays the user: asks for 5 more until the agent says 9 (its last words, as the user hears them), then stops."""
+    return {"content": "###STOP###" if body["messages"][-1]["content"] == "9." else "Please also add 5."}
 
 
 def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
-    server = _UserServer()
+    server = ChatServer(_user, delay_s=0.3)
     try:
         user = EndpointUser(EndpointClient(server.url), "user-sim", "You want 2 + 2, then 5 more.", seed=7)
         task = Task(id="t", env="calculator", prompt="What is 2 + 2?")
@@ -114,4 +88,4 @@ def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
         conversation += [{"role": "user", "content": "Please also add 5."}, {"role": "assistant", "content": "9."}]
         assert asyncio.run(user.reply(conversation, task)) is None  # the stop phrase ends it
     finally:
-        server.server.shutdown()
+        server.close()
