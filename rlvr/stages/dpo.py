@@ -21,8 +21,6 @@ standard DPO (`trajectory`) spreads the preference over all of it.
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from typing import Any
 
@@ -160,6 +158,7 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
 
     from rlvr.rollout.chat import ChatRenderer
     from rlvr.run import Run
+    from rlvr.stages.sft import epoch_batches, epoch_steps
     from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, preference_objective
     from rlvr.training.checkpoint import save_adapter
     from rlvr.training.learner import Learner, load_policy, make_micro_batch
@@ -182,8 +181,7 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
     run = Run(cfg.model_copy(update={"name": f"{cfg.name}-dpo"}))
     model = load_policy(cfg, reference=True)
     device = next(model.parameters()).device
-    per_epoch = -(-len(pairs) // cfg.dpo.batch_size)
-    total = math.ceil(cfg.dpo.epochs * per_epoch)
+    total = epoch_steps(len(pairs), cfg.dpo.batch_size, cfg.dpo.epochs)
     learner_cfg = cfg.learner.model_copy(update=dict(  # TRL's DPO defaults, LoRA's learning rate
         lr=cfg.dpo.lr, lr_schedule="linear", warmup_steps=0, weight_decay=0.0, adam_betas=(0.9, 0.999),
         grad_clip=1.0, epochs=1, mini_batches=1))
@@ -192,14 +190,10 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
                                            mb.mask))
     if source:
         run.log(0, {f"dpo/{k}": v for k, v in source.items()})
-    rng = random.Random(cfg.seed)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress:
         bar = progress.add_task("dpo", total=total)
-        for step in range(1, total + 1):
-            if (step - 1) % per_epoch == 0:
-                order = rng.sample(pairs, len(pairs))
-            chosen = order[(step - 1) % per_epoch * cfg.dpo.batch_size:][: cfg.dpo.batch_size]
+        for step, chosen, epoch in epoch_batches(pairs, cfg.dpo.batch_size, cfg.dpo.epochs, cfg.seed):
             flat = [t for pair in chosen for t in pair]
             batch = Batch(trajectories=flat, advantages=[[0.0] * len(t.completion_ids) for t in flat])
             micro = [make_micro_batch(batch, rows, device)
@@ -212,7 +206,7 @@ def dpo(cfg: Config, pairs: list[Pair] | None = None):
                                                                  sequences=len(flat)))
             model.eval()
             metrics = {"dpo/loss": totals.pop("loss"), "dpo/grad_norm": grad_norm,
-                       "dpo/lr": learner.scheduler.get_last_lr()[0], "dpo/epoch": step / per_epoch,
+                       "dpo/lr": learner.scheduler.get_last_lr()[0], "dpo/epoch": epoch,
                        **{f"dpo/{k}": v / len(chosen) for k, v in totals.items()}}
             run.log(step, metrics)
             progress.update(bar, advance=1, description=f"dpo loss {metrics['dpo/loss']:.3f} "

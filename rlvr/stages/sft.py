@@ -112,6 +112,22 @@ def as_trajectory(number: int, row: dict[str, list[int]]) -> Trajectory:
                       completion_ids=ids[first:], loss_mask=mask[first:], logprobs=[0.0] * (len(ids) - first))
 
 
+def epoch_steps(items: int, batch_size: int, epochs: float) -> int:
+    """Optimiser steps of `epochs` passes over `items` examples in batches of `batch_size` (a part epoch counts)."""
+    return math.ceil(epochs * -(-items // batch_size))
+
+
+def epoch_batches(items: list, batch_size: int, epochs: float, seed: int):
+    """(step, batch, epochs done) for `epoch_steps` steps; each epoch visits `items` in its own seeded order.
+    SFT and DPO draw their batches so."""
+    per_epoch = -(-len(items) // batch_size)
+    rng = random.Random(seed)
+    for step in range(1, epoch_steps(len(items), batch_size, epochs) + 1):
+        if (step - 1) % per_epoch == 0:
+            order = rng.sample(items, len(items))
+        yield step, order[(step - 1) % per_epoch * batch_size:][:batch_size], step / per_epoch
+
+
 def sft(cfg: Config):
     """Fine-tune, save the adapter into a run folder `<output_dir>/<name>-sft-<time>/adapter`; returns the Run."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -130,24 +146,19 @@ def sft(cfg: Config):
     run = Run(cfg.model_copy(update={"name": f"{cfg.name}-sft"}))
     sft_cfg = cfg.sft
     model = load_policy(cfg)
-    per_epoch = -(-len(examples) // sft_cfg.batch_size)
-    total = math.ceil(sft_cfg.epochs * per_epoch)
+    total = epoch_steps(len(examples), sft_cfg.batch_size, sft_cfg.epochs)
     learner_cfg = cfg.learner.model_copy(update=dict(  # TRL's SFT defaults
         lr=sft_cfg.lr, lr_schedule="constant", warmup_steps=0, weight_decay=0.0, adam_betas=(0.9, 0.999),
         grad_clip=1.0, epochs=1, mini_batches=1))
     learner = Learner(model, learner_cfg, ObjectiveSpec(), total_steps=total,
                       objective=lambda counts, logp, mb: nll_objective(counts, logp, mb.mask))
-    rng = random.Random(cfg.seed)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as progress:
         bar = progress.add_task("sft", total=total)
-        for step in range(1, total + 1):
-            if (step - 1) % per_epoch == 0:
-                order = rng.sample(examples, len(examples))
-            chosen = order[(step - 1) % per_epoch * sft_cfg.batch_size:][: sft_cfg.batch_size]
+        for step, chosen, epoch in epoch_batches(examples, sft_cfg.batch_size, sft_cfg.epochs, cfg.seed):
             batch = Batch(trajectories=chosen, advantages=[[0.0] * len(t.completion_ids) for t in chosen])
             metrics = learner.step(batch)
-            run.log(step, {"sft/loss": metrics["learner/nll"], "sft/epoch": step / per_epoch,
+            run.log(step, {"sft/loss": metrics["learner/nll"], "sft/epoch": epoch,
                            "sft/grad_norm": metrics["learner/grad_norm"], "sft/lr": metrics["learner/lr"],
                            "sft/tokens_per_s": metrics["learner/tokens_per_s"]})
             progress.update(bar, advance=1, description=f"sft loss {metrics['learner/nll']:.3f}")
