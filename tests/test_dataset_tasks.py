@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-datasets = pytest.importorskip("datasets")
+import datasets  # a core dependency: no skip
 
-from rlvr.core.config import ConfigError, load_config  # noqa: E402
-from rlvr.core.tasks import load_tasks  # noqa: E402
-from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
+from rlvr.core.config import ConfigError, load_config
+from rlvr.core.tasks import load_tasks
+from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
 
 ROWS = [{"question": f"What is {a} * 7?", "final": a * 7, "level": a % 3,
          "calls": json.dumps([{"name": "calculate", "arguments": {"expression": f"{a} * 7"}}])} for a in (11, 12, 13)]
