@@ -41,15 +41,16 @@ def _call_key(call: ToolCall) -> str:
 
 
 def tool_call_validity(trajectory: Trajectory, task: Task) -> Score:
-    """The fraction of calls that parsed, named a known tool and had schema-valid arguments (1.0 when the
-    trajectory made no call), with per-call credit 1.0 / 0.0 and the counts of each failure kind."""
+    """The fraction of calls that parsed, named a known tool and had schema-valid arguments, with per-call
+    credit 1.0 / 0.0 and the counts of each failure kind. Without calls: 1.0 (nothing invalid was written),
+    marked as not applying, so the logged validity is over trajectories that made calls."""
     checks = call_checks(trajectory)
     valid = [c["parsed"] * c["known_tool"] * c["valid_arguments"] for c in checks]
     components = {"calls": float(len(checks))}
     for kind in REJECTED_CALLS:
         components[kind.value] = float(sum(c.error == kind for c in trajectory.tool_calls))
     total = sum(valid) / len(valid) if valid else 1.0
-    return Score(total=total, components=components, calls=valid)
+    return Score(total=total, components=components, calls=valid, applies=bool(valid))
 
 
 def tool_calls(trajectory: Trajectory, task: Task) -> float:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
 from rlvr.core.contract import Group, Task, Trajectory
-from rlvr.rewards.base import Score
+from rlvr.rewards.base import NOT_APPLICABLE, Score
 from rlvr.rewards.calls import call_checks
 from rlvr.rewards.registry import load_reward
 
@@ -157,6 +157,8 @@ class Scorer:
         components: dict[str, float] = {}
         for term, score in zip(self.terms, results):
             components[term.name] = score.total
+            if not score.applies:
+                components[f"{term.name}/{NOT_APPLICABLE}"] = 1.0
             components.update({f"{term.name}/{part}": value for part, value in score.components.items()})
         trajectory.reward_components = components
         _set_call_credit(trajectory, self.terms, results)

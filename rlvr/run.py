@@ -11,6 +11,7 @@ from typing import Any
 
 from rlvr.core.config import Config
 from rlvr.core.contract import Group, Trajectory
+from rlvr.rewards.base import NOT_APPLICABLE
 
 
 class Run:
@@ -61,7 +62,9 @@ class Run:
 
 def render_trajectory(trajectory: Trajectory, title: str) -> str:
     """A trajectory as Markdown: reward and its parts, then every message, tool calls with their verdict."""
-    parts = ", ".join(f"{k} {v:g}" for k, v in trajectory.reward_components.items() if "/" not in k)
+    components = trajectory.reward_components
+    parts = ", ".join(f"{k} " + ("n/a" if components.get(f"{k}/{NOT_APPLICABLE}") else f"{v:g}")
+                      for k, v in components.items() if "/" not in k)
     lines = [f"## {title}", "", f"reward **{trajectory.reward:g}** ({parts}); {trajectory.turns} turns, finished by "
              f"{trajectory.finish_reason}, policy v{trajectory.policy_version}", ""]
     for message in trajectory.messages:

@@ -13,7 +13,7 @@ from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.core.plugins import PluginError
 from rlvr.rewards.answer import (answer_format, exact_answer, extract_answer, extract_number, math_equivalence,
                                  numeric_answer)
-from rlvr.rewards.base import Score
+from rlvr.rewards.base import Score, component_means
 from rlvr.rewards.calls import tool_call_validity
 from rlvr.rewards.registry import BUILTIN_REWARDS, load_reward, reward_specs
 from rlvr.rewards.scoring import RewardError, RewardTerm, Scorer
@@ -96,7 +96,21 @@ def test_tool_call_validity():
     score = tool_call_validity(_traj("1", calls), _task(1))
     assert score.total == pytest.approx(2 / 5) and score.calls == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert score.components == {"calls": 5.0, "parse": 1.0, "unknown_tool": 1.0, "bad_arguments": 1.0}
-    assert tool_call_validity(_traj("1"), _task(1)).total == 1.0
+    no_calls = tool_call_validity(_traj("1"), _task(1))
+    assert no_calls.total == 1.0 and not no_calls.applies and score.applies
+
+
+def test_a_reward_that_does_not_apply_is_left_out_of_its_logged_mean():
+    scorer = Scorer.from_specs({"numeric_answer": 1.0, "tool_call_validity": 0.5})
+    with_calls = _traj("7", [ToolCall(name="f", result="1"), ToolCall(raw="{", error=ToolCallError.parse)])
+    without = _traj("7")
+    for t in (with_calls, without):
+        asyncio.run(scorer.score(t, _task(7)))
+    assert without.reward == 1.5  # still part of the combined reward
+    means = component_means([with_calls.reward_components, without.reward_components])
+    assert means["tool_call_validity"] == 0.5 and means["numeric_answer"] == 1.0
+    assert means["tool_call_validity/calls"] == 1.0 and "tool_call_validity/not_applicable" not in means
+    assert "tool_call_validity" not in component_means([without.reward_components])
 
 
 # -- plugins -----------------------------------------------------------------------------------------

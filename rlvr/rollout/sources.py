@@ -14,6 +14,7 @@ from typing import Callable
 from rlvr.core.config import Config, ConfigError
 from rlvr.core.contract import Group, Trajectory
 from rlvr.core.protocols import Learner, RolloutBackend, RolloutResult
+from rlvr.rewards.base import component_means
 from rlvr.training.learner import resolve_device
 
 
@@ -194,8 +195,7 @@ def _rollout_metrics(step: int, results: list[RolloutResult], reissued: int) -> 
 
 
 def _reward_means(trajectories: list[Trajectory], prefix: str) -> dict[str, float]:
-    """<prefix>/mean of the rewards and <prefix>/<name> of every reward component."""
-    metrics = {f"{prefix}/mean": sum(t.reward for t in trajectories) / len(trajectories)}
-    for name in trajectories[0].reward_components:
-        metrics[f"{prefix}/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / len(trajectories)
-    return metrics
+    """<prefix>/mean of the rewards and <prefix>/<name> of every reward component (rewards/base.py)."""
+    means = component_means([t.reward_components for t in trajectories])
+    return {f"{prefix}/mean": sum(t.reward for t in trajectories) / len(trajectories),
+            **{f"{prefix}/{name}": value for name, value in means.items()}}
