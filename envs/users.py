@@ -6,10 +6,13 @@ sees the whole conversation so far and returns the user's next message, or None 
 counts the user's turns against `max_user_turns`. The user's tokens are context, masked like tool results.
 
 - ScriptedUser: fixed replies in order (tests, confirmations such as "Yes, go ahead").
-- EndpointUser: an LLM behind an OpenAI-compatible endpoint role-playing the task's user from its
-  instructions; the conversation is shown with the roles swapped (the agent's words as the user's) and
-  without tool traffic; the trajectory's seed goes with every request, so rollouts replay where the server
-  honours seeds; the user ends the conversation by writing `stop_phrase`.
+- LLMUser: an LLM role-playing the task's user from its instructions, behind a chat client: an
+  OpenAI-compatible endpoint (EndpointClient) or the model the rollout worker serves beside the policy on
+  its own engine (`rollout.user_model`, reached with `local_chat()`; its requests batch with each other
+  and interleave with the policy's passes on the worker's event loop). The conversation is shown with the
+  roles swapped (the agent's words as the user's) and without tool traffic; the trajectory's seed goes with
+  every request, so rollouts replay (the local engine always honours it); the user ends the conversation
+  by writing `stop_phrase`.
 
 This module imports neither torch nor Ray.
 """
@@ -19,13 +22,33 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from rlvr.core.contract import Message, Task, spoken_text
-from rlvr.core.endpoint import EndpointClient
 
 
 class UserSimulator(Protocol):
     async def reply(self, conversation: list[Message], task: Task) -> str | None:
         """The user's next message after the agent's last answer, or None when the user is done."""
         ...
+
+
+class ChatClient(Protocol):
+    async def chat(self, payload: dict[str, Any], task_id: str) -> dict[str, Any]:
+        """The assistant message answering an OpenAI chat-completions `payload`; errors name `task_id`."""
+        ...
+
+
+_LOCAL_CHAT: list[ChatClient] = []  # the user model served by this process's rollout worker, if any
+
+
+def serve_local_chat(client: ChatClient | None) -> None:
+    """Set (None: clear) the chat client that `local_chat()` returns: the rollout worker's user engine."""
+    _LOCAL_CHAT[:] = [client] if client is not None else []
+
+
+def local_chat() -> ChatClient:
+    if not _LOCAL_CHAT:
+        raise RuntimeError("a simulated user asked for the local user model, but this process serves none: set "
+                           "rollout.user_model to the model the rollout worker should serve for simulated users")
+    return _LOCAL_CHAT[0]
 
 
 class ScriptedUser:
@@ -43,10 +66,10 @@ USER_SYSTEM = ("You are a customer talking to a support agent. Follow these inst
                "handled, or cannot be, write {stop} and nothing else.\n\nInstructions:\n{instructions}")
 
 
-class EndpointUser:
-    """An LLM user simulator behind an OpenAI-compatible chat endpoint (see the module docstring)."""
+class LLMUser:
+    """An LLM user simulator behind a chat client (see the module docstring)."""
 
-    def __init__(self, client: EndpointClient, model: str, instructions: str, seed: int, temperature: float = 0.0,
+    def __init__(self, client: ChatClient, model: str, instructions: str, seed: int, temperature: float = 0.0,
                  stop_phrase: str = "###STOP###"):
         self.client, self.model, self.seed, self.temperature = client, model, seed, temperature
         self.system = USER_SYSTEM.format(stop=stop_phrase, instructions=instructions)

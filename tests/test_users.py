@@ -4,11 +4,12 @@ rollouts, and its tokens are masked like tool results; an LLM user behind an Ope
 import asyncio
 import time
 
+import pytest
 
 from rlvr.core.contract import Task
 from rlvr.core.endpoint import EndpointClient
 from rlvr.envs.calculator import CalculatorEnv
-from rlvr.envs.users import EndpointUser, ScriptedUser
+from rlvr.envs.users import LLMUser, ScriptedUser, local_chat
 from chat_server import ChatServer
 
 
@@ -56,7 +57,7 @@ def _user(body, number):
 def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
     server = ChatServer(_user, delay_s=0.3)
     try:
-        user = EndpointUser(EndpointClient(server.url), "user-sim", "You want 2 + 2, then 5 more.", seed=7)
+        user = LLMUser(EndpointClient(server.url), "user-sim", "You want 2 + 2, then 5 more.", seed=7)
         task = Task(id="t", env="calculator", prompt="What is 2 + 2?")
         conversation = [{"role": "system", "content": "Solve."}, {"role": "user", "content": "What is 2 + 2?"},
                         {"role": "assistant", "content": "<tool_call>...</tool_call>"}, {"role": "tool", "content": "4"},
@@ -89,3 +90,51 @@ def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
         assert asyncio.run(user.reply(conversation, task)) is None  # the stop phrase ends it
     finally:
         server.close()
+
+
+class LocalUserEnv(CalculatorEnv):
+    """A calculator env whose user is the model the rollout worker serves (rollout.user_model)."""
+    max_user_turns = 2
+
+    def __init__(self, task, seed=0, tool_timeout_s=10.0):
+        super().__init__(task, seed, tool_timeout_s)
+        # sampled (seeded): greedy, the random model writes only newlines, which end the conversation
+        self.user = LLMUser(local_chat(), "", "You want 2 + 2, then 5 more.", seed=seed, temperature=1.0)
+
+
+def test_without_a_served_user_model_the_local_user_says_what_to_set():
+    with pytest.raises(RuntimeError, match="rollout.user_model"):
+        LocalUserEnv(Task(id="t", env="calculator", prompt="?"))
+
+
+def test_the_rollout_worker_serves_the_user_model_beside_the_policy(tmp_path):
+    from rlvr.core.config import load_config
+    from rlvr.rollout.agent import rollout_trajectory
+    from rlvr.rollout.workers import RolloutWorker
+    from rlvr.stages.synth import ScriptedEngine
+
+    cfg = load_config(None, ["model.name=tiny-random-llama", "rollout.user_model=tiny-random-llama",
+                             "env.name=test_users:LocalUserEnv", "rollout.max_turns=4", f"output_dir={tmp_path}"])
+    task = Task(id="t", env="calculator", prompt="What is 2 + 2?", answer=4)
+    worker = RolloutWorker(cfg)
+    try:
+        assert worker.user_engine is not None and worker.user_engine is not worker.engine
+
+        def converse(seed):  # a scripted policy, the served user model answering it on the worker's loop
+            policy = ScriptedEngine(worker.renderer, ["It is 4.", "It is 9.", "Done."])
+            return worker.loop.run_until_complete(rollout_trajectory(task, 0, policy, worker.renderer, LocalUserEnv,
+                                                                     cfg.rollout, seed=seed))
+
+        first, again, other = converse(3), converse(3), converse(4)
+    finally:
+        worker.close()
+    users = [m["content"] for m in first.messages[2:] if m["role"] == "user"]
+    assert len(users) == 2 and all(users)  # the random user model spoke after each answer, within its budget
+    tokenizer = worker.renderer.tokenizer
+    masked = tokenizer.decode([i for i, m in zip(first.completion_ids, first.loss_mask) if not m])
+    sampled = tokenizer.decode([i for i, m in zip(first.completion_ids, first.loss_mask) if m])
+    assert users[0][:20] in masked and users[0][:20] not in sampled  # context for the policy, never trained on
+    # the trajectory's seed goes with every user request: the same seed replays the same conversation
+    assert first.messages == again.messages and first.messages != other.messages
+    with pytest.raises(RuntimeError, match="rollout.user_model"):  # closing the worker withdraws its user model
+        local_chat()

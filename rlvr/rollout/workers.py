@@ -35,6 +35,7 @@ class RolloutWorker:
         self.loop = asyncio.new_event_loop()  # one loop for the engine's life: vLLM binds to the first
         self.shares_model = model is not None
         self.engine = self._make_engine(model)
+        self.user_engine = self._serve_user_model()
         self.version = 0  # the initial policy: the fresh adapter (a no-op) or model.init_adapter
 
     def _make_engine(self, model):
@@ -63,6 +64,23 @@ class RolloutWorker:
         if cfg.rollout.engine == "hf" and unsupported(model.config) is None:
             return ContinuousEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
         return HFEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
+
+    def _serve_user_model(self):
+        """The engine of `rollout.user_model`, published for simulated users (rlvr/rollout/users.py)."""
+        if not self.cfg.rollout.user_model:
+            return None
+        import torch
+
+        from rlvr.envs.users import serve_local_chat
+        from rlvr.rollout.users import EngineChat, user_engine
+        from rlvr.training.learner import resolve_device
+        from rlvr.training.models import bf16_supported
+
+        device = resolve_device("auto")
+        engine, tokenizer = user_engine(self.cfg.rollout.user_model, device,
+                                        torch.bfloat16 if bf16_supported(device) else torch.float32)
+        serve_local_chat(EngineChat(engine, tokenizer))
+        return engine
 
     def ping(self) -> int:
         return self.version
@@ -95,6 +113,10 @@ class RolloutWorker:
     def close(self) -> None:
         if hasattr(self.engine, "shutdown"):
             self.engine.shutdown()
+        if self.user_engine is not None:
+            from rlvr.envs.users import serve_local_chat
+
+            serve_local_chat(None)
         self.loop.run_until_complete(_cancel_pending())  # the HF engine's batcher, vLLM's output handler
         self.loop.close()
 
