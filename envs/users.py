@@ -8,7 +8,7 @@ counts the user's turns against `max_user_turns`. The user's tokens are context,
 - ScriptedUser: fixed replies in order (tests, confirmations such as "Yes, go ahead").
 - LLMUser: an LLM role-playing the task's user from its instructions, behind a chat client: an
   OpenAI-compatible endpoint (EndpointClient) or the model the rollout worker serves beside the policy on
-  its own engine (`rollout.user_model`, reached with `local_chat()`; its requests batch with each other
+  its own engine (`rollout.user_model`, reached through `LocalChat()`; its requests batch with each other
   and interleave with the policy's passes on the worker's event loop). The conversation is shown with the
   roles swapped (the agent's words as the user's) and without tool traffic; the trajectory's seed goes with
   every request, so rollouts replay (the local engine always honours it); the user ends the conversation
@@ -40,15 +40,20 @@ _LOCAL_CHAT: list[ChatClient] = []  # the user model served by this process's ro
 
 
 def serve_local_chat(client: ChatClient | None) -> None:
-    """Set (None: clear) the chat client that `local_chat()` returns: the rollout worker's user engine."""
+    """Set (None: clear) the chat client `LocalChat` forwards to: the rollout worker's user engine."""
     _LOCAL_CHAT[:] = [client] if client is not None else []
 
 
-def local_chat() -> ChatClient:
-    if not _LOCAL_CHAT:
-        raise RuntimeError("a simulated user asked for the local user model, but this process serves none: set "
-                           "rollout.user_model to the model the rollout worker should serve for simulated users")
-    return _LOCAL_CHAT[0]
+class LocalChat:
+    """The user model this process's rollout worker serves, looked up at each request: envs are also built
+    where no worker runs (task sources replaying gold calls, `rlvr envs check`), and only a conversation
+    that reaches a user turn needs the model."""
+
+    async def chat(self, payload: dict[str, Any], task_id: str) -> dict[str, Any]:
+        if not _LOCAL_CHAT:
+            raise RuntimeError(f"task {task_id!r}: its simulated user asks for the local user model, but this process "
+                               "serves none: set rollout.user_model to the model the rollout worker should serve")
+        return await _LOCAL_CHAT[0].chat(payload, task_id)
 
 
 class ScriptedUser:

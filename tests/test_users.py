@@ -9,7 +9,7 @@ import pytest
 from rlvr.core.contract import Task
 from rlvr.core.endpoint import EndpointClient
 from rlvr.envs.calculator import CalculatorEnv
-from rlvr.envs.users import LLMUser, ScriptedUser, local_chat
+from rlvr.envs.users import LLMUser, LocalChat, ScriptedUser
 from chat_server import ChatServer
 
 
@@ -99,12 +99,13 @@ class LocalUserEnv(CalculatorEnv):
     def __init__(self, task, seed=0, tool_timeout_s=10.0):
         super().__init__(task, seed, tool_timeout_s)
         # sampled (seeded): greedy, the random model writes only newlines, which end the conversation
-        self.user = LLMUser(local_chat(), "", "You want 2 + 2, then 5 more.", seed=seed, temperature=1.0)
+        self.user = LLMUser(LocalChat(), "", "You want 2 + 2, then 5 more.", seed=seed, temperature=1.0)
 
 
 def test_without_a_served_user_model_the_local_user_says_what_to_set():
-    with pytest.raises(RuntimeError, match="rollout.user_model"):
-        LocalUserEnv(Task(id="t", env="calculator", prompt="?"))
+    env = LocalUserEnv(Task(id="t", env="calculator", prompt="?"))  # envs are built where no worker runs too
+    with pytest.raises(RuntimeError, match="task 't'.*rollout.user_model"):
+        asyncio.run(env.user_turn(env.messages() + [{"role": "assistant", "content": "4"}], "4"))
 
 
 def test_the_rollout_worker_serves_the_user_model_beside_the_policy(tmp_path):
@@ -137,4 +138,4 @@ def test_the_rollout_worker_serves_the_user_model_beside_the_policy(tmp_path):
     # the trajectory's seed goes with every user request: the same seed replays the same conversation
     assert first.messages == again.messages and first.messages != other.messages
     with pytest.raises(RuntimeError, match="rollout.user_model"):  # closing the worker withdraws its user model
-        local_chat()
+        asyncio.run(LocalChat().chat({"messages": []}, "t"))

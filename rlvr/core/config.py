@@ -82,7 +82,7 @@ class RolloutConfig(_Section):
     tool_format: Literal["auto", "hermes", "llama3", "mistral"] = "auto"  # auto: read from the chat template
     strict_tokens: bool = False  # raise when the token stream drifts from a full re-render (else count it)
     # a frozen model each rollout worker serves on its own engine for simulated users (envs/users.py
-    # local_chat(); tau2: env.options.user_url=local), e.g. smollm2-360m-instruct
+    # LocalChat; tau2: env.options.user_url=local), e.g. smollm2-360m-instruct
     user_model: str | None = None
 
 
