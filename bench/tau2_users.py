@@ -3,7 +3,7 @@
     python bench/tau2_users.py [--domain retail] [--tasks 4] [--group-size 4] [--rounds 2]
                                [--model smollm2-135m-instruct] [--user-model smollm2-135m-instruct]
 
-One rollout worker serves the policy and, on its own engine, the user model (`rollout.user_model`). Each
+One rollout worker serves the policy and, on its own engine, the user model (`rollout.local_chat_model`). Each
 round rolls the same tasks and seeds out twice, alternating which goes first: with the scripted user (it
 confirms once, then the conversation ends) and with the LLM user (`user_url: local`: it plays the customer
 from the task's instructions, up to 10 turns, until it writes the stop phrase). Printed per arm, medians over
@@ -40,7 +40,7 @@ def main() -> None:
     from rlvr.envs.tau2 import Tau2Env
     from rlvr.rollout.workers import RolloutWorker
 
-    overrides = [f"model.name={args.model}", "env.name=tau2", f"rollout.user_model={args.user_model}",
+    overrides = [f"model.name={args.model}", "env.name=tau2", f"rollout.local_chat_model={args.user_model}",
                  f"rollout.group_size={args.group_size}", f"rollout.max_turns={args.max_turns}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.max_total_tokens=2048",
                  "output_dir=/tmp/rlvr-bench-tau2-users"]

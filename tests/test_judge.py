@@ -65,3 +65,33 @@ def test_a_task_with_an_empty_assertion_list_passes(judge):
     task = Task(id="t", env="tau2", prompt="?", metadata={"assertions": []})
     scorer = Scorer.from_specs([("llm_judge", 1.0, {"url": judge.url, "model": "judge"})])
     assert asyncio.run(scorer.score(_trajectory(), task)).reward == 1.0 and judge.requests == []
+
+
+def test_the_judge_can_be_the_local_chat_model_of_the_rollout_worker(tmp_path):
+    from rlvr.core.config import load_config
+    from rlvr.core.endpoint import serve_local_chat
+    from rlvr.rollout.workers import RolloutWorker
+
+    class Judge:  # the local model's place, answering as the endpoint judge above does
+        async def chat(self, payload, task_id):
+            return _judge(payload, 0)
+
+    task = Task(id="t", env="support_desk", prompt="?", metadata={"assertions": [
+        "The agent says 'confirm'", "The agent says 'refund'"]})
+    scorer = Scorer.from_specs([("llm_judge", 1.0, {"url": "local", "model": ""})])
+    with pytest.raises(RewardError, match="rollout.local_chat_model"):  # nothing served in this process
+        asyncio.run(scorer.score(_trajectory(), task))
+    serve_local_chat(Judge())
+    try:
+        assert asyncio.run(scorer.score(_trajectory(), task)).reward == 0.5
+    finally:
+        serve_local_chat(None)
+    # a real one: the worker's random model answers neither YES nor NO, which raises rather than scoring 0
+    cfg = load_config(None, ["model.name=tiny-random-llama", "rollout.local_chat_model=tiny-random-llama",
+                             f"output_dir={tmp_path}"])
+    worker = RolloutWorker(cfg)
+    try:
+        with pytest.raises(RewardError, match="neither YES nor NO"):
+            worker.loop.run_until_complete(scorer.score(_trajectory(), task))
+    finally:
+        worker.close()

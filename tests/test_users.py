@@ -7,9 +7,9 @@ import time
 import pytest
 
 from rlvr.core.contract import Task
-from rlvr.core.endpoint import EndpointClient
+from rlvr.core.endpoint import EndpointClient, LocalChat
 from rlvr.envs.calculator import CalculatorEnv
-from rlvr.envs.users import LLMUser, LocalChat, ScriptedUser
+from rlvr.envs.users import LLMUser, ScriptedUser
 from chat_server import ChatServer
 
 
@@ -93,7 +93,7 @@ def test_an_llm_user_behind_an_endpoint_swaps_roles_stops_and_does_not_block():
 
 
 class LocalUserEnv(CalculatorEnv):
-    """A calculator env whose user is the model the rollout worker serves (rollout.user_model)."""
+    """A calculator env whose user is the model the rollout worker serves (rollout.local_chat_model)."""
     max_user_turns = 2
 
     def __init__(self, task, seed=0, tool_timeout_s=10.0):
@@ -104,7 +104,7 @@ class LocalUserEnv(CalculatorEnv):
 
 def test_without_a_served_user_model_the_local_user_says_what_to_set():
     env = LocalUserEnv(Task(id="t", env="calculator", prompt="?"))  # envs are built where no worker runs too
-    with pytest.raises(RuntimeError, match="task 't'.*rollout.user_model"):
+    with pytest.raises(RuntimeError, match="task 't'.*rollout.local_chat_model"):
         asyncio.run(env.user_turn(env.messages() + [{"role": "assistant", "content": "4"}], "4"))
 
 
@@ -114,12 +114,12 @@ def test_the_rollout_worker_serves_the_user_model_beside_the_policy(tmp_path):
     from rlvr.rollout.workers import RolloutWorker
     from rlvr.stages.synth import ScriptedEngine
 
-    cfg = load_config(None, ["model.name=tiny-random-llama", "rollout.user_model=tiny-random-llama",
+    cfg = load_config(None, ["model.name=tiny-random-llama", "rollout.local_chat_model=tiny-random-llama",
                              "env.name=test_users:LocalUserEnv", "rollout.max_turns=4", f"output_dir={tmp_path}"])
     task = Task(id="t", env="calculator", prompt="What is 2 + 2?", answer=4)
     worker = RolloutWorker(cfg)
     try:
-        assert worker.user_engine is not None and worker.user_engine is not worker.engine
+        assert worker.chat_engine is not None and worker.chat_engine is not worker.engine
 
         def converse(seed):  # a scripted policy, the served user model answering it on the worker's loop
             policy = ScriptedEngine(worker.renderer, ["It is 4.", "It is 9.", "Done."])
@@ -137,5 +137,5 @@ def test_the_rollout_worker_serves_the_user_model_beside_the_policy(tmp_path):
     assert users[0][:20] in masked and users[0][:20] not in sampled  # context for the policy, never trained on
     # the trajectory's seed goes with every user request: the same seed replays the same conversation
     assert first.messages == again.messages and first.messages != other.messages
-    with pytest.raises(RuntimeError, match="rollout.user_model"):  # closing the worker withdraws its user model
+    with pytest.raises(RuntimeError, match="rollout.local_chat_model"):  # closing the worker withdraws its user model
         asyncio.run(LocalChat().chat({"messages": []}, "t"))

@@ -81,9 +81,9 @@ class RolloutConfig(_Section):
     tool_timeout_s: float = Field(10.0, gt=0.0)  # per tool call
     tool_format: Literal["auto", "hermes", "llama3", "mistral"] = "auto"  # auto: read from the chat template
     strict_tokens: bool = False  # raise when the token stream drifts from a full re-render (else count it)
-    # a frozen model each rollout worker serves on its own engine for simulated users (envs/users.py
-    # LocalChat; tau2: env.options.user_url=local), e.g. smollm2-360m-instruct
-    user_model: str | None = None
+    # a frozen model each rollout worker serves on its own engine to simulated users and LLM judges whose
+    # url is "local" (rlvr/core/endpoint.py LocalChat; tau2: env.options.user_url=local)
+    local_chat_model: str | None = None
 
 
 class ToolConditions(_Section):

@@ -1,8 +1,16 @@
-"""A client for OpenAI-compatible chat endpoints: teachers in `rlvr synth`, LLM user simulators in envs.
+"""Chat clients: OpenAI-compatible endpoints (teachers in `rlvr synth`, LLM users in envs, LLM judges) and
+the local chat model a rollout worker serves itself.
 
-A bearer token when given, retries with exponential backoff (honouring Retry-After) on 408/429/5xx answers
-and refused connections, and an error naming the task on a malformed answer. The request runs in a thread,
-so awaiting it never blocks the rollouts sharing the event loop. This module imports neither torch nor Ray.
+EndpointClient: a bearer token when given, retries with exponential backoff (honouring Retry-After) on
+408/429/5xx answers and refused connections, and an error naming the task on a malformed answer. The request
+runs in a thread, so awaiting it never blocks the rollouts sharing the event loop.
+
+LocalChat: the frozen model named by `rollout.local_chat_model`, which each rollout worker loads onto its
+own engine beside the policy's (rlvr/rollout/local_chat.py) and publishes here; simulated users and judges
+configured with the url "local" reach it. Its requests batch with each other and interleave with the
+policy's decoding on the worker's event loop, and honour the seed they carry.
+
+This module imports neither torch nor Ray.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import json
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 
 # requests wait on the network, not the CPU: their own pool, so a judge's hundreds of concurrent verdicts do
@@ -97,3 +105,35 @@ class _Retry(Exception):
     def __init__(self, reason: str, retry_after_s: float | None):
         super().__init__(reason)
         self.reason, self.retry_after_s = reason, retry_after_s
+
+
+class ChatClient(Protocol):
+    async def chat(self, payload: dict[str, Any], task_id: str) -> dict[str, Any]:
+        """The assistant message answering an OpenAI chat-completions `payload`; errors name `task_id`."""
+        ...
+
+
+LOCAL = "local"  # the url that names the local chat model
+_LOCAL_CHAT: list[ChatClient] = []  # published by this process's rollout worker, if it serves one
+
+
+def serve_local_chat(client: ChatClient | None) -> None:
+    """Set (None: clear) the chat client that LocalChat forwards to: the rollout worker's local model."""
+    _LOCAL_CHAT[:] = [client] if client is not None else []
+
+
+class LocalChat:
+    """The local chat model, looked up at each request: envs and rewards are also built where no worker
+    runs (task sources replaying gold calls, `rlvr envs check`); only a request needs the model."""
+
+    async def chat(self, payload: dict[str, Any], task_id: str) -> dict[str, Any]:
+        if not _LOCAL_CHAT:
+            raise RuntimeError(f"task {task_id!r}: a simulated user or judge asks for the local chat model, but this "
+                               "process serves none: set rollout.local_chat_model to the model the rollout worker "
+                               "should serve")
+        return await _LOCAL_CHAT[0].chat(payload, task_id)
+
+
+def chat_client(url: str, api_key: str | None = None) -> ChatClient:
+    """LocalChat for the url "local", else an EndpointClient."""
+    return LocalChat() if url == LOCAL else EndpointClient(url, api_key=api_key)

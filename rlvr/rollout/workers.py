@@ -35,7 +35,7 @@ class RolloutWorker:
         self.loop = asyncio.new_event_loop()  # one loop for the engine's life: vLLM binds to the first
         self.shares_model = model is not None
         self.engine = self._make_engine(model)
-        self.user_engine = self._serve_user_model()
+        self.chat_engine = self._serve_local_chat()
         self.version = 0  # the initial policy: the fresh adapter (a no-op) or model.init_adapter
 
     def _make_engine(self, model):
@@ -65,19 +65,19 @@ class RolloutWorker:
             return ContinuousEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
         return HFEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
 
-    def _serve_user_model(self):
-        """The engine of `rollout.user_model`, published for simulated users (rlvr/rollout/users.py)."""
-        if not self.cfg.rollout.user_model:
+    def _serve_local_chat(self):
+        """The engine of `rollout.local_chat_model`, published for users and judges (rlvr/rollout/local_chat.py)."""
+        if not self.cfg.rollout.local_chat_model:
             return None
         import torch
 
-        from rlvr.envs.users import serve_local_chat
-        from rlvr.rollout.users import EngineChat, user_engine
+        from rlvr.core.endpoint import serve_local_chat
+        from rlvr.rollout.local_chat import EngineChat, chat_engine
         from rlvr.training.learner import resolve_device
         from rlvr.training.models import bf16_supported
 
         device = resolve_device("auto")
-        engine, tokenizer = user_engine(self.cfg.rollout.user_model, device,
+        engine, tokenizer = chat_engine(self.cfg.rollout.local_chat_model, device,
                                         torch.bfloat16 if bf16_supported(device) else torch.float32)
         serve_local_chat(EngineChat(engine, tokenizer))
         return engine
@@ -113,8 +113,8 @@ class RolloutWorker:
     def close(self) -> None:
         if hasattr(self.engine, "shutdown"):
             self.engine.shutdown()
-        if self.user_engine is not None:
-            from rlvr.envs.users import serve_local_chat
+        if self.chat_engine is not None:
+            from rlvr.core.endpoint import serve_local_chat
 
             serve_local_chat(None)
         self.loop.run_until_complete(_cancel_pending())  # the HF engine's batcher, vLLM's output handler

@@ -1,9 +1,10 @@
-"""The local user model: simulated users (envs/users.py) served by the rollout worker on its own engine.
+"""The local chat model: served by the rollout worker on its own engine to simulated users and judges.
 
-`rollout.user_model` names a frozen model; the worker loads it, builds an engine for it on its own event
-loop and publishes an `EngineChat` through `envs.users.serve_local_chat`, where an env's `LLMUser` finds it
-(tau2: `env.options.user_url: local`). The user's requests batch with each other on that engine while the
-policy's engine keeps decoding: both step on the worker's loop, between awaits.
+`rollout.local_chat_model` names a frozen model; the worker loads it, builds an engine for it on its own
+event loop and publishes an `EngineChat` through `rlvr.core.endpoint.serve_local_chat`, where LocalChat
+finds it (an LLMUser of envs/users.py, tau2's `env.options.user_url: local`, `llm_judge` with `url: local`).
+Its requests batch with each other on that engine while the policy's engine keeps decoding: both step on
+the worker's loop, between awaits.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any
 
 from rlvr.core.protocols import SamplingParams
 
-USER_TURN_TOKENS = 128  # a user's turn is a sentence or two; requests may ask for more with max_tokens
+DEFAULT_MAX_TOKENS = 128  # a user's turn or a verdict is a sentence or two; requests may ask for more
 
 
 class EngineChat:
-    """A chat client (envs/users.py ChatClient) over a local engine and its tokenizer's chat template."""
+    """A chat client (rlvr/core/endpoint.py ChatClient) over a local engine and its tokenizer's chat template."""
 
     def __init__(self, engine, tokenizer):
         self.engine, self.tokenizer = engine, tokenizer
@@ -25,17 +26,17 @@ class EngineChat:
         try:
             ids = self.tokenizer.apply_chat_template(payload["messages"], add_generation_prompt=True, tokenize=True)
             ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-            params = SamplingParams(max_tokens=int(payload.get("max_tokens") or USER_TURN_TOKENS),
+            params = SamplingParams(max_tokens=int(payload.get("max_tokens") or DEFAULT_MAX_TOKENS),
                                     temperature=float(payload.get("temperature", 0.0)),
                                     seed=int(payload.get("seed") or 0))
             completion = await self.engine.generate(ids, params)
         except Exception as e:
-            raise RuntimeError(f"task {task_id!r}: the local user model failed: {type(e).__name__}: {e}") from e
+            raise RuntimeError(f"task {task_id!r}: the local chat model failed: {type(e).__name__}: {e}") from e
         return {"role": "assistant", "content": self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)}
 
 
-def user_engine(model_name: str, device, dtype):
-    """A frozen model's engine and tokenizer for simulated users: continuous batching where supported."""
+def chat_engine(model_name: str, device, dtype):
+    """A frozen model's engine and tokenizer: continuous batching where supported."""
     from rlvr.rollout.chat import ChatRenderer
     from rlvr.rollout.continuous import ContinuousEngine, unsupported
     from rlvr.rollout.engine import HFEngine
