@@ -89,6 +89,23 @@ def test_a_prompt_over_the_context_stops_train_and_eval_before_a_model_loads(tmp
         evaluate_policy(cfg, [long], adapter=None)
 
 
+def test_a_rollout_worker_refuses_a_prompt_over_its_engines_context(tmp_path):
+    """Where no driver check runs (Ray workers, other callers), the rollout raises before generating."""
+    from rlvr.rollout.agent import PromptTooLongError
+    from rlvr.rollout.workers import RolloutWorker
+
+    long = calculator_tasks(1)[0].model_copy(update={"id": "too-long", "prompt": "How many? " * 3000})
+    for engine in ("hf", "hf-generate"):
+        cfg = load_config(None, ["model.name=tiny-random-llama", f"rollout.engine={engine}", f"output_dir={tmp_path}"])
+        worker = RolloutWorker(cfg)
+        try:
+            assert worker.engine.max_context == 4096
+            with pytest.raises(PromptTooLongError, match=r"task too-long: .* is \d+ tokens and the engine holds 4096"):
+                worker.rollout([long], cfg.rollout, seed=0)
+        finally:
+            worker.close()
+
+
 class _Shelf(ToolEnv):
     """A key-value shelf whose tasks say what to store; credit from the state the gold calls leave."""
     name = "shelf_test"

@@ -51,7 +51,8 @@ class RolloutResult:
 
 
 class Engine(Protocol):
-    """Token ids in, sampled ids and their log-probs (under the sampling distribution) out."""
+    """Token ids in, sampled ids and their log-probs (under the sampling distribution) out. An engine with a
+    `max_context` attribute (positions) gets no prompt that fills it: the rollout raises first, naming the task."""
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion: ...
 

@@ -29,6 +29,10 @@ from rlvr.envs.base import ToolEnv
 from rlvr.rewards.scoring import Scorer
 
 
+class PromptTooLongError(ValueError):
+    """A task's opening prompt does not fit the engine's context."""
+
+
 class TokenDriftError(RuntimeError):
     """In strict mode: the token stream differs from a full re-render of the conversation."""
 
@@ -49,6 +53,11 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
     try:
         messages, tools = env.reset()
         prompt_ids = renderer.prompt_ids(messages, tools)
+        limit = getattr(engine, "max_context", None)
+        if limit is not None and len(prompt_ids) >= limit:  # rlvr train / eval check this before loading, in-process
+            raise PromptTooLongError(f"task {task.id}: its opening prompt with {len(tools)} tool schemas is "
+                                     f"{len(prompt_ids)} tokens and the engine holds {limit} positions, so nothing "
+                                     "is left to answer in (shorten the prompt or tools, or use a longer-context model)")
         completion: list[int] = []
         mask: list[int] = []
         logprobs: list[float] = []

@@ -233,6 +233,7 @@ class ContinuousEngine:
                  prefix_store_tokens: int = 32768):
         self.peft_model = model if hasattr(model, "get_base_model") else None
         self.decoder = SlotDecoder(model)
+        self.max_context = getattr(model.config, "max_position_embeddings", None)
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
         self.max_batch = max_batch

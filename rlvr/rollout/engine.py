@@ -218,6 +218,7 @@ class HFEngine:
                  prefix_store_tokens: int = 32768):
         self.peft_model = model if hasattr(model, "get_base_model") else None
         self.model = _merged_copy(model) if self.peft_model is not None else model
+        self.max_context = getattr(self.model.config, "max_position_embeddings", None)
         # decoding queries (one token against the cache) run as two matmuls: PyTorch's CPU flash kernel took
         # ~1.9x as long per decode step (SmolLM2-135M, batch 16, 255-token prompts: 154 vs 82 ms)
         use_prefix_attention(self.model)

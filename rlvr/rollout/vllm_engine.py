@@ -37,6 +37,7 @@ class VLLMEngine:
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's default takes far more
         self.stop_ids = sorted(stop_ids)
+        self.max_context = max_model_len
         self.args = AsyncEngineArgs(
             model=resolve_model(model_name), dtype=dtype, seed=seed, max_model_len=max_model_len,
             enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1,
