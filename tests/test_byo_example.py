@@ -27,4 +27,6 @@ def test_rlvr_train_runs_on_it_with_its_own_reward(tmp_path):
                                    "rollout.group_size=2", "rollout.max_new_tokens=8", "rollout.max_turns=1",
                                    "logging.wandb=disabled"]))
     [row] = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
-    assert "reward/close_answer" in row and "reward/tool_call_validity" in row
+    assert "reward/close_answer" in row and "reward/tool_call_validity/calls" in row
+    # validity is averaged over the trajectories that made calls: absent when none did (a random model)
+    assert ("reward/tool_call_validity" in row) == (row["rollout/tool_calls"] > 0)

@@ -47,7 +47,8 @@ def test_three_steps_on_the_calculator_env_with_held_out_evaluation(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert row["batch/trajectories"] == 4 and row["rollout/sampled_tokens"] > 0
-        assert "reward/numeric_answer" in row and "reward/tool_call_validity" in row
+        assert "reward/numeric_answer" in row and "reward/tool_call_validity/calls" in row
+        assert ("reward/tool_call_validity" in row) == (row["rollout/tool_calls"] > 0)  # over trajectories with calls
         assert row["learner/tokens_per_s"] > 0 and row["reward/dropped_trajectories"] == 0
     # evaluated every 2 steps and after the last, greedy, one trajectory per held-out task
     assert ["eval/mean" in r for r in rows] == [False, True, True]
