@@ -20,20 +20,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 async def replay(task, scorer):
-    from rlvr.core.contract import Trajectory
-    from rlvr.envs.base import replay_gold
+    from rlvr.envs.base import gold_trajectory
     from rlvr.envs.tau2 import Tau2Env
 
     env = Tau2Env(task)
     env.reset()
-    steps = await replay_gold(env, task)
-    made = [call for call, _ in steps]
-    said = [{"role": "assistant", "content": text} for _, text in steps if text is not None]
-    trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0], completion_ids=[0],
-                            loss_mask=[1], logprobs=[0.0], tool_calls=made, final_answer=said[-1]["content"] if said else "",
-                            final_state=env.final_state(), messages=said)
+    trajectory = await gold_trajectory(env, task)
     scored = await scorer.score(trajectory, task)
-    errors = [f"{c.name}: {c.result[:100]}" for c in made if c.error is not None]
+    errors = [f"{c.name}: {c.result[:100]}" for c in trajectory.tool_calls if c.error is not None]
     return scored, errors
 
 

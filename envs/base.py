@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from rlvr.core.contract import Message, Task, ToolCall, ToolCallError
+from rlvr.core.contract import Message, Task, ToolCall, ToolCallError, Trajectory
 from rlvr.core.schemas import tool_schema
 
 # Tool calls run here rather than in asyncio's default pool (min(32, cores + 4) threads), so 64
@@ -277,6 +277,16 @@ async def replay_gold(env: "ToolEnv", task: Task) -> list[tuple[ToolCall, str | 
             env.next_messages(said)
         steps.append((call, said))
     return steps
+
+
+async def gold_trajectory(env: "ToolEnv", task: Task) -> Trajectory:
+    """The task's gold replayed on `env` (already reset) as a trajectory to score: the calls made, the
+    closing words of each turn as the assistant's messages, the env's final state."""
+    steps = await replay_gold(env, task)
+    said = [{"role": "assistant", "content": text} for _, text in steps if text is not None]
+    return Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0], completion_ids=[0],
+                      loss_mask=[1], logprobs=[0.0], tool_calls=[call for call, _ in steps],
+                      final_answer=said[-1]["content"] if said else "", final_state=env.final_state(), messages=said)
 
 
 def _run_sync(coroutine):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlvr.core.contract import Task, ToolCall, ToolCallError
-from rlvr.envs.base import ToolEnv, replay_gold
+from rlvr.envs.base import ToolEnv, gold_trajectory
 
 _ROLES = {"system", "user", "assistant", "tool"}
 _SAMPLE = {"string": "1", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
@@ -171,23 +171,15 @@ async def _check_gold(env_cls: type[ToolEnv], task: Task, seed: int, timeout_s: 
                       report: CheckReport) -> None:
     """The task's gold calls, replayed turn by turn on a fresh env and closed as `rlvr synth` closes them,
     pass `scorer`'s rewards; gold calls that fail are listed as notes."""
-    from rlvr.core.contract import Trajectory
-
     env = env_cls(task, seed=seed, tool_timeout_s=timeout_s)
     try:
         env.reset()
-        steps = await replay_gold(env, task)
-        made = [call for call, _ in steps]
-        said = [{"role": "assistant", "content": text} for _, text in steps if text is not None]
-        answer = said[-1]["content"] if said else ""
-        failed = [c for c in made if c.error is not None]
+        trajectory = await gold_trajectory(env, task)
+        failed = [c for c in trajectory.tool_calls if c.error is not None]
         if failed:  # some benchmarks' gold fails on purpose (a lookup by a wrong email first): worth a look
             report.notes.append("gold calls that fail: " + "; ".join(f"{c.name}: {c.result!r:.80}" for c in failed))
         if scorer is None:
             return
-        trajectory = Trajectory(id=f"{task.id}/gold", task_id=task.id, group_id=task.id, prompt_ids=[0],
-                                completion_ids=[0], loss_mask=[1], logprobs=[0.0], tool_calls=made,
-                                final_answer=answer, final_state=env.final_state(), messages=said)
         scored = await scorer.score(trajectory, task)
         passing = [term.name for term in scorer.terms if term.weight > 0]
         components = scored.reward_components if scored is not None else {}
