@@ -32,13 +32,18 @@ class Score:
         self.total = float(self.total)
 
 
+def applies(components: dict[str, float], name: str) -> bool:
+    """Whether reward `name` applied to the trajectory whose `reward_components` these are."""
+    return not components.get(f"{name}/{NOT_APPLICABLE}")
+
+
 def component_means(components: list[dict[str, float]]) -> dict[str, float]:
     """The mean of every reward component over the trajectories' `reward_components`; a reward's own value
     only over the trajectories it applies to (absent when it applies to none)."""
     names = list(dict.fromkeys(name for c in components for name in c if not name.endswith("/" + NOT_APPLICABLE)))
     means = {}
     for name in names:
-        values = [c[name] for c in components if name in c and not c.get(f"{name}/{NOT_APPLICABLE}")]
+        values = [c[name] for c in components if name in c and applies(c, name)]
         if values:
             means[name] = sum(values) / len(values)
     return means

@@ -11,7 +11,7 @@ from typing import Any
 
 from rlvr.core.config import Config
 from rlvr.core.contract import Group, Trajectory
-from rlvr.rewards.base import NOT_APPLICABLE
+from rlvr.rewards.base import applies
 
 
 class Run:
@@ -63,7 +63,7 @@ class Run:
 def render_trajectory(trajectory: Trajectory, title: str) -> str:
     """A trajectory as Markdown: reward and its parts, then every message, tool calls with their verdict."""
     components = trajectory.reward_components
-    parts = ", ".join(f"{k} " + ("n/a" if components.get(f"{k}/{NOT_APPLICABLE}") else f"{v:g}")
+    parts = ", ".join(f"{k} " + (f"{v:g}" if applies(components, k) else "n/a")
                       for k, v in components.items() if "/" not in k)
     lines = [f"## {title}", "", f"reward **{trajectory.reward:g}** ({parts}); {trajectory.turns} turns, finished by "
              f"{trajectory.finish_reason}, policy v{trajectory.policy_version}", ""]
