@@ -34,16 +34,3 @@ class EngineChat:
             raise RuntimeError(f"task {task_id!r}: the local chat model failed: {type(e).__name__}: {e}") from e
         return {"role": "assistant", "content": self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)}
 
-
-def chat_engine(model_name: str, device, dtype):
-    """A frozen model's engine and tokenizer: continuous batching where supported."""
-    from rlvr.rollout.chat import ChatRenderer
-    from rlvr.rollout.continuous import ContinuousEngine, unsupported
-    from rlvr.rollout.engine import HFEngine
-    from rlvr.training.models import load_model, load_tokenizer
-
-    model = load_model(model_name, dtype=dtype, device=device).eval()
-    tokenizer = load_tokenizer(model_name)
-    stop_ids = ChatRenderer(tokenizer).turn_end_ids
-    engine_cls = ContinuousEngine if unsupported(model.config) is None else HFEngine
-    return engine_cls(model, tokenizer, stop_ids=stop_ids), tokenizer

@@ -39,12 +39,7 @@ class RolloutWorker:
         self.version = 0  # the initial policy: the fresh adapter (a no-op) or model.init_adapter
 
     def _make_engine(self, model):
-        import torch
-
-        from rlvr.rollout.continuous import ContinuousEngine, unsupported
-        from rlvr.rollout.engine import HFEngine
-        from rlvr.training.learner import resolve_device
-        from rlvr.training.models import add_lora, bf16_supported, load_model
+        from rlvr.training.models import add_lora
 
         cfg = self.cfg
         stop_ids = self.renderer.turn_end_ids
@@ -57,28 +52,31 @@ class RolloutWorker:
                 self.loop.run_until_complete(engine.set_adapter(AdapterState.load(cfg.model.init_adapter)))
             return engine
         if model is None:
-            device = resolve_device("auto")
-            dtype = torch.bfloat16 if bf16_supported(device) else torch.float32
-            model = add_lora(load_model(cfg.model.name, dtype=dtype, device=device), cfg.model.lora,
-                             cfg.model.init_adapter)
-        if cfg.rollout.engine == "hf" and unsupported(model.config) is None:
-            return ContinuousEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
-        return HFEngine(model, self.renderer.tokenizer, stop_ids=stop_ids)
+            model = add_lora(_engine_model(cfg.model.name), cfg.model.lora, cfg.model.init_adapter)
+        return self._hf_engine(model, self.renderer.tokenizer, stop_ids)
+
+    def _hf_engine(self, model, tokenizer, stop_ids: set[int]):
+        """Continuous batching (rollout.engine hf, on the models it covers), else transformers' generate."""
+        from rlvr.rollout.continuous import ContinuousEngine, unsupported
+        from rlvr.rollout.engine import HFEngine
+
+        if self.cfg.rollout.engine == "hf" and unsupported(model.config) is None:
+            return ContinuousEngine(model, tokenizer, stop_ids=stop_ids)
+        return HFEngine(model, tokenizer, stop_ids=stop_ids)
 
     def _serve_local_chat(self):
-        """The engine of `rollout.local_chat_model`, published for users and judges (rlvr/rollout/local_chat.py)."""
-        if not self.cfg.rollout.local_chat_model:
+        """The engine of `rollout.local_chat_model`, published for users and judges (rlvr/rollout/local_chat.py);
+        an HF engine whatever rollout.engine says for the policy."""
+        name = self.cfg.rollout.local_chat_model
+        if not name:
             return None
-        import torch
-
         from rlvr.core.endpoint import serve_local_chat
-        from rlvr.rollout.local_chat import EngineChat, chat_engine
-        from rlvr.training.learner import resolve_device
-        from rlvr.training.models import bf16_supported
+        from rlvr.rollout.chat import ChatRenderer
+        from rlvr.rollout.local_chat import EngineChat
+        from rlvr.training.models import load_tokenizer
 
-        device = resolve_device("auto")
-        engine, tokenizer = chat_engine(self.cfg.rollout.local_chat_model, device,
-                                        torch.bfloat16 if bf16_supported(device) else torch.float32)
+        tokenizer = load_tokenizer(name)
+        engine = self._hf_engine(_engine_model(name), tokenizer, ChatRenderer(tokenizer).turn_end_ids)
         serve_local_chat(EngineChat(engine, tokenizer))
         return engine
 
@@ -119,6 +117,17 @@ class RolloutWorker:
             serve_local_chat(None)
         self.loop.run_until_complete(_cancel_pending())  # the HF engine's batcher, vLLM's output handler
         self.loop.close()
+
+
+def _engine_model(name: str):
+    """A frozen base model for an HF engine: bf16 where the device supports it."""
+    import torch
+
+    from rlvr.training.learner import resolve_device
+    from rlvr.training.models import bf16_supported, load_model
+
+    device = resolve_device("auto")
+    return load_model(name, dtype=torch.bfloat16 if bf16_supported(device) else torch.float32, device=device)
 
 
 async def _cancel_pending() -> None:
