@@ -11,8 +11,7 @@ loaded level); then the ratios 4bit / bf16 and the mean absolute difference betw
 log-probs on the batch's completion tokens (before the step).
 
 Two ratios, because resident memory on CPU mixes in what is not the step's: importing bitsandbytes adds
-~190 MB to the process, and the bf16 weights that loading quantises stay in the allocator's heap unless
-handed back (load_model does, with malloc_trim). "Step memory" is what GPU's max_memory_allocated would
+~190 MB to the process, and the heap that loading and quantising used stays resident. "Step memory" is what GPU's max_memory_allocated would
 count: the weights (exact) plus what the step adds above the resident level before it (sampled).
 """
 

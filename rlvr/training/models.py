@@ -194,20 +194,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
         # weights are wrong (LoRA gradients off by 117% on tiny-random-llama, tests/test_qlora.py)
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    _release_freed_host_memory()  # the bf16 weights just quantised: ~0.5 GB of heap for a 0.5B model on CPU
     return model.eval()
-
-
-def _release_freed_host_memory() -> None:
-    """Hand the allocator's freed pages back to the OS (glibc's malloc_trim; elsewhere nothing to do)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 REFERENCE_ADAPTER = "reference"  # the frozen copy of the starting adapter that serves as the KL reference
