@@ -212,3 +212,44 @@ def test_the_first_mini_batch_needs_no_old_policy_pass():
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
         if a.requires_grad:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("trainable_head", [False, True])
+def test_chunked_head_logprobs_and_gradients_equal_log_softmax(trainable_head):
+    """The fused head against log_softmax on full logits: values and gradients, over several chunks. A frozen
+    head computes the hidden gradient in the forward pass; a trainable one recomputes in backward."""
+    from rlvr.training.learner import LOGIT_CHUNK, LinearLogprob
+
+    torch.manual_seed(0)
+    n, hidden_size, vocab = 2 * LOGIT_CHUNK + 5, 16, 50
+    hidden = torch.randn(n, hidden_size, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(vocab, hidden_size, dtype=torch.float64, requires_grad=trainable_head)
+    targets = torch.randint(0, vocab, (n,))
+    upstream = torch.randn(n, dtype=torch.float64)
+
+    fused = LinearLogprob.logprobs(hidden, weight, targets, 0.7)
+    fused_grads = torch.autograd.grad((fused * upstream).sum(), [hidden, weight] if trainable_head else [hidden])
+    expected = torch.log_softmax(hidden @ weight.T / 0.7, -1).gather(-1, targets[:, None])[:, 0]
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), [hidden, weight] if trainable_head else [hidden])
+    torch.testing.assert_close(fused.double(), expected, rtol=1e-6, atol=1e-6)
+    for got, want in zip(fused_grads, expected_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the old-policy and reference passes: no gradient work at all
+        torch.testing.assert_close(LinearLogprob.logprobs(hidden, weight, targets, 0.7).double(), expected.detach(),
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """Recomputing each layer in backward changes memory, not the gradient (the plain path, fp32)."""
+    batch, model = _batch(num_groups=2, group_size=3), _policy()
+    grads = []
+    for checkpointing in (False, True):  # the second learner turns it on for the same model
+        learner = _learner(model, gradient_checkpointing=checkpointing)
+        learner.model.train()
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.backward(learner.micro_batches(batch), learner.batch_counts(batch))
+        grads.append({n: p.grad.clone() for n, p in learner.model.named_parameters() if p.requires_grad})
+        assert learner.decoder.layers[0].gradient_checkpointing is checkpointing
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)

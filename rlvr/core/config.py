@@ -204,6 +204,9 @@ class LearnerConfig(_Section):
     # old log-probs are computed first, and the clipped ratio keeps the later steps near the sampling policy)
     micro_batch_tokens: int = Field(4096, ge=16)  # tokens packed into one micro-batch (no padding)
     shared_prefix: bool = True  # compute a group's shared prompt once where that pays (see docs/algorithms.md)
+    # recompute each decoder layer's activations in backward (~1/3 more compute, activation memory of about one
+    # layer: what QLoRA on a large model wants); runs the packed plain path, shared_prefix is not used
+    gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has it
     device: str = "auto"  # auto: cuda when present, else cpu
 

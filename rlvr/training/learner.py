@@ -36,33 +36,49 @@ SIMILAR_LENGTHS = 1.25  # the longest completion of a shared-prefix micro-batch 
 class LinearLogprob(torch.autograd.Function):
     """log softmax(h W^T / T)[y] for each row, without keeping any (n, vocab) tensor alive.
 
-    Forward and backward both walk the rows in chunks of LOGIT_CHUNK and recompute the chunk's logits
-    (one extra head matmul) instead of saving them; the softmax is taken in float32 whatever the
-    compute dtype. Shapes: hidden (n, H), weight (V, H), targets (n,) -> (n,) float32.
+    Rows are walked in chunks of LOGIT_CHUNK; the softmax is taken in float32 whatever the compute dtype.
+    With `grad_in_forward` (a frozen head, hidden needing a gradient) the gradient with respect to each row,
+    (W_y - softmax @ W) / T, is computed while the chunk's logits are at hand and kept as an (n, H) tensor:
+    backward only scales it, no head matmul is run twice. Otherwise backward recomputes each chunk's
+    logits (a trainable head needs them for its own gradient). Shapes: hidden (n, H), weight (V, H),
+    targets (n,) -> (n,) float32.
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
+                grad_in_forward: bool) -> Tensor:
         w = weight.to(hidden.dtype)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
+        row_grad = torch.empty_like(hidden) if grad_in_forward else None
         for s in range(0, hidden.shape[0], LOGIT_CHUNK):
+            y = targets[s : s + LOGIT_CHUNK, None]
             logits = (hidden[s : s + LOGIT_CHUNK] @ w.T).float().div_(temperature)
             lse[s : s + LOGIT_CHUNK] = torch.logsumexp(logits, -1)
-            out[s : s + LOGIT_CHUNK] = logits.gather(-1, targets[s : s + LOGIT_CHUNK, None])[:, 0]
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature = temperature
+            out[s : s + LOGIT_CHUNK] = logits.gather(-1, y)[:, 0]
+            if row_grad is not None:
+                # d/dlogits of (logit_y - lse) is onehot(y) - softmax, all divided by the temperature
+                onehot_minus_p = logits.sub_(lse[s : s + LOGIT_CHUNK, None]).exp_().neg_()
+                onehot_minus_p.scatter_add_(-1, y, torch.ones_like(y, dtype=logits.dtype))
+                row_grad[s : s + LOGIT_CHUNK] = onehot_minus_p.div_(temperature).to(hidden.dtype) @ w
+        if row_grad is not None:
+            ctx.save_for_backward(row_grad)
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.grad_in_forward = temperature, grad_in_forward
         return out - lse
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
+        if ctx.grad_in_forward:
+            (row_grad,) = ctx.saved_tensors
+            return (grad_out[:, None] * row_grad).to(row_grad.dtype), None, None, None, None
         hidden, weight, targets, lse = ctx.saved_tensors
         w = weight.to(hidden.dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         for s in range(0, hidden.shape[0], LOGIT_CHUNK):
             h, g = hidden[s : s + LOGIT_CHUNK], grad_out[s : s + LOGIT_CHUNK, None]
-            # d/dlogits of (logit_y - lse) is onehot(y) - softmax, all divided by the temperature
             grad_logits = (h @ w.T).float().div_(ctx.temperature).sub_(lse[s : s + LOGIT_CHUNK, None]).exp_()
             grad_logits.mul_(-g).scatter_add_(-1, targets[s : s + LOGIT_CHUNK, None], g)
             grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)
@@ -70,7 +86,13 @@ class LinearLogprob(torch.autograd.Function):
                 grad_hidden[s : s + LOGIT_CHUNK] = grad_logits @ w
             if grad_weight is not None:
                 grad_weight += grad_logits.T.float() @ h.float()
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+
+    @staticmethod
+    def logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
+        """The (n,) log-probs, differentiable when grad is on."""
+        grad_in_forward = torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
+        return LinearLogprob.apply(hidden, weight, targets, temperature, grad_in_forward)
 
 
 @dataclass(eq=False)  # identity: micro-batches of one group hold the same object
@@ -304,6 +326,11 @@ class Learner:
             warnings.warn(f"learner.shared_prefix: {reason}; using the plain path (set learner.shared_prefix=false "
                           "to silence this)", stacklevel=2)
             self.cfg = cfg = cfg.model_copy(update={"shared_prefix": False})
+        if cfg.gradient_checkpointing:
+            # the shared-prefix path writes the prompt's KV cache inside the layers, which a recompute would
+            # write again (transformers drops the cache under checkpointing); the plain path keeps none
+            self.cfg = cfg = cfg.model_copy(update={"shared_prefix": False})
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
         if self.lm_head.bias is not None:
             raise ValueError("models whose LM head has a bias are not supported")
@@ -353,7 +380,7 @@ class Learner:
             else:
                 hidden = self._continue_prompt(mb, state or self.prompt_forward(mb.prompt))
             # the LM head only where the loss looks: a multi-turn completion's tool results are a third of it
-            scored = LinearLogprob.apply(hidden[mb.logit_index[mb.scored]], self.lm_head.weight,
+            scored = LinearLogprob.logprobs(hidden[mb.logit_index[mb.scored]], self.lm_head.weight,
                                          mb.targets[mb.scored], self.temperature)
             flat = torch.zeros(len(mb.targets), dtype=scored.dtype, device=scored.device).masked_scatter(mb.scored,
                                                                                                       scored)
