@@ -215,13 +215,15 @@ def test_the_first_mini_batch_needs_no_old_policy_pass():
 
 
 @pytest.mark.parametrize("trainable_head", [False, True])
-def test_chunked_head_logprobs_and_gradients_equal_log_softmax(trainable_head):
+def test_chunked_head_logprobs_and_gradients_equal_log_softmax(trainable_head, monkeypatch):
     """The fused head against log_softmax on full logits: values and gradients, over several chunks. A frozen
     head computes the hidden gradient in the forward pass; a trainable one recomputes in backward."""
-    from rlvr.training.learner import LOGIT_CHUNK, LinearLogprob
+    from rlvr.training import learner
+    from rlvr.training.learner import LinearLogprob
 
     torch.manual_seed(0)
-    n, hidden_size, vocab = 2 * LOGIT_CHUNK + 5, 16, 50
+    n, hidden_size, vocab = 2 * 40 + 5, 16, 50
+    monkeypatch.setattr(learner, "LOGIT_CHUNK_ELEMENTS", 40 * vocab)  # three chunks, the last a short one
     hidden = torch.randn(n, hidden_size, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(vocab, hidden_size, dtype=torch.float64, requires_grad=trainable_head)
     targets = torch.randint(0, vocab, (n,))

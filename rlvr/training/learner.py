@@ -27,16 +27,21 @@ from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, policy_objectiv
 from rlvr.training.attention import use_prefix_attention
 from rlvr.training.models import REFERENCE_ADAPTER, AdapterState, add_lora, bf16_supported, load_model
 
-# Rows of the LM head computed at once. Small chunks keep each chunk's float32 logits in cache through
-# the log-softmax passes: 64 rows took a SmolLM2 step from 4.5 s to 3.8 s against 512 (bench/learner.py).
-LOGIT_CHUNK = 64
+# Logits of the LM head computed at once (rows x vocabulary), 48 MiB in float32: 256 rows of SmolLM2's 49,152
+# (the head's forward and backward on 700 rows: 361 ms against 400-460 at 64 rows; 512 rows were slower,
+# bench/learner.py), 82 of Qwen2.5's 151,936.
+LOGIT_CHUNK_ELEMENTS = 256 * 49152
 SIMILAR_LENGTHS = 1.25  # the longest completion of a shared-prefix micro-batch over its shortest, at most
+
+
+def _chunk_rows(weight: Tensor) -> int:
+    return max(16, LOGIT_CHUNK_ELEMENTS // weight.shape[0])
 
 
 class LinearLogprob(torch.autograd.Function):
     """log softmax(h W^T / T)[y] for each row, without keeping any (n, vocab) tensor alive.
 
-    Rows are walked in chunks of LOGIT_CHUNK; the softmax is taken in float32 whatever the compute dtype.
+    Rows are walked in chunks of LOGIT_CHUNK_ELEMENTS / vocabulary; the softmax is taken in float32 whatever the compute dtype.
     With `grad_in_forward` (a frozen head, hidden needing a gradient) the gradient with respect to each row,
     (W_y - softmax @ W) / T, is computed while the chunk's logits are at hand and kept as an (n, H) tensor:
     backward only scales it, no head matmul is run twice. Otherwise backward recomputes each chunk's
@@ -51,16 +56,17 @@ class LinearLogprob(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
         row_grad = torch.empty_like(hidden) if grad_in_forward else None
-        for s in range(0, hidden.shape[0], LOGIT_CHUNK):
-            y = targets[s : s + LOGIT_CHUNK, None]
-            logits = (hidden[s : s + LOGIT_CHUNK] @ w.T).float().div_(temperature)
-            lse[s : s + LOGIT_CHUNK] = torch.logsumexp(logits, -1)
-            out[s : s + LOGIT_CHUNK] = logits.gather(-1, y)[:, 0]
+        chunk = _chunk_rows(weight)
+        for s in range(0, hidden.shape[0], chunk):
+            y = targets[s : s + chunk, None]
+            logits = (hidden[s : s + chunk] @ w.T).float().div_(temperature)
+            lse[s : s + chunk] = torch.logsumexp(logits, -1)
+            out[s : s + chunk] = logits.gather(-1, y)[:, 0]
             if row_grad is not None:
                 # d/dlogits of (logit_y - lse) is onehot(y) - softmax, all divided by the temperature
-                onehot_minus_p = logits.sub_(lse[s : s + LOGIT_CHUNK, None]).exp_().neg_()
+                onehot_minus_p = logits.sub_(lse[s : s + chunk, None]).exp_().neg_()
                 onehot_minus_p.scatter_add_(-1, y, torch.ones_like(y, dtype=logits.dtype))
-                row_grad[s : s + LOGIT_CHUNK] = onehot_minus_p.div_(temperature).to(hidden.dtype) @ w
+                row_grad[s : s + chunk] = onehot_minus_p.div_(temperature).to(hidden.dtype) @ w
         if row_grad is not None:
             ctx.save_for_backward(row_grad)
         else:
@@ -77,13 +83,14 @@ class LinearLogprob(torch.autograd.Function):
         w = weight.to(hidden.dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        for s in range(0, hidden.shape[0], LOGIT_CHUNK):
-            h, g = hidden[s : s + LOGIT_CHUNK], grad_out[s : s + LOGIT_CHUNK, None]
-            grad_logits = (h @ w.T).float().div_(ctx.temperature).sub_(lse[s : s + LOGIT_CHUNK, None]).exp_()
-            grad_logits.mul_(-g).scatter_add_(-1, targets[s : s + LOGIT_CHUNK, None], g)
+        chunk = _chunk_rows(weight)
+        for s in range(0, hidden.shape[0], chunk):
+            h, g = hidden[s : s + chunk], grad_out[s : s + chunk, None]
+            grad_logits = (h @ w.T).float().div_(ctx.temperature).sub_(lse[s : s + chunk, None]).exp_()
+            grad_logits.mul_(-g).scatter_add_(-1, targets[s : s + chunk, None], g)
             grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)
             if grad_hidden is not None:
-                grad_hidden[s : s + LOGIT_CHUNK] = grad_logits @ w
+                grad_hidden[s : s + chunk] = grad_logits @ w
             if grad_weight is not None:
                 grad_weight += grad_logits.T.float() @ h.float()
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
