@@ -28,8 +28,8 @@ from rlvr.training.attention import use_prefix_attention
 from rlvr.training.models import REFERENCE_ADAPTER, AdapterState, add_lora, bf16_supported, load_model
 
 # Logits of the LM head computed at once (rows x vocabulary), 48 MiB in float32: 256 rows of SmolLM2's 49,152
-# (the head's forward and backward on 700 rows: 361 ms against 400-460 at 64 rows; 512 rows were slower,
-# bench/learner.py), 82 of Qwen2.5's 151,936.
+# (the head's forward and backward on 700 rows: 361 ms against 400-460 at 64 rows; in an earlier whole-step
+# measurement 512 rows were slower than 64), 82 of Qwen2.5's 151,936.
 LOGIT_CHUNK_ELEMENTS = 256 * 49152
 SIMILAR_LENGTHS = 1.25  # the longest completion of a shared-prefix micro-batch over its shortest, at most
 
@@ -41,7 +41,8 @@ def _chunk_rows(weight: Tensor) -> int:
 class LinearLogprob(torch.autograd.Function):
     """log softmax(h W^T / T)[y] for each row, without keeping any (n, vocab) tensor alive.
 
-    Rows are walked in chunks of LOGIT_CHUNK_ELEMENTS / vocabulary; the softmax is taken in float32 whatever the compute dtype.
+    Rows are walked in chunks of LOGIT_CHUNK_ELEMENTS / vocabulary; the softmax is taken in float32 whatever
+    the compute dtype.
     With `grad_in_forward` (a frozen head, hidden needing a gradient) the gradient with respect to each row,
     (W_y - softmax @ W) / T, is computed while the chunk's logits are at hand and kept as an (n, H) tensor:
     backward only scales it, no head matmul is run twice. Otherwise backward recomputes each chunk's
@@ -388,7 +389,7 @@ class Learner:
                 hidden = self._continue_prompt(mb, state or self.prompt_forward(mb.prompt))
             # the LM head only where the loss looks: a multi-turn completion's tool results are a third of it
             scored = LinearLogprob.logprobs(hidden[mb.logit_index[mb.scored]], self.lm_head.weight,
-                                         mb.targets[mb.scored], self.temperature)
+                                            mb.targets[mb.scored], self.temperature)
             flat = torch.zeros(len(mb.targets), dtype=scored.dtype, device=scored.device).masked_scatter(mb.scored,
                                                                                                       scored)
         return pad_sequence(list(flat.split(mb.lengths)), batch_first=True)
