@@ -35,8 +35,6 @@ VARIANTS = {
     "shared+ref": "rlvr shared-prefix path, beta=0.04",
     "trl": "TRL GRPOTrainer._compute_loss, beta=0 (padded batch)",
 }
-QWEN2_1P5B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, tie_word_embeddings=True)
 
 
 def _rss_kb(field: str) -> int:
@@ -73,10 +71,12 @@ def _base_model(args, dtype, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from qlora import RANDOM_SHAPES  # bench/qlora.py: the published shapes, one copy
     from rlvr.training.models import load_model
 
     if args.model == "qwen2-1.5b-random":
-        config = AutoConfig.for_model("qwen2", **QWEN2_1P5B)
+        config = AutoConfig.for_model("qwen2", vocab_size=151936, max_position_embeddings=4096,
+                                      **RANDOM_SHAPES["qwen2.5-1.5b"])
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
     return load_model(args.model, dtype=dtype, device=device)

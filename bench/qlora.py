@@ -17,8 +17,9 @@ loaded level); then the ratios 4bit / bf16 and the mean absolute difference betw
 log-probs on the batch's completion tokens (before the step).
 
 Two ratios, because resident memory on CPU mixes in what is not the step's: importing bitsandbytes adds
-~190 MB to the process, and the heap that loading and quantising used stays resident. "Step memory" is what GPU's max_memory_allocated would
-count: the weights (exact) plus what the step adds above the resident level before it (sampled).
+~190 MB to the process, and the heap that loading and quantising used stays resident. "Step memory" is what
+GPU's max_memory_allocated would count: the weights (exact) plus what the step adds above the resident level
+before it (sampled).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def variant(args) -> None:
                       "step_peak_mb": peak[0]}))
 
 
-RANDOM_SHAPES = {  # the published configs' shapes
+RANDOM_SHAPES = {  # the published configs' shapes (also bench/learner.py's random 1.5B)
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,

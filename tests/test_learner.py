@@ -214,10 +214,9 @@ def test_the_first_mini_batch_needs_no_old_policy_pass():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("trainable_head", [False, True])
-def test_chunked_head_logprobs_and_gradients_equal_log_softmax(trainable_head, monkeypatch):
-    """The fused head against log_softmax on full logits: values and gradients, over several chunks. A frozen
-    head computes the hidden gradient in the forward pass; a trainable one recomputes in backward."""
+def test_chunked_head_logprobs_and_gradients_equal_log_softmax(monkeypatch):
+    """The fused head against log_softmax on full logits: values and the hidden states' gradient, over several
+    chunks (the gradient is computed in the forward pass). A trainable head is refused."""
     from rlvr.training import learner
     from rlvr.training.learner import LinearLogprob
 
@@ -225,20 +224,21 @@ def test_chunked_head_logprobs_and_gradients_equal_log_softmax(trainable_head, m
     n, hidden_size, vocab = 2 * 40 + 5, 16, 50
     monkeypatch.setattr(learner, "LOGIT_CHUNK_ELEMENTS", 40 * vocab)  # three chunks, the last a short one
     hidden = torch.randn(n, hidden_size, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(vocab, hidden_size, dtype=torch.float64, requires_grad=trainable_head)
+    weight = torch.randn(vocab, hidden_size, dtype=torch.float64)
     targets = torch.randint(0, vocab, (n,))
     upstream = torch.randn(n, dtype=torch.float64)
 
     fused = LinearLogprob.logprobs(hidden, weight, targets, 0.7)
-    fused_grads = torch.autograd.grad((fused * upstream).sum(), [hidden, weight] if trainable_head else [hidden])
+    (fused_grad,) = torch.autograd.grad((fused * upstream).sum(), [hidden])
     expected = torch.log_softmax(hidden @ weight.T / 0.7, -1).gather(-1, targets[:, None])[:, 0]
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), [hidden, weight] if trainable_head else [hidden])
+    (expected_grad,) = torch.autograd.grad((expected * upstream).sum(), [hidden])
     torch.testing.assert_close(fused.double(), expected, rtol=1e-6, atol=1e-6)
-    for got, want in zip(fused_grads, expected_grads):
-        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_grad.double(), expected_grad, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # the old-policy and reference passes: no gradient work at all
         torch.testing.assert_close(LinearLogprob.logprobs(hidden, weight, targets, 0.7).double(), expected.detach(),
                                    rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="frozen LM head"):
+        LinearLogprob.logprobs(hidden, weight.requires_grad_(), targets, 0.7)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -255,3 +255,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_lora_on_the_lm_head_is_refused():
+    """The fused head reads the head's frozen weight: a LoRA there would be silently ignored, so it is an error."""
+    model = add_lora(load_model("tiny-random-llama", dtype=torch.float32),
+                     LoraConfig(rank=4, alpha=8, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match="target_modules"):
+        _learner(model)

@@ -39,24 +39,20 @@ def _chunk_rows(weight: Tensor) -> int:
 
 
 class LinearLogprob(torch.autograd.Function):
-    """log softmax(h W^T / T)[y] for each row, without keeping any (n, vocab) tensor alive.
+    """log softmax(h W^T / T)[y] for each row of a frozen LM head, without keeping any (n, vocab) tensor alive.
 
     Rows are walked in chunks of LOGIT_CHUNK_ELEMENTS / vocabulary; the softmax is taken in float32 whatever
-    the compute dtype.
-    With `grad_in_forward` (a frozen head, hidden needing a gradient) the gradient with respect to each row,
-    (W_y - softmax @ W) / T, is computed while the chunk's logits are at hand and kept as an (n, H) tensor:
-    backward only scales it, no head matmul is run twice. Otherwise backward recomputes each chunk's
-    logits (a trainable head needs them for its own gradient). Shapes: hidden (n, H), weight (V, H),
-    targets (n,) -> (n,) float32.
+    the compute dtype. With `needs_grad` the gradient with respect to each row, (W_y - softmax @ W) / T, is
+    computed while the chunk's logits are at hand and kept as an (n, H) tensor: backward only scales it, no
+    head matmul is run twice. Shapes: hidden (n, H), weight (V, H), targets (n,) -> (n,) float32.
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
-                grad_in_forward: bool) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, needs_grad: bool) -> Tensor:
         w = weight.to(hidden.dtype)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
-        row_grad = torch.empty_like(hidden) if grad_in_forward else None
+        row_grad = torch.empty_like(hidden) if needs_grad else None
         chunk = _chunk_rows(weight)
         for s in range(0, hidden.shape[0], chunk):
             y = targets[s : s + chunk, None]
@@ -68,39 +64,21 @@ class LinearLogprob(torch.autograd.Function):
                 onehot_minus_p = logits.sub_(lse[s : s + chunk, None]).exp_().neg_()
                 onehot_minus_p.scatter_add_(-1, y, torch.ones_like(y, dtype=logits.dtype))
                 row_grad[s : s + chunk] = onehot_minus_p.div_(temperature).to(hidden.dtype) @ w
-        if row_grad is not None:
-            ctx.save_for_backward(row_grad)
-        else:
-            ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.grad_in_forward = temperature, grad_in_forward
+        ctx.save_for_backward(row_grad)
         return out - lse
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        if ctx.grad_in_forward:
-            (row_grad,) = ctx.saved_tensors
-            return (grad_out[:, None] * row_grad).to(row_grad.dtype), None, None, None, None
-        hidden, weight, targets, lse = ctx.saved_tensors
-        w = weight.to(hidden.dtype)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        chunk = _chunk_rows(weight)
-        for s in range(0, hidden.shape[0], chunk):
-            h, g = hidden[s : s + chunk], grad_out[s : s + chunk, None]
-            grad_logits = (h @ w.T).float().div_(ctx.temperature).sub_(lse[s : s + chunk, None]).exp_()
-            grad_logits.mul_(-g).scatter_add_(-1, targets[s : s + chunk, None], g)
-            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[s : s + chunk] = grad_logits @ w
-            if grad_weight is not None:
-                grad_weight += grad_logits.T.float() @ h.float()
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+        (row_grad,) = ctx.saved_tensors
+        return (grad_out[:, None] * row_grad).to(row_grad.dtype), None, None, None, None
 
     @staticmethod
     def logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> Tensor:
-        """The (n,) log-probs, differentiable when grad is on."""
-        grad_in_forward = torch.is_grad_enabled() and hidden.requires_grad and not weight.requires_grad
-        return LinearLogprob.apply(hidden, weight, targets, temperature, grad_in_forward)
+        """The (n,) log-probs, differentiable with respect to `hidden` when grad is on."""
+        if weight.requires_grad:
+            raise ValueError("LinearLogprob takes a frozen LM head (its weight must not require grad)")
+        needs_grad = torch.is_grad_enabled() and hidden.requires_grad
+        return LinearLogprob.apply(hidden, weight, targets, temperature, needs_grad)
 
 
 @dataclass(eq=False)  # identity: micro-batches of one group hold the same object
@@ -342,6 +320,9 @@ class Learner:
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
         if self.lm_head.bias is not None:
             raise ValueError("models whose LM head has a bias are not supported")
+        if any(p.requires_grad for p in self.lm_head.parameters()) or hasattr(self.lm_head, "lora_A"):
+            raise ValueError("a trained LM head is not supported (the learner's fused head is frozen): leave it out "
+                             "of model.lora.target_modules")
         if self.bf16:  # let autocast run the LoRA matmuls in bf16 instead of PEFT casting activations to fp32
             for module in model.modules():
                 if hasattr(module, "cast_input_dtype_enabled"):
