@@ -32,8 +32,9 @@ def plot_curves(metrics_file: Path, out: Path) -> None:
 
 
 def plot_policies(reports: dict[str, dict[str, Any]], out: str | Path) -> None:
-    """A PNG with one panel per measure (success with its 95% Wilson interval, calls per task, recovery
-    after a tool error, unnecessary calls), a bar per policy; panels with nothing measured are left out."""
+    """A PNG with one panel per measure (success with its 95% Wilson interval, success on the tasks that need a
+    tool, calls per task, recovery after a tool error, unnecessary calls), a bar per policy; panels with
+    nothing measured are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,6 +43,7 @@ def plot_policies(reports: dict[str, dict[str, Any]], out: str | Path) -> None:
     from rlvr.core.stats import wilson_interval
 
     panels = [(m, title) for m, title in (("success_rate", "held-out success"),
+                                          ("tool_task_success_rate", "success on tool tasks"),
                                           ("tool_calls_per_trajectory", "tool calls per task"),
                                           ("recovery_rate", "success after a tool error"),
                                           ("unnecessary_call_rate", "calls on no-tool tasks"))

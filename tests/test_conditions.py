@@ -118,11 +118,13 @@ def test_behaviour_metrics_by_hand():
     assert behaviour(groups, ["numeric_answer"]) == {
         "trajectories_with_tool_errors": 3, "recovery_rate": pytest.approx(1 / 3), "transient_failures": 2,
         "retry_rate": 0.5, "no_tool_trajectories": 2, "unnecessary_call_rate": 0.5,
+        "no_tool_success_rate": 1.0, "tool_task_success_rate": 0.5,
         "hallucinated_calls_per_trajectory": pytest.approx(2 / 6)}  # the rejected call, the call on the direct task
     report = summarize(groups, ["numeric_answer"], samples=1, seconds=1.0)
     assert report["outcomes"] == {"a": 0.5, "b": 1.0}
     clean = behaviour([], ["numeric_answer"])
     assert clean["recovery_rate"] is None and clean["unnecessary_call_rate"] is None
+    assert clean["tool_task_success_rate"] is None  # without tasks that need no tool it is the success rate
 
 
 def test_paired_bootstrap_by_hand():

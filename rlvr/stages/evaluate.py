@@ -101,6 +101,8 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
     recovery_rate     success among trajectories that met a tool error (any kind)
     retry_rate        share of transiently failed calls that the trajectory made again (same tool and arguments)
     unnecessary_call_rate   share of trajectories on tasks that need no tool (needs_tool=False) with a call
+    no_tool_success_rate, tool_task_success_rate   success on the tasks that need no tool and on the others
+                      (where some need none): restraint that gives up the tool tasks shows in the second
     hallucinated_calls_per_trajectory   calls that should not have been made, per trajectory: every call on a
                       task that needs no tool, and every call the env rejected (unknown tool, bad arguments,
                       unparseable) elsewhere
@@ -109,6 +111,7 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
     errored = [t for t in trajectories if any(c.error is not None for c in t.tool_calls)]
     failed = [(t, k) for t in trajectories for k, c in enumerate(t.tool_calls) if c.error == ToolCallError.transient]
     no_tool = [t for g in groups if g.task.metadata.get("needs_tool") is False for t in g.trajectories]
+    tool_tasks = [t for g in groups if g.task.metadata.get("needs_tool") is not False for t in g.trajectories]
     return {
         "trajectories_with_tool_errors": len(errored),
         "recovery_rate": _mean(is_success(t, rewards) for t in errored) if errored else None,
@@ -117,6 +120,8 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
                                 for c in t.tool_calls[k + 1:]) for t, k in failed) if failed else None,
         "no_tool_trajectories": len(no_tool),
         "unnecessary_call_rate": _mean(bool(t.tool_calls) for t in no_tool) if no_tool else None,
+        "no_tool_success_rate": _mean(is_success(t, rewards) for t in no_tool) if no_tool else None,
+        "tool_task_success_rate": _mean(is_success(t, rewards) for t in tool_tasks) if no_tool and tool_tasks else None,
         "hallucinated_calls_per_trajectory": _mean(hallucinated_calls(g.task, t) for g in groups
                                                    for t in g.trajectories) if trajectories else None,
     }
@@ -145,7 +150,7 @@ def _mean(values) -> float:
 
 COLUMNS = ("success_rate", "tool_call_validity", "format_compliance", "mean_turns", "mean_tokens", "mean_latency_s")
 BEHAVIOUR_COLUMNS = ("tool_calls_per_trajectory", "recovery_rate", "retry_rate", "unnecessary_call_rate",
-                     "hallucinated_calls_per_trajectory")
+                     "hallucinated_calls_per_trajectory", "no_tool_success_rate", "tool_task_success_rate")
 
 
 def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
