@@ -109,20 +109,19 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     print(f"target RL >= SFT + more SFT + 10 points, interval above 0: "
           f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({_fmt(over_more)})")
     print(f"target random-reward arm < SFT + 3 points: {_met(random_arm['diff'] < 0.03)} ({_fmt(random_arm)})")
-    recovery = (sft.get("recovery_rate"), rl_report.get("recovery_rate"))
-    unnecessary = (sft.get("unnecessary_call_rate"), rl_report.get("unnecessary_call_rate"))
-    tool_tasks = (sft.get("tool_task_success_rate"), rl_report.get("tool_task_success_rate"))
+    measures = {"recovery": "recovery_rate", "unnecessary calls": "unnecessary_call_rate",
+                "tool-task success": "tool_task_success_rate", "calls per task": "tool_calls_per_trajectory"}
+    recovery, unnecessary, tool_tasks, _ = [(sft.get(key), rl_report.get(key)) for key in measures.values()]
     doubled = None not in recovery and recovery[1] >= 2 * recovery[0] and recovery[1] > 0
     # restraint, not abandonment: a policy that stops calling at all halves unnecessary calls too, and pays
     # with the tasks that need the tool
     halved = (None not in unnecessary and unnecessary[1] <= unnecessary[0] / 2
               and rl_report["success_rate"] >= sft["success_rate"] - 0.02
               and (None in tool_tasks or tool_tasks[1] >= tool_tasks[0] - 0.02))
-    print(f"target learned behaviour visible (recovery x2, or unnecessary calls /2 at <= 2 points lost overall "
-          f"and on tool tasks): {_met(doubled or halved)} (recovery {_rate(recovery[0])} -> {_rate(recovery[1])}, "
-          f"unnecessary calls {_rate(unnecessary[0])} -> {_rate(unnecessary[1])}, tool-task success "
-          f"{_rate(tool_tasks[0])} -> {_rate(tool_tasks[1])}, calls per task {sft['tool_calls_per_trajectory']:.2f} "
-          f"-> {rl_report['tool_calls_per_trajectory']:.2f})")
+    evidence = ", ".join(f"{label} {_rate(sft.get(key))} -> {_rate(rl_report.get(key))}"
+                         for label, key in measures.items())
+    print(f"target learned behaviour visible (recovery x2, or unnecessary calls /2 at <= 2 points lost, "
+          f"overall and on tool tasks): {_met(doubled or halved)} ({evidence})")
 
 
 def _met(ok: bool) -> str:

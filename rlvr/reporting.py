@@ -32,9 +32,9 @@ def plot_curves(metrics_file: Path, out: Path) -> None:
 
 
 def plot_policies(reports: dict[str, dict[str, Any]], out: str | Path) -> None:
-    """A PNG with one panel per measure (success with its 95% Wilson interval, success on the tasks that need a
-    tool, calls per task, recovery after a tool error, unnecessary calls), a bar per policy; panels with
-    nothing measured are left out."""
+    """A PNG with one panel per measure (success with its 95% Wilson interval, success on the tasks that
+    need a tool, calls per task, recovery after a tool error, unnecessary calls), a bar per policy; panels
+    with nothing measured are left out."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -258,7 +258,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_a_lora_on_the_lm_head_is_refused():
-    """The fused head reads the head's frozen weight: a LoRA there would be silently ignored, so it is an error."""
+    """The fused head reads the head's frozen weight: a LoRA there would be ignored, so it is an error."""
     model = add_lora(load_model("tiny-random-llama", dtype=torch.float32),
                      LoraConfig(rank=4, alpha=8, target_modules=["q_proj", "lm_head"]))
     with pytest.raises(ValueError, match="target_modules"):

@@ -121,7 +121,8 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
         "no_tool_trajectories": len(no_tool),
         "unnecessary_call_rate": _mean(bool(t.tool_calls) for t in no_tool) if no_tool else None,
         "no_tool_success_rate": _mean(is_success(t, rewards) for t in no_tool) if no_tool else None,
-        "tool_task_success_rate": _mean(is_success(t, rewards) for t in tool_tasks) if no_tool and tool_tasks else None,
+        "tool_task_success_rate": (_mean(is_success(t, rewards) for t in tool_tasks)
+                                   if no_tool and tool_tasks else None),
         "hallucinated_calls_per_trajectory": _mean(hallucinated_calls(g.task, t) for g in groups
                                                    for t in g.trajectories) if trajectories else None,
     }

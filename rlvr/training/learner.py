@@ -39,7 +39,7 @@ def _chunk_rows(weight: Tensor) -> int:
 
 
 class LinearLogprob(torch.autograd.Function):
-    """log softmax(h W^T / T)[y] for each row of a frozen LM head, without keeping any (n, vocab) tensor alive.
+    """log softmax(h W^T / T)[y] for each row of a frozen LM head, keeping no (n, vocab) tensor alive.
 
     Rows are walked in chunks of LOGIT_CHUNK_ELEMENTS / vocabulary; the softmax is taken in float32 whatever
     the compute dtype. With `needs_grad` the gradient with respect to each row, (W_y - softmax @ W) / T, is
@@ -48,7 +48,8 @@ class LinearLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, needs_grad: bool) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float,
+                needs_grad: bool) -> Tensor:
         w = weight.to(hidden.dtype)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
@@ -321,8 +322,8 @@ class Learner:
         if self.lm_head.bias is not None:
             raise ValueError("models whose LM head has a bias are not supported")
         if any(p.requires_grad for p in self.lm_head.parameters()) or hasattr(self.lm_head, "lora_A"):
-            raise ValueError("a trained LM head is not supported (the learner's fused head is frozen): leave it out "
-                             "of model.lora.target_modules")
+            raise ValueError("a trained LM head is not supported (the learner's fused head is frozen): "
+                             "leave it out of model.lora.target_modules")
         if self.bf16:  # let autocast run the LoRA matmuls in bf16 instead of PEFT casting activations to fp32
             for module in model.modules():
                 if hasattr(module, "cast_input_dtype_enabled"):
