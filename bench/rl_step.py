@@ -12,7 +12,8 @@ After a warm-up step each step prints its parts (rollout, score: wall time while
 being scored, overlapping generation; learner; sync) and the limit on the same tokens:
   engine limit:  the fastest HF engine generating the step's sampled tokens as one batch of its rows
                  (the same number of rows, each forced to the mean length, the step's prompts), no loop;
-  learner limit: one forward and backward over the step's batch (no old-policy pass, no optimiser step).
+  learner limit: one forward and backward over the step's batch (no old-policy pass, no optimiser step;
+                 the trajectories without advantage left out, as the learner does).
 The summary prints medians, step / limit, the rollout of the engine before against the new one (the
 learner is the same code in both; its own gains were measured separately, see docs/benchmarks.md), the
 learner's share of the CPU's bf16 matmul rate (a GEMM of the model's shapes timed in the same run) and
@@ -36,6 +37,7 @@ from rlvr.core.config import load_config  # noqa: E402
 from rlvr.core.protocols import SamplingParams  # noqa: E402
 from rlvr.loop import _data_source, _learner  # noqa: E402
 from rlvr.training.advantages import make_batch  # noqa: E402
+from rlvr.training.learner import with_advantage  # noqa: E402
 
 
 def sft_start(cfg, config_path: str, overrides: list[str]) -> str:
@@ -135,14 +137,15 @@ def engine_limit(engines, groups) -> tuple[float, str]:
 
 
 def learner_limit(learner, batch) -> tuple[float, int]:
-    """Seconds of one forward and backward over the batch (no old-policy pass, no update), and the token
-    positions it computed (shared prompts once, padding included)."""
-    micro = learner.micro_batches(batch)
+    """Seconds of one forward and backward over the batch's trajectories that carry gradient (no old-policy
+    pass, no update), and the token positions it computed (shared prompts once, padding included)."""
+    counts = learner.batch_counts(batch)
+    micro = learner.micro_batches(with_advantage(batch) if learner.skip_zero_advantage else batch)
     positions = sum(mb.input_ids.numel() for mb in micro) + sum(
         mb.prompt.input_ids.numel() for mb in {id(m.prompt): m for m in micro if m.prompt is not None}.values())
     learner.model.train()
     start = time.perf_counter()
-    learner.backward(micro, learner.batch_counts(batch))
+    learner.backward(micro, counts)
     seconds = time.perf_counter() - start
     learner.model.eval()
     learner.optimizer.zero_grad(set_to_none=True)

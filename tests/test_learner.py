@@ -13,8 +13,8 @@ from rlvr.training.synthetic import synthetic_groups
 
 
 def _policy(name="tiny-random-llama", seed=0):
+    torch.manual_seed(seed)  # LoRA A is drawn from the global generator: two policies of one seed are equal
     model = add_lora(load_model(name, dtype=torch.float32), LoraConfig(rank=4, alpha=8))
-    torch.manual_seed(seed)
     with torch.no_grad():  # LoRA B starts at zero; make the adapter matter so gradients reach every weight
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -263,3 +263,42 @@ def test_a_lora_on_the_lm_head_is_refused():
                      LoraConfig(rank=4, alpha=8, target_modules=["q_proj", "lm_head"]))
     with pytest.raises(ValueError, match="target_modules"):
         _learner(model)
+
+
+def _flatten_group(batch: Batch, group: int) -> Batch:
+    """The batch with one group's advantages set to zero everywhere (as GRPO gives a group of equal rewards)."""
+    ids = list(dict.fromkeys(t.group_id for t in batch.trajectories))
+    return Batch(trajectories=batch.trajectories, advantages=[
+        [0.0] * len(a) if t.group_id == ids[group] else a for t, a in zip(batch.trajectories, batch.advantages)])
+
+
+@pytest.mark.parametrize("loss", ["grpo", "cispo", "gspo"])
+def test_trajectories_without_advantage_are_not_run_and_the_update_is_the_same(loss):
+    """Without a KL term a zero-advantage trajectory adds exactly zero gradient: the learner leaves it out of
+    its passes but keeps it in the loss's denominators, so both steps (the second mini-batch entirely flat:
+    Adam's momentum still moves the weights) match the learner that runs everything."""
+    batch = _flatten_group(_flatten_group(_batch(num_groups=4, seed=5), 0), 2)
+    batch = _flatten_group(batch, 3)  # mini-batch 2 (groups 2 and 3) has no advantage at all
+    models, runs = [_policy(), _policy()], []
+    for model, skip in zip(models, (True, False)):
+        learner = _learner(model, ObjectiveSpec(loss=loss), lr=1e-2, mini_batches=2)
+        learner.skip_zero_advantage = skip
+        forward = learner.completion_logprobs
+        counted = []
+        learner.completion_logprobs = lambda mb, **kw: counted.append(mb.input_ids.shape[0]) or forward(mb, **kw)
+        runs.append((learner.step(_batch(num_groups=4, seed=6)), learner.step(batch), counted))
+    (_, skipped, rows_skip), (_, full, rows_full) = runs
+    assert skipped["learner/zero_advantage_trajectories"] == 12 and full["learner/zero_advantage_trajectories"] == 0
+    assert sum(rows_skip) < sum(rows_full)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert skipped["learner/loss"] == pytest.approx(full["learner/loss"], rel=1e-5, abs=1e-8)
+
+
+def test_a_kl_term_keeps_every_trajectory():
+    """beta > 0: the KL term's gradient does not vanish with the advantage, so nothing is skipped."""
+    learner = _learner(_policy(), ObjectiveSpec(beta=0.1))
+    assert not learner.skip_zero_advantage
+    metrics = learner.step(_flatten_group(_batch(num_groups=2), 0))
+    assert metrics["learner/zero_advantage_trajectories"] == 0

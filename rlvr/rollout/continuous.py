@@ -70,10 +70,11 @@ class SlotDecoder:
     """A llama-family model's forward over a KV cache of slots, one slot per row, each at its own position.
 
     Cache: per layer, keys transposed (slots, kv_heads, head_dim, capacity) and values (slots, kv_heads,
-    capacity, head_dim). Attention always runs over the whole capacity (positions not yet written are
-    masked): a batched matmul over the first positions of a longer cache copies its operands, which took
-    a third of a decode step at batch 32. So the capacity grows by a quarter (in multiples of CAPACITY_STEP
-    positions), and starts afresh when the engine is idle.
+    capacity, head_dim). Attention reads only the positions written so far: in this layout the first L
+    positions of a slot are a strided view that the batched matmul reads in place (with keys stored
+    (capacity, head_dim), the transposed slice is copied: a third of a decode step at batch 32). The
+    capacity grows by a quarter (in multiples of CAPACITY_STEP positions), and starts afresh when the
+    engine is idle.
     """
 
     def __init__(self, model):
@@ -162,8 +163,9 @@ class SlotDecoder:
         h = self.embed[ids_t]  # (n, H)
         cos, sin = self.rotary(h[None], pos[None])
         cos, sin = cos[0, :, None], sin[0, :, None]  # (n, 1, d)
-        keys = torch.arange(self.v[0].shape[2], device=device)
-        decode_mask = (keys[None] <= pos[:decode, None])[:, None, None]  # (decode, 1, 1, capacity)
+        keys = torch.arange(max(positions) + 1, device=device)
+        seen = max(starts) + 1 if decode else 0  # decode rows attend to positions < seen
+        decode_mask = (keys[None, :seen] <= pos[:decode, None])[:, None, None]  # (decode, 1, 1, seen)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         groups = self.heads // self.kv_heads
         for i, layer in enumerate(self.layers):
@@ -176,17 +178,18 @@ class SlotDecoder:
             out = []
             if decode:  # (decode, kv_heads, groups, d) against each row's keys
                 qd = q[:decode].view(decode, self.kv_heads, groups, self.head_dim)
-                scores = (qd @ self.k[i][:decode]) * self.scale
+                scores = (qd @ self.k[i][:decode, ..., :seen]) * self.scale
                 weights = scores.masked_fill(~decode_mask, float("-inf")).float().softmax(-1).to(q.dtype)
-                out.append((weights @ self.v[i][:decode]).reshape(decode, q_size))
+                out.append((weights @ self.v[i][:decode, :, :seen]).reshape(decode, q_size))
             offset = decode
             for slot, start, tokens in segments:
                 m = len(tokens)
                 qs = q[offset : offset + m].view(m, self.kv_heads, groups, self.head_dim).permute(1, 2, 0, 3)
-                scores = (qs @ self.k[i][slot, :, None]) * self.scale  # (kv_heads, groups, m, capacity)
-                causal = keys[None] <= keys[start : start + m, None]
+                end = start + m
+                scores = (qs @ self.k[i][slot, :, None, :, :end]) * self.scale  # (kv_heads, groups, m, end)
+                causal = keys[None, :end] <= keys[start:end, None]
                 weights = scores.masked_fill(~causal, float("-inf")).float().softmax(-1).to(q.dtype)
-                out.append((weights @ self.v[i][slot, :, None]).permute(2, 0, 1, 3).reshape(m, q_size))
+                out.append((weights @ self.v[i][slot, :, None, :end]).permute(2, 0, 1, 3).reshape(m, q_size))
                 offset += m
             h = h + F.linear(torch.cat(out) if len(out) > 1 else out[0], *layer.o)
             gate, up = F.linear(layer.post_norm(h), *layer.gate_up).chunk(2, -1)

@@ -138,6 +138,13 @@ def split_groups(batch: Batch, parts: int) -> list[Batch]:
             for part in chosen]
 
 
+def with_advantage(batch: Batch) -> Batch:
+    """The trajectories with a nonzero advantage somewhere: under a policy loss without a KL term the others
+    (a flat group's, for instance) contribute exactly zero gradient, so the learner need not run them."""
+    keep = [i for i, a in enumerate(batch.advantages) if any(a)]
+    return Batch(trajectories=[batch.trajectories[i] for i in keep], advantages=[batch.advantages[i] for i in keep])
+
+
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """Group item indices into bins of at most `capacity` (first-fit decreasing; an item longer than
     `capacity` gets a bin of its own). Returns the bins, each a list of indices in input order."""
@@ -303,6 +310,8 @@ class Learner:
         self.cfg = cfg
         self.spec = spec
         self.objective = objective or self._policy_objective
+        # every term of a policy loss is proportional to the advantage, unless a KL term is added
+        self.skip_zero_advantage = objective is None and spec.beta == 0
         self.temperature = temperature
         self.norm_tokens = norm_tokens
         self.device = next(model.parameters()).device
@@ -430,6 +439,9 @@ class Learner:
         gradient norm before clipping and `backward`'s summed loss and metrics."""
         self.optimizer.zero_grad(set_to_none=True)
         totals = self.backward(micro, counts)
+        for p in self.params:  # a mini-batch whose trajectories were all skipped: the same zero-gradient step
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or math.inf))
         self.optimizer.step()
         self.scheduler.step()
@@ -487,8 +499,15 @@ class Learner:
             self.steps_done += 1
             return {"learner/skipped": 1.0}
         start = time.perf_counter()
-        minis = [(self.micro_batches(mini), self.batch_counts(mini))
-                 for mini in split_groups(batch, self.cfg.mini_batches)]
+        minis, computed, skipped = [], 0, 0  # computed: the sampled tokens the micro-batches hold
+        for mini in split_groups(batch, self.cfg.mini_batches):
+            counts = self.batch_counts(mini)  # the loss's denominators count every trajectory
+            if self.skip_zero_advantage:
+                kept = with_advantage(mini)
+                skipped += len(mini.trajectories) - len(kept.trajectories)
+                mini = kept
+            computed += mini.num_sampled_tokens
+            minis.append((self.micro_batches(mini), counts))
         for number, (micro, _) in enumerate(minis):  # all before the first update
             self._fill_fixed_logprobs(micro, first=number == 0)
         self.model.train()  # LoRA dropout, if configured
@@ -504,11 +523,11 @@ class Learner:
         elapsed = time.perf_counter() - start
         tokens = sum(counts.tokens for _, counts in minis)
         metrics = {"loss": totals.pop("loss") / len(minis)}
-        metrics.update({k: v if k.endswith(("_min", "_max")) else v / max(tokens, 1)
+        metrics.update({k: v if k.endswith(("_min", "_max")) else v / max(computed, 1)
                         for k, v in totals.items()})  # token means, and the extremes as they are
         metrics.update(grad_norm=sum(grad_norms) / len(grad_norms), lr=self.scheduler.get_last_lr()[0],
                        tokens=batch.num_tokens, sampled_tokens=tokens, micro_batches=sum(len(m) for m, _ in minis),
-                       step_s=elapsed, tokens_per_s=batch.num_tokens / elapsed)
+                       zero_advantage_trajectories=skipped, step_s=elapsed, tokens_per_s=batch.num_tokens / elapsed)
         return {f"learner/{k}": float(v) for k, v in metrics.items()}
 
     # ---------------------------------------------------------------------------------------------
