@@ -104,6 +104,7 @@ class Run:
         parts = {"rollout": rollout, "score": metrics["time/score_s"], "learner": learner, "sync": sync,
                  "step": rollout + learner + sync, "sampled": metrics["rollout/sampled_tokens"],
                  "learner_tokens": learned.get("learner/tokens", 0.0), "turns": metrics["rollout/turns"],
+                 "not_run": learned.get("learner/zero_advantage_trajectories", 0.0),
                  "rollout_before": before[0], "sampled_before": before[1]}
         return parts, groups, batch
 
@@ -190,7 +191,8 @@ def main() -> None:
         parts, groups, batch = run.step(step, generate_first=step % 2 == 0)
         label = "warm-up" if step == 1 else f"step {step - 1}"
         print(f"{label}: " + "  ".join(f"{k} {parts[k]:.1f} s" for k in ("rollout", "score", "learner", "sync", "step"))
-              + f"  ({parts['sampled']:.0f} sampled tokens, {parts['turns']:.2f} turns); engine before: rollout "
+              + f"  ({parts['sampled']:.0f} sampled tokens, {parts['turns']:.2f} turns, {parts['not_run']:.0f} "
+              f"trajectories without advantage not run); engine before: rollout "
               f"{parts['rollout_before']:.1f} s ({parts['sampled_before']:.0f} sampled tokens)", flush=True)
         if step == 1:
             continue

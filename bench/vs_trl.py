@@ -102,9 +102,13 @@ def calculator_rows(n: int, seed: int):
 
 
 def run_rlvr(args, model_dir: Path, adapter: Path) -> list[dict]:
+    import rlvr.training.learner
     from rlvr.core.config import load_config
     from rlvr.loop import train
 
+    # equal work: nearly every group here is flat (rewards 0), which rlvr's learner leaves out (exactly: zero
+    # gradient) and TRL computes; this process runs every trajectory through the learner as TRL does
+    rlvr.training.learner.with_advantage = lambda batch: batch
     out = tempfile.mkdtemp()
     cfg = load_config(None, [
         f"model.name={model_dir}", f"model.init_adapter={adapter}", f"model.lora.rank={args.rank}",
