@@ -225,6 +225,40 @@ TEMPLATES: dict[str, tuple[_Template, ...]] = {
         _Template("A road of {a} meters is divided into {b} equal sections, and each section is extended by "
                   "{c} meters. How long is each section now?", ("{a} / {b}", "{r} + {c}")),
     ),
+    # questions as users send them (messages, notes, tickets), sharing no template with the other two: tasks
+    # with answers and no demonstrations, in wording that neither the demonstrations nor the held-out tasks use
+    "field": (
+        _Template("hey, we had {a} {item} at the start of the month and got {b} deliveries of {c} each since. "
+                  "how many do we have now?", ("{b} * {c}", "{a} + {r}")),
+        _Template("Note to self: balance {a}. Add {b} payments of {c} each. New balance = ?",
+                  ("{b} * {c}", "{a} + {r}")),
+        _Template("Can you help? Our archive held {a} files, then {b} teams each uploaded {c} files. What is the "
+                  "file count now?", ("{b} * {c}", "{a} + {r}")),
+        _Template("Ticket: the warehouse reports {a} {item} before dispatch; {b} trucks left carrying {c} "
+                  "{item} each. Please confirm the remaining count.", ("{b} * {c}", "{a} - {r}")),
+        _Template("we started the season with {a} liters of fuel and {b} boats each used {c} liters. how much "
+                  "fuel is left?", ("{b} * {c}", "{a} - {r}")),
+        _Template("Starting credit {a}; {b} downloads at {c} credits each were charged. What credit remains?",
+                  ("{b} * {c}", "{a} - {r}")),
+        _Template("Hi! Each seat costs {a} dollars. We need {b} seats for adults and {c} for kids. What will we "
+                  "pay in total?", ("{b} + {c}", "{a} * {r}")),
+        _Template("A courier is paid {a} dollars per parcel and delivered {b} parcels yesterday and {c} today. "
+                  "What did the courier earn over the two days?", ("{b} + {c}", "{a} * {r}")),
+        _Template("Rate {a} per unit; units in batch one: {b}; units in batch two: {c}. Cost of both batches?",
+                  ("{b} + {c}", "{a} * {r}")),
+        _Template("our line makes {a} {item} an hour and ran for {b} hours, but {c} failed inspection. how many "
+                  "passed?", ("{a} * {b}", "{r} - {c}")),
+        _Template("Question from the team: {b} interns each scan {a} pages, and {c} of the scans were lost. How "
+                  "many scans do we keep?", ("{a} * {b}", "{r} - {c}")),
+        _Template("A hotel books {a} rooms a night for {b} nights; {c} bookings were cancelled. How many "
+                  "bookings stand?", ("{a} * {b}", "{r} - {c}")),
+        _Template("Need a number: {a} dollars split evenly across {b} departments, then each gets a {c} dollar "
+                  "top-up. What does one department get?", ("{a} / {b}", "{r} + {c}")),
+        _Template("We have {a} {item} to pack into {b} equal crates, plus {c} extra {item} per crate. How many "
+                  "{item} go in each crate?", ("{a} / {b}", "{r} + {c}")),
+        _Template("If {a} kg of flour is shared equally by {b} bakeries and each bakery buys {c} kg more, how "
+                  "many kg does each bakery have?", ("{a} / {b}", "{r} + {c}")),
+    ),
 }
 
 SHAPES = tuple(dict.fromkeys(t.shape for t in TEMPLATES["train"]))
@@ -232,7 +266,7 @@ SHAPES = tuple(dict.fromkeys(t.shape for t in TEMPLATES["train"]))
 
 def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = "train",
                      shapes: list[str] | None = None, wordings_per_shape: int | None = None) -> list[Task]:
-    """`n` word problems from the template `family` ("train" or "heldout"), deterministic in `seed`;
+    """`n` word problems from the template `family` ("train", "heldout" or "field"), deterministic in `seed`;
     `shapes` keeps only templates of those solution shapes (`SHAPES`), `wordings_per_shape` only the first
     that many templates of each shape.
 

@@ -1,6 +1,7 @@
 """QLoRA (model.quantization=4bit): an NF4 base under the learner, SFT and DPO, on CPU through bitsandbytes;
 the rollout engines serve the unquantised base with the learner's adapter, and TIS corrects the gap."""
 
+import json
 import math
 import sys
 
@@ -87,12 +88,18 @@ def test_4bit_gradients_equal_those_of_the_dequantised_model_after_a_no_grad_pas
 def test_rl_on_a_4bit_learner_runs_with_its_own_engine_model_and_tis(tmp_path):
     from rlvr.loop import train
 
+    # a random model solves nothing: reward its first sampled token, so the groups are not flat and the
+    # learner runs its trajectories (it leaves out those without advantage)
+    (tmp_path / "first_token.py").write_text(
+        "def first_token(trajectory, task):\n    return float(trajectory.completion_ids[0])\n")
     cfg = _config(f"output_dir={tmp_path}", "model.quantization=4bit", "steps=1", "data.tasks_per_step=2",
-                  "rollout.group_size=2", "rollout.max_new_tokens=8", "rollout.max_turns=1", "eval.every=0")
+                  "rollout.group_size=2", "rollout.max_new_tokens=8", "rollout.max_turns=1", "eval.every=0",
+                  f"rewards.functions=[{{name: '{tmp_path}/first_token.py:first_token'}}]")
     assert effective_tis_cap(cfg) == 2.0 and effective_tis_cap(_config()) is None
     run = train(cfg)
     assert (run.path / "adapter" / "adapter_config.json").exists()
-    assert "learner/tis_weight" in run.metrics_file.read_text()
+    metrics = json.loads(run.metrics_file.read_text().splitlines()[-1])
+    assert metrics["learner/zero_advantage_trajectories"] < 4 and metrics["learner/tis_weight"] > 0
 
 
 def test_4bit_without_bitsandbytes_says_what_to_install(monkeypatch):

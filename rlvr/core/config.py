@@ -63,6 +63,11 @@ class DataConfig(_Section):
     columns: TaskColumns = Field(default_factory=TaskColumns)
     train_tasks: int = Field(1024, ge=1)  # how many tasks to draw from the env's task source
     tasks_per_step: int = Field(8, ge=1)
+    # task-source options for RL's training tasks only, over env.options (source "env"): e.g. answer-only
+    # tasks in a wording neither the demonstrations (synth.options) nor the held-out tasks use
+    options: dict[str, Any] = Field(default_factory=dict)
+    # the share of RL's training tasks that need no tool; None: env.conditions.no_tool_fraction
+    no_tool_fraction: float | None = Field(None, ge=0.0, lt=1.0)
     # shape of synthetic trajectories (source=synthetic): used by the smoke run and the benchmarks
     synthetic_prompt_tokens: int = Field(256, ge=1)
     synthetic_completion_tokens: int = Field(64, ge=1)

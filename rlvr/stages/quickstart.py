@@ -108,6 +108,14 @@ def quickstart(cfg: Config) -> Path:
 COMPARISONS = [("SFT", "SFT + RL"), ("SFT + more SFT", "SFT + RL"), ("SFT", "SFT + more SFT")]
 
 
+def _rl_tasks(cfg: Config) -> str:
+    """What sets RL's training tasks apart from the demonstrations', as the report states it."""
+    parts = [f"task options {cfg.data.options}"] if cfg.data.options else ["in the training wording"]
+    if cfg.data.no_tool_fraction is not None:
+        parts.append(f"{cfg.data.no_tool_fraction:.0%} of them needing no tool")
+    return " (" + ", ".join(parts) + ")"
+
+
 def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: str | None) -> str:
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     c = cfg.env.conditions
@@ -116,8 +124,8 @@ def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: st
             f"**Demonstrations**: {_demonstrations(report)} of the training wording. **Tool conditions** of RL and "
             f"evaluation: {c.failure_rate:.0%} of tool calls fail transiently (seeded, an API-like error text), "
             f"{cost}, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
-            f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further training-wording "
-            f"tasks that have answers only. **Controls**: SFT + more SFT trains RL's wall time on the same "
+            f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further tasks that have "
+            f"answers only{_rl_tasks(cfg)}. **Controls**: SFT + more SFT trains RL's wall time on the same "
             f"demonstrations; the random-reward arm is in `python bench/quickstart.py`.\n\n"
             f"Greedy, on {report['held_out_tasks']} held-out tasks (the env's test split: wording the training "
             f"tasks never use), under the same conditions.\n\n{table}\n\n"
