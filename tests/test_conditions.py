@@ -166,3 +166,27 @@ def test_conditions_config_and_the_shuffled_reward_control():
     rewards = [a[0] for a in shuffled.advantages]
     assert rewards != [a[0] for a in plain.advantages]  # the permutation moved some rewards between groups
     assert shuffled.advantages == make_batch(groups, AlgorithmConfig(shuffle_rewards=True))[0].advantages
+
+
+def test_rl_tasks_take_their_own_options_and_no_tool_share_while_held_out_tasks_keep_the_env_s():
+    """data.options / data.no_tool_fraction shape RL's training tasks only: answer-only tasks in the 'field'
+    wording with no no-tool tasks, while the held-out tasks stay in the held-out wording with a quarter
+    needing no tool."""
+    from rlvr.core.config import ConfigError
+    from rlvr.envs.calculator import TEMPLATES
+    from rlvr.rollout.sources import EnvSource
+
+    cfg = load_config(None, ["env.name=calculator", "env.conditions.no_tool_fraction=0.25", "data.train_tasks=40",
+                             "eval.tasks=40", "eval.every=1", "data.options={family: field}",
+                             "data.no_tool_fraction=0"])
+    source = EnvSource(cfg, backend=None)  # tasks resolve before any model loads
+    field = {t.text.split("{")[0] for t in TEMPLATES["field"]}
+    assert all(t.metadata["family"] == "field" and t.metadata.get("needs_tool", True) for t in source.sampler.tasks)
+    assert any(t.prompt.startswith(tuple(p for p in field if p)) for t in source.sampler.tasks)
+    held_out = source.held_out
+    assert sum(t.metadata.get("needs_tool") is False for t in held_out) == 10
+    assert {t.metadata["family"] for t in held_out if t.metadata.get("needs_tool", True)} == {"heldout"}
+    with pytest.raises(ConfigError, match=r"data.options and data.no_tool_fraction shape the env's own training "
+                                          r"tasks; data.source is '.*tasks.jsonl'"):
+        EnvSource(load_config(None, ["env.name=calculator", "data.source=tasks.jsonl", "data.no_tool_fraction=0"]),
+                  backend=None)
