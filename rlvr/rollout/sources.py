@@ -67,14 +67,13 @@ class EnvSource:
         try:
             self.env = load_env(cfg.env.name)
             Scorer.from_config(cfg.rewards, self.env, cfg.env.conditions.call_cost)  # fail now, not in a worker
-            no_tool = cfg.env.conditions.no_tool_fraction
-            if cfg.data.source != "env" and (cfg.data.options or cfg.data.no_tool_fraction is not None):
+            no_tool, rl_no_tool = cfg.env.conditions.no_tool_fraction, cfg.data.no_tool_fraction
+            if cfg.data.source != "env" and (cfg.data.options or rl_no_tool is not None):
                 raise ValueError(f"data.options and data.no_tool_fraction shape the env's own training tasks; "
                                  f"data.source is {cfg.data.source!r}")
             tasks = load_tasks(cfg.data.source, self.env, cfg.data.train_tasks, cfg.seed, "train",
                                {**cfg.env.options, **cfg.data.options},
-                               no_tool_fraction=no_tool if cfg.data.no_tool_fraction is None else cfg.data.no_tool_fraction,
-                               columns=cfg.data.columns)
+                               no_tool_fraction=no_tool if rl_no_tool is None else rl_no_tool, columns=cfg.data.columns)
             self.held_out = (env_tasks(self.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, no_tool)
                              if cfg.eval.every else [])
         except (PluginError, ValueError, TypeError, NotImplementedError) as e:

@@ -134,15 +134,17 @@ def split_groups(batch: Batch, parts: int) -> list[Batch]:
     parts = min(parts, len(rows))
     bounds = [round(k * len(rows) / parts) for k in range(parts + 1)]
     chosen = [[i for group in rows[a:b] for i in group] for a, b in zip(bounds, bounds[1:])]
-    return [Batch(trajectories=[batch.trajectories[i] for i in part], advantages=[batch.advantages[i] for i in part])
-            for part in chosen]
+    return [_subset(batch, part) for part in chosen]
+
+
+def _subset(batch: Batch, rows: list[int]) -> Batch:
+    return Batch(trajectories=[batch.trajectories[i] for i in rows], advantages=[batch.advantages[i] for i in rows])
 
 
 def with_advantage(batch: Batch) -> Batch:
     """The trajectories with a nonzero advantage somewhere: under a policy loss without a KL term the others
     (a flat group's, for instance) contribute exactly zero gradient, so the learner need not run them."""
-    keep = [i for i, a in enumerate(batch.advantages) if any(a)]
-    return Batch(trajectories=[batch.trajectories[i] for i in keep], advantages=[batch.advantages[i] for i in keep])
+    return _subset(batch, [i for i, a in enumerate(batch.advantages) if any(a)])
 
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
