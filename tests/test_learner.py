@@ -302,3 +302,36 @@ def test_a_kl_term_keeps_every_trajectory():
     assert not learner.skip_zero_advantage
     metrics = learner.step(_flatten_group(_batch(num_groups=2), 0))
     assert metrics["learner/zero_advantage_trajectories"] == 0
+
+
+def _with_exact_logprobs(model, batch: Batch, temperature: float = 0.7) -> Batch:
+    """The batch with each trajectory's behaviour log-probs replaced by the model's own, one sequence at a time."""
+    trajectories = []
+    with torch.no_grad():
+        for t in batch.trajectories:
+            ids = torch.tensor([t.prompt_ids + t.completion_ids])
+            logits = model(input_ids=ids).logits[0, len(t.prompt_ids) - 1:-1].float() / temperature
+            logp = torch.log_softmax(logits, -1).gather(-1, ids[0, len(t.prompt_ids):, None])[:, 0]
+            trajectories.append(t.model_copy(update={"logprobs": [float(v) * m for v, m in zip(logp, t.loss_mask)]}))
+    return Batch(trajectories=trajectories, advantages=batch.advantages)
+
+
+def test_rollout_old_logprobs_take_the_engines_and_skip_the_old_policy_pass():
+    """learner.old_logprobs=rollout: the old policy is the behaviour log-probs, so no old-policy pass runs; when
+    those equal the policy's own (a same-precision engine), the update is the recomputing learner's."""
+    models = [_policy(), _policy()]
+    batch = _with_exact_logprobs(models[0], _batch(num_groups=4, seed=5))
+    passes = []
+    for model, mode in zip(models, ("rollout", "recompute")):
+        learner = _learner(model, lr=1e-2, mini_batches=2, old_logprobs=mode)
+        forward, counted = learner.completion_logprobs, []
+        learner.completion_logprobs = lambda mb, **kw: counted.append(torch.is_grad_enabled()) or forward(mb, **kw)
+        metrics = learner.step(batch)
+        passes.append(counted.count(False))
+    assert passes[0] == 0 < passes[1]
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    learner = _learner(_policy(), lr=1e-2, mini_batches=2, old_logprobs="rollout")
+    metrics = learner.step(_batch(num_groups=4, seed=5))  # synthetic behaviour log-probs, far from the policy's
+    assert metrics["learner/behaviour_logp_abs_diff"] == 0.0 and metrics["learner/is_ratio_mean"] == 1.0

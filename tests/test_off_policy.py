@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, grpo_loss, policy_objective
-from rlvr.core.config import effective_tis_cap, load_config
+from rlvr.core.config import ConfigError, check_training, effective_tis_cap, load_config
 
 
 @pytest.mark.parametrize("overrides, cap", [
@@ -17,9 +17,19 @@ from rlvr.core.config import effective_tis_cap, load_config
     (["ray.enabled=true", "ray.max_staleness=1", "algorithm.tis_cap=5"], 5.0),  # an explicit cap wins
     (["rollout.engine=vllm", "algorithm.tis_cap=0"], None),  # 0 turns it off
     (["algorithm.tis_cap=1.5"], 1.5),
+    (["rollout.engine=vllm", "learner.old_logprobs=rollout"], None),  # the old policy is the behaviour policy
 ])
 def test_tis_is_on_by_default_for_off_policy_data(overrides, cap):
     assert effective_tis_cap(load_config(None, overrides)) == cap
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["rollout.top_p=0.9"], "rollout.top_p"),
+    (["algorithm.tis_cap=2"], "algorithm.tis_cap"),
+])
+def test_rollout_old_logprobs_refuse_what_they_cannot_serve(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        check_training(load_config(None, ["learner.old_logprobs=rollout", *overrides]))
 
 
 def test_importance_ratio_metrics_over_sampled_tokens_only():

@@ -207,6 +207,10 @@ class LearnerConfig(_Section):
     epochs: int = Field(1, ge=1)  # K inner passes over each batch
     mini_batches: int = Field(1, ge=1)  # optimiser steps per pass, each on 1/N of the groups (N > 1 or K > 1:
     # old log-probs are computed first, and the clipped ratio keeps the later steps near the sampling policy)
+    # the old policy of the clipped ratio: "recompute" runs the learner over the mini-batches after the first
+    # before the first update; "rollout" takes the engine's log-probs of the sampled tokens (no pass; the
+    # engine-learner numerical gap then sits inside the ratio, and TIS has nothing left to correct)
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
     micro_batch_tokens: int = Field(4096, ge=16)  # tokens packed into one micro-batch (no padding)
     shared_prefix: bool = True  # compute a group's shared prompt once where that pays (see docs/algorithms.md)
     # recompute each decoder layer's activations in backward (~1/3 more compute, activation memory of about one
@@ -340,6 +344,14 @@ def check_training(cfg: Config) -> None:
         raise ConfigError("rollout.temperature=0: training rollouts must sample (greedy rollouts have no "
                           "log-probs to learn from and the learner divides its logits by the temperature); use "
                           "rollout.temperature=1.0 (held-out evaluation is greedy on its own)")
+    if cfg.learner.old_logprobs == "rollout":
+        if cfg.rollout.top_p < 1:
+            raise ConfigError(f"learner.old_logprobs=rollout with rollout.top_p={cfg.rollout.top_p}: the engine's "
+                              "log-probs are of the top-p truncated distribution, the learner's of the full one; "
+                              "use learner.old_logprobs=recompute")
+        if cfg.algorithm.tis_cap:
+            raise ConfigError("learner.old_logprobs=rollout makes the old policy the sampling one, so TIS weights "
+                              "are all 1: leave algorithm.tis_cap unset, or use learner.old_logprobs=recompute")
 
 
 AUTO_TIS_CAP = 2.0  # verl's rollout_is_threshold
@@ -348,10 +360,13 @@ AUTO_TIS_CAP = 2.0  # verl's rollout_is_threshold
 def effective_tis_cap(cfg: Config) -> float | None:
     """The TIS cap the learner uses: `algorithm.tis_cap` when set (0 = off), else 2.0 when the rollouts are
     off-policy (they overlap learner steps, ray.max_staleness >= 1, or come from vLLM, whose kernels and
-    precision differ from the learner's, or from the unquantised base while the learner's is 4-bit), else None."""
+    precision differ from the learner's, or from the unquantised base while the learner's is 4-bit), else None
+    (and None when learner.old_logprobs=rollout: the old policy is then the behaviour policy)."""
     cap = cfg.algorithm.tis_cap
     if cap is not None:
         return cap or None
+    if cfg.learner.old_logprobs == "rollout":  # old = behaviour: every weight would be 1
+        return None
     off_policy = cfg.ray.max_staleness >= 1 or cfg.rollout.engine == "vllm" or cfg.model.quantization != "none"
     return AUTO_TIS_CAP if off_policy else None
 

@@ -115,7 +115,7 @@ class MicroBatch:
     mask: Tensor  # (b, T) loss mask, zero-padded
     advantages: Tensor  # (b, T)
     behaviour_logp: Tensor  # (b, T)
-    old_logp: Tensor | None = None  # (b, T), filled before the first update when epochs > 1
+    old_logp: Tensor | None = None  # (b, T), filled before the first update (None: logp.detach())
     ref_logp: Tensor | None = None  # (b, T), filled when beta > 0
     prompt: SharedPrompt | None = None
     attention_mask: Tensor | None = None  # shared prompt: (R, 1, L, P + L) bool, True = may attend
@@ -482,9 +482,13 @@ class Learner:
     def _fill_fixed_logprobs(self, micro: list[MicroBatch], first: bool = False) -> None:
         """Reference log-probs (beta > 0) and old-policy log-probs, a shared prompt run once per pass. The
         first mini-batch of a step needs no old-policy pass: no update has happened yet, so its old
-        log-probs are its log-probs (logp.detach()); the first epoch uses that, later epochs this pass."""
+        log-probs are its log-probs (logp.detach()); the first epoch uses that, later epochs this pass.
+        With learner.old_logprobs=rollout the old log-probs are the engine's (no pass)."""
+        rollout = self.cfg.old_logprobs == "rollout"
+        for mb in micro if rollout else ():
+            mb.old_logp = mb.behaviour_logp
         one_update = self.cfg.epochs * self.cfg.mini_batches == 1  # then old = logp.detach(): no extra pass
-        old = not one_update and not (first and self.cfg.epochs == 1)
+        old = not rollout and not one_update and not (first and self.cfg.epochs == 1)
         passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([("old_logp", True)] if old else [])
         for field, adapter in passes:
             with nullcontext() if adapter else self.reference():
