@@ -172,3 +172,32 @@ def test_prompt_rendering_is_shared_by_a_group():
     assert renderer.prompt_ids(messages, tools) == first[:-1] == renderer.render_ids(messages, tools,
                                                                                        generation_prompt=True)
     assert len(renderer._prompt_cache) == 1
+
+
+@pytest.mark.parametrize("randomness", ["group", "trajectory"])
+def test_a_group_meets_one_env_randomness_and_replays_it(randomness):
+    """rollout.env_randomness=group: every trajectory of a group builds its env with the group's seed (its first
+    trajectory's), so the same calls fail transiently in each; the seed is recorded and replay meets it again.
+    trajectory: each trajectory's own seed."""
+    from rlvr.envs.conditions import with_transient_failures
+    from rlvr.rollout.agent import replay_tool_calls
+
+    tokenizer = _tokenizer("smollm2-135m-instruct")
+    renderer = ChatRenderer(tokenizer)
+    [end_id] = renderer.turn_end_ids
+    task = calculator_tasks(1)[0]
+    call = '<tool_call>{"name": "calculate", "arguments": {"expression": "6 * 7"}}</tool_call>'
+    make_env = with_transient_failures(CalculatorEnv, 0.5)
+    settings = RolloutConfig(max_turns=9, env_randomness=randomness)
+    group = [asyncio.run(rollout_trajectory(task, i, ScriptedEngine(tokenizer, end_id, [call] * 8 + ["42"]), renderer,
+                                            make_env, settings, seed=3)) for i in range(4)]
+    patterns = [[c.error for c in t.tool_calls] for t in group]
+    assert all(len(p) == 8 for p in patterns) and ToolCallError.transient in patterns[0]
+    if randomness == "group":
+        assert all(p == patterns[0] for p in patterns)
+        assert group[0].env_seed is None and {t.env_seed for t in group[1:]} == {group[0].seed}
+    else:
+        assert any(p != patterns[0] for p in patterns) and all(t.env_seed is None for t in group)
+    for t in group:
+        replayed = asyncio.run(replay_tool_calls(t, task, make_env))
+        assert [(c.result, c.error) for c in replayed] == [(c.result, c.error) for c in t.tool_calls]

@@ -91,7 +91,8 @@ class Trajectory(_Strict):
     task_id: str
     group_id: str
     policy_version: int = 0
-    seed: int = 0  # the trajectory's own seed (sampling and env), for replay
+    seed: int = 0  # the trajectory's own seed (sampling; the env's too unless env_seed says otherwise), for replay
+    env_seed: int | None = None  # the seed its env was built with, when not `seed` (rollout.env_randomness=group)
     prompt_ids: list[int]
     completion_ids: list[int]
     loss_mask: list[int]

@@ -48,8 +48,10 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
     """Trajectory `index` of `task`'s group. `make_env(task, seed=, tool_timeout_s=)` builds its env
     (an env class fits)."""
     traj_seed = trajectory_seed(seed, task.id, index)
+    # env_randomness=group: the whole group shares its first trajectory's env seed
+    env_seed = trajectory_seed(seed, task.id, 0) if settings.env_randomness == "group" else traj_seed
     started = time.perf_counter()
-    env = make_env(task, seed=traj_seed, tool_timeout_s=settings.tool_timeout_s)
+    env = make_env(task, seed=env_seed, tool_timeout_s=settings.tool_timeout_s)
     try:
         messages, tools = env.reset()
         prompt_ids = renderer.prompt_ids(messages, tools)
@@ -113,6 +115,7 @@ async def rollout_trajectory(task: Task, index: int, engine: Engine, renderer: C
                 break
         return Trajectory(
             id=f"{task.id}/{index}", task_id=task.id, group_id=task.id, policy_version=policy_version, seed=traj_seed,
+            env_seed=None if env_seed == traj_seed else env_seed,
             prompt_ids=prompt_ids, completion_ids=completion, loss_mask=mask, logprobs=logprobs,
             tool_calls=calls_made, messages=messages, final_answer=final_answer, final_state=env.final_state(),
             turns=turns, finish_reason=finish,
@@ -144,8 +147,9 @@ def _set_spans(calls: list[ToolCall], text: str, ids: list[int], offset: int, re
 async def replay_tool_calls(trajectory: Trajectory, task: Task, make_env: Callable[..., ToolEnv],
                             tool_timeout_s: float = 10.0) -> list[ToolCall]:
     """Re-execute a recorded trajectory's tool calls, turn by turn, against a fresh env built with the
-    trajectory's seed. Returns the re-derived calls; their `result`s should equal the recorded ones."""
-    env = make_env(task, seed=trajectory.seed, tool_timeout_s=tool_timeout_s)
+    trajectory's env seed. Returns the re-derived calls; their `result`s should equal the recorded ones."""
+    env_seed = trajectory.seed if trajectory.env_seed is None else trajectory.env_seed
+    env = make_env(task, seed=env_seed, tool_timeout_s=tool_timeout_s)
     try:
         env.reset()
         replayed: list[ToolCall] = []
