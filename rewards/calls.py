@@ -57,3 +57,10 @@ def tool_calls(trajectory: Trajectory, task: Task) -> float:
     """The number of tool calls the trajectory made. With a negative weight it is a per-call cost
     (`env.conditions.call_cost` adds it so): calls that are not needed then lower the reward."""
     return float(len(trajectory.tool_calls))
+
+
+def unnecessary_calls(trajectory: Trajectory, task: Task) -> float:
+    """The number of tool calls made on a task that needs no tool (metadata `needs_tool: false`, e.g.
+    env.conditions.no_tool_fraction's tasks), else 0. With a negative weight it teaches restraint where a
+    call is never needed without taxing the calls a task does need (what `tool_calls` as a cost does)."""
+    return float(len(trajectory.tool_calls)) if task.metadata.get("needs_tool") is False else 0.0

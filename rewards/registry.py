@@ -21,6 +21,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "final_state": "rlvr.rewards.state:final_state_match",
     "tool_call_validity": "rlvr.rewards.calls:tool_call_validity",
     "tool_calls": "rlvr.rewards.calls:tool_calls",
+    "unnecessary_calls": "rlvr.rewards.calls:unnecessary_calls",
     "llm_judge": "rlvr.rewards.judge:llm_judge",
     "tau2_communicate": "rlvr.rewards.tau2:communicate",
     "policy_compliance": "rlvr.rewards.support_desk:policy_compliance",

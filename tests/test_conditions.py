@@ -71,6 +71,17 @@ def test_call_cost_is_a_negative_weight_reward_and_not_part_of_success():
                                                                                           "tool_call_validity"]
 
 
+def test_unnecessary_calls_cost_only_on_tasks_that_need_no_tool():
+    no_tool = env_tasks(CalculatorEnv, 8, 0, "train", {}, 0.5)
+    needs_none = next(t for t in no_tool if t.metadata.get("needs_tool") is False)
+    scorer = Scorer.from_specs({"numeric_answer": 1.0, "unnecessary_calls": -0.1})
+    for task, cost in ((needs_none, 2 * 0.1), (TASK, 0.0)):
+        trajectory = Trajectory(id="t/0", task_id=task.id, group_id=task.id, prompt_ids=[1], completion_ids=[2],
+                                loss_mask=[1], logprobs=[0.0], tool_calls=_calls(2), final_answer=str(task.answer))
+        scored = asyncio.run(scorer.score(trajectory, task))
+        assert scored.reward == pytest.approx(1.0 - cost)
+
+
 @pytest.mark.parametrize("env", [CalculatorEnv, PythonEnv])
 def test_no_tool_tasks_are_mixed_in_by_fraction_and_seed(env):
     tasks = env_tasks(env, 40, seed=2, split="train", options={}, no_tool_fraction=0.25)
