@@ -113,6 +113,8 @@ def _rl_tasks(cfg: Config) -> str:
     parts = [f"task options {cfg.data.options}"] if cfg.data.options else ["in the training wording"]
     if cfg.data.no_tool_fraction is not None:
         parts.append(f"{cfg.data.no_tool_fraction:.0%} of them needing no tool")
+    parts.append("a group's trajectories meeting the same tool failures" if cfg.rollout.env_randomness == "group"
+                 else "each trajectory meeting its own tool failures")
     return " (" + ", ".join(parts) + ")"
 
 
