@@ -199,9 +199,9 @@ def test_rl_tasks_take_their_own_options_and_no_tool_share_while_held_out_tasks_
     assert {t.metadata["family"] for t in held_out if t.metadata.get("needs_tool", True)} == {"heldout"}
     from rlvr.stages.quickstart import _rl_tasks  # what the quickstart report says of RL's tasks
 
-    assert _rl_tasks(cfg) == (" (task options {'family': 'field'}, 0% of them needing no tool, a group's "
-                              "trajectories meeting the same tool failures)")
-    assert "its own tool failures" in _rl_tasks(load_config(None, ["rollout.env_randomness=trajectory"]))
+    assert _rl_tasks(cfg) == (" (task options {'family': 'field'}, 0% of them needing no tool, each trajectory "
+                              "meeting its own tool failures)")
+    assert "the same tool failures" in _rl_tasks(load_config(None, ["rollout.env_randomness=group"]))
     with pytest.raises(ConfigError, match=r"data.options and data.no_tool_fraction shape the env's own training "
                                           r"tasks; data.source is '.*tasks.jsonl'"):
         EnvSource(load_config(None, ["env.name=calculator", "data.source=tasks.jsonl", "data.no_tool_fraction=0"]),

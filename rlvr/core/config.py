@@ -86,10 +86,11 @@ class RolloutConfig(_Section):
     tool_timeout_s: float = Field(10.0, gt=0.0)  # per tool call
     tool_format: Literal["auto", "hermes", "llama3", "mistral"] = "auto"  # auto: read from the chat template
     strict_tokens: bool = False  # raise when the token stream drifts from a full re-render (else count it)
-    # group: every trajectory of a task's group builds its env with the same seed, so they meet the same env
-    # randomness (which calls fail transiently, ...) and the group baseline compares the policy's choices, not
-    # the env's luck (an input-dependent baseline: unbiased, lower variance); trajectory: each its own seed
-    env_randomness: Literal["group", "trajectory"] = "group"
+    # trajectory: each trajectory builds its env with its own seed; group: a task's whole group shares one, so
+    # they meet the same env randomness (which calls fail transiently, ...) and the group baseline compares
+    # the policy's choices, not the env's luck (unbiased, less variance, but more groups flat: see
+    # docs/rollouts.md for what it did to the quickstart)
+    env_randomness: Literal["trajectory", "group"] = "trajectory"
     # a frozen model each rollout worker serves on its own engine to simulated users and LLM judges whose
     # url is "local" (rlvr/core/endpoint.py LocalChat; tau2: env.options.user_url=local)
     local_chat_model: str | None = None
