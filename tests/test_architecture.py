@@ -34,7 +34,7 @@ FLOOR_1 = textwrap.dedent("""
     from rlvr.envs.registry import BUILTIN_ENVS, load_env
     from rlvr.rewards.registry import BUILTIN_REWARDS, load_reward
 
-    ALWAYS = {"format", "tool_call_validity", "tool_calls"}
+    ALWAYS = {"format", "tool_call_validity", "tool_calls", "unnecessary_calls"}
     WITH_ANSWER = {"exact_answer", "math_verify"}  # tasks with a scalar answer
     WITH_NUMBER = {"numeric_answer"}  # tasks whose answer is a number
 
