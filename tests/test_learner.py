@@ -326,7 +326,7 @@ def test_rollout_old_logprobs_take_the_engines_and_skip_the_old_policy_pass():
         learner = _learner(model, lr=1e-2, mini_batches=2, old_logprobs=mode)
         forward, counted = learner.completion_logprobs, []
         learner.completion_logprobs = lambda mb, **kw: counted.append(torch.is_grad_enabled()) or forward(mb, **kw)
-        metrics = learner.step(batch)
+        learner.step(batch)
         passes.append(counted.count(False))
     assert passes[0] == 0 < passes[1]
     for a, b in zip(models[0].parameters(), models[1].parameters()):

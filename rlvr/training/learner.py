@@ -484,11 +484,13 @@ class Learner:
         first mini-batch of a step needs no old-policy pass: no update has happened yet, so its old
         log-probs are its log-probs (logp.detach()); the first epoch uses that, later epochs this pass.
         With learner.old_logprobs=rollout the old log-probs are the engine's (no pass)."""
-        rollout = self.cfg.old_logprobs == "rollout"
-        for mb in micro if rollout else ():
-            mb.old_logp = mb.behaviour_logp
-        one_update = self.cfg.epochs * self.cfg.mini_batches == 1  # then old = logp.detach(): no extra pass
-        old = not rollout and not one_update and not (first and self.cfg.epochs == 1)
+        if self.cfg.old_logprobs == "rollout":
+            for mb in micro:
+                mb.old_logp = mb.behaviour_logp
+            old = False
+        else:  # one update in all: old = logp.detach(), no extra pass
+            one_update = self.cfg.epochs * self.cfg.mini_batches == 1
+            old = not one_update and not (first and self.cfg.epochs == 1)
         passes = ([("ref_logp", False)] if self.spec.beta > 0 else []) + ([("old_logp", True)] if old else [])
         for field, adapter in passes:
             with nullcontext() if adapter else self.reference():
