@@ -2,7 +2,8 @@
 
 1. synth: gold conversations for `synth.tasks` training tasks (rlvr/stages/synth.py)
 2. SFT: a LoRA adapter on them (rlvr/stages/sft.py)
-3. RL: `rlvr train` for `steps` steps starting from the SFT adapter (the KL reference stays the base model)
+3. RL: `rlvr train` for `steps` steps starting from the SFT adapter (with `algorithm.beta` > 0 its KL reference
+   is that SFT start)
 4. the control: the same SFT adapter trained with more SFT for as long as RL took (`sft.time_limit_s`), so a
    gain of RL over SFT is RL's and not more training's
 5. greedy evaluation of base, SFT, SFT + more SFT and SFT + RL on `eval.tasks` tasks of the env's "test"
@@ -118,6 +119,20 @@ def _rl_tasks(cfg: Config) -> str:
     return " (" + ", ".join(parts) + ")"
 
 
+def _rl_objective(cfg: Config) -> str:
+    """RL's reward and its anchor, as the report states them."""
+    functions = cfg.rewards.functions
+    if not functions:
+        reward = f"the {cfg.env.name} env's own success test"
+    elif cfg.rewards.combine == "sum":
+        reward = " ".join(f"{f.weight:+g} x {f.name}" for f in functions).lstrip("+")
+    else:
+        reward = "the product of " + ", ".join(f"{f.name} ^ {f.weight:g}" for f in functions)
+    anchor = (f"KL to the {'SFT start' if cfg.algorithm.reference == 'start' else 'base model'}, "
+              f"beta {cfg.algorithm.beta:g}" if cfg.algorithm.beta else "no KL term")
+    return f"reward: {reward}; {cfg.algorithm.loss} loss, {anchor}"
+
+
 def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: str | None) -> str:
     times = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
     c = cfg.env.conditions
@@ -127,7 +142,7 @@ def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: st
             f"evaluation: {c.failure_rate:.0%} of tool calls fail transiently (seeded, an API-like error text), "
             f"{cost}, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
             f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further tasks that have "
-            f"answers only{_rl_tasks(cfg)}. **Controls**: SFT + more SFT trains RL's wall time on the same "
+            f"answers only{_rl_tasks(cfg)}; {_rl_objective(cfg)}. **Controls**: SFT + more SFT trains RL's wall time on the same "
             f"demonstrations; the random-reward arm is in `python bench/quickstart.py`.\n\n"
             f"Greedy, on {report['held_out_tasks']} held-out tasks (the env's test split: wording the training "
             f"tasks never use), under the same conditions.\n\n{table}\n\n"
