@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.reporting import plot_policies  # noqa: E402
-from rlvr.stages.evaluate import (comparison_table, difference_table, evaluate_policy, kind_table,  # noqa: E402
-                                  success_differences)
+from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need,  # noqa: E402
+                                  evaluate_policy, kind_table)
 
 
 def main() -> None:
@@ -86,7 +86,7 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     print(comparison_table(reports))
     if kinds := kind_table(reports):
         print(f"success per task kind:\n{kinds}")
-    d = success_differences(reports, pairs, seed)
+    d = differences_by_need(reports, pairs, held_out, seed)
     print(difference_table(d))
     plot_policies(reports, root / "policies_reevaluation.png")
 

@@ -103,8 +103,8 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
-    from rlvr.stages.evaluate import (comparison_table, difference_table, evaluate_policy, kind_table,
-                                      success_differences)
+    from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need, evaluate_policy,
+                                      kind_table)
 
     extra = [*(overrides or [])]
     if bfcl:
@@ -133,8 +133,8 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     typer.echo(table)
     if len(reports) > 1:
         first, *others = reports
-        typer.echo("\nsuccess against the first policy, 95% paired bootstrap intervals:\n"
-                   + difference_table(success_differences(reports, [(first, other) for other in others], cfg.seed)))
+        differences = differences_by_need(reports, [(first, other) for other in others], task_list, cfg.seed)
+        typer.echo(f"\nsuccess against the first policy, 95% paired bootstrap intervals:\n{difference_table(differences)}")
     if kinds := kind_table(reports):
         typer.echo(f"\nsuccess per task kind:\n{kinds}")
     typer.echo(f"report: {out}")

@@ -12,7 +12,8 @@ from rlvr.envs.calculator import NO_TOOL_TEMPLATES, CalculatorEnv
 from rlvr.envs.conditions import TRANSIENT_ERRORS, UnreliableTools, with_transient_failures
 from rlvr.envs.python import PythonEnv
 from rlvr.envs.sql import SqlEnv
-from rlvr.stages.evaluate import behaviour, difference_table, success_differences, summarize
+from rlvr.stages.evaluate import (behaviour, difference_table, differences_by_need, success_differences,
+                                  summarize)
 from rlvr.rewards.scoring import Scorer
 from rlvr.core.stats import paired_bootstrap, wilson_interval
 from rlvr.core.tasks import env_tasks
@@ -152,6 +153,19 @@ def test_paired_bootstrap_by_hand():
         paired_bootstrap({"x": 1.0}, {"y": 1.0})
     table = difference_table(success_differences({"SFT": {"outcomes": a}, "RL": {"outcomes": b}}, [("SFT", "RL")], seed=3))
     assert table.splitlines()[2].startswith("| RL - SFT | +10.0 | [+")
+
+
+def test_differences_split_tool_and_no_tool_tasks():
+    """Overall +50 points is +0 on the tool tasks and +100 on the no-tool ones: the split shows which."""
+    tasks = [Task(id=i, env="calculator", prompt="", metadata={"needs_tool": not i.startswith("n")}) for i in ("t1", "t2", "n1", "n2")]
+    reports = {"SFT": {"outcomes": {"t1": 1.0, "t2": 0.0, "n1": 0.0, "n2": 0.0}},
+               "RL": {"outcomes": {"t1": 1.0, "t2": 0.0, "n1": 1.0, "n2": 1.0}}}
+    d = differences_by_need(reports, [("SFT", "RL")], tasks)
+    assert list(d) == ["RL - SFT", "RL - SFT (tool tasks)", "RL - SFT (no-tool tasks)"]
+    assert d["RL - SFT"]["diff"] == 0.5 and d["RL - SFT"]["tasks"] == 4
+    assert d["RL - SFT (tool tasks)"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "tasks": 2.0}
+    assert d["RL - SFT (no-tool tasks)"] == {"diff": 1.0, "low": 1.0, "high": 1.0, "tasks": 2.0}
+    assert list(differences_by_need(reports, [("SFT", "RL")], tasks[:2])) == ["RL - SFT"]  # all need the tool
 
 
 def test_wilson_interval_by_hand():

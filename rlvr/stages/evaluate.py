@@ -164,13 +164,28 @@ def comparison_table(reports: dict[str, dict[str, Any]]) -> str:
 
 
 def success_differences(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]],
-                        seed: int = 0) -> dict[str, dict[str, float]]:
+                        seed: int = 0, only: set[str] | None = None) -> dict[str, dict[str, float]]:
     """{"b - a": paired bootstrap of success b - a} for each (a, b) in `pairs`, over the tasks both were
-    evaluated on (rlvr/core/stats.py)."""
+    evaluated on (rlvr/core/stats.py), or those of them whose ids are in `only`."""
     from rlvr.core.stats import paired_bootstrap
 
-    return {f"{b} - {a}": paired_bootstrap(reports[a]["outcomes"], reports[b]["outcomes"], seed=seed)
-            for a, b in pairs}
+    def outcomes(label: str) -> dict[str, float]:
+        return {t: v for t, v in reports[label]["outcomes"].items() if only is None or t in only}
+
+    return {f"{b} - {a}": paired_bootstrap(outcomes(a), outcomes(b), seed=seed) for a, b in pairs}
+
+
+def differences_by_need(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], tasks: list,
+                        seed: int = 0) -> dict[str, dict[str, float]]:
+    """`success_differences` over all tasks and, where some of `tasks` need no tool, over the tool tasks and
+    the no-tool tasks apart ("b - a (tool tasks)"): a gain in restraint and one in tool use look alike overall."""
+    differences = success_differences(reports, pairs, seed)
+    no_tool = {t.id for t in tasks if t.metadata.get("needs_tool") is False}
+    if no_tool and len(no_tool) < len(tasks):
+        for part, ids in (("tool tasks", {t.id for t in tasks} - no_tool), ("no-tool tasks", no_tool)):
+            differences.update({f"{name} ({part})": d
+                                for name, d in success_differences(reports, pairs, seed, ids).items()})
+    return differences
 
 
 def difference_table(differences: dict[str, dict[str, float]]) -> str:

@@ -39,8 +39,8 @@ def quickstart(cfg: Config) -> Path:
     from rlvr.core.tasks import env_tasks
     from rlvr.loop import train
     from rlvr.reporting import plot_policies
-    from rlvr.stages.evaluate import (comparison_table, difference_table, evaluate_policy, kind_table,
-                                      success_differences)
+    from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need, evaluate_policy,
+                                      kind_table)
     from rlvr.stages.sft import sft
     from rlvr.stages.synth import Synthesizer, write_jsonl
 
@@ -86,7 +86,7 @@ def quickstart(cfg: Config) -> Path:
                                              label=label)
             console.print(f"{label}: success {reports[label]['success_rate']:.3f}")
     table = comparison_table(reports)
-    differences = success_differences(reports, COMPARISONS, cfg.seed)
+    differences = differences_by_need(reports, COMPARISONS, held_out, cfg.seed)
     sources = Counter(r["source"] for r in records)
     report = {"held_out_tasks": len(held_out), "conversations": len(records), "sources": dict(sources),
               "seconds": seconds,
@@ -142,8 +142,8 @@ def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: st
             f"evaluation: {c.failure_rate:.0%} of tool calls fail transiently (seeded, an API-like error text), "
             f"{cost}, {c.no_tool_fraction:.0%} of tasks need no tool. **RL**: {cfg.steps} "
             f"steps of {cfg.data.tasks_per_step} tasks x G={cfg.rollout.group_size} on further tasks that have "
-            f"answers only{_rl_tasks(cfg)}; {_rl_objective(cfg)}. **Controls**: SFT + more SFT trains RL's wall time on the same "
-            f"demonstrations; the random-reward arm is in `python bench/quickstart.py`.\n\n"
+            f"answers only{_rl_tasks(cfg)}; {_rl_objective(cfg)}. **Controls**: SFT + more SFT trains RL's wall "
+            f"time on the same demonstrations; the random-reward arm is in `python bench/quickstart.py`.\n\n"
             f"Greedy, on {report['held_out_tasks']} held-out tasks (the env's test split: wording the training "
             f"tasks never use), under the same conditions.\n\n{table}\n\n"
             f"Differences in success, with 95% paired bootstrap intervals over the held-out tasks:\n\n"
