@@ -8,7 +8,8 @@
 2. the random-reward control: the same RL run from the same SFT adapter with rewards shuffled within each
    batch (`algorithm.shuffle_rewards=true`); a gain it shares is drift, not learning;
 3. re-evaluates base, SFT, SFT + more SFT, SFT + RL and the control on N held-out tasks of another seed,
-   under the config's tool conditions, and prints each difference with its 95% paired bootstrap interval;
+   under the config's tool conditions, and prints each difference with its 95% paired bootstrap interval
+   (overall, and on the tool and no-tool tasks apart where some need no tool);
 4. checks the SFT start is a sensible one: its success on training-wording tasks under clean conditions;
 then prints every target of the quickstart (docs/benchmarks.md).
 """
