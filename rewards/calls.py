@@ -63,4 +63,4 @@ def unnecessary_calls(trajectory: Trajectory, task: Task) -> float:
     """The number of tool calls made on a task that needs no tool (metadata `needs_tool: false`, e.g.
     env.conditions.no_tool_fraction's tasks), else 0. With a negative weight it teaches restraint where a
     call is never needed without taxing the calls a task does need (what `tool_calls` as a cost does)."""
-    return float(len(trajectory.tool_calls)) if task.metadata.get("needs_tool") is False else 0.0
+    return float(len(trajectory.tool_calls)) if task.needs_no_tool else 0.0

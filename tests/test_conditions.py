@@ -157,7 +157,8 @@ def test_paired_bootstrap_by_hand():
 
 def test_differences_split_tool_and_no_tool_tasks():
     """Overall +50 points is +0 on the tool tasks and +100 on the no-tool ones: the split shows which."""
-    tasks = [Task(id=i, env="calculator", prompt="", metadata={"needs_tool": not i.startswith("n")}) for i in ("t1", "t2", "n1", "n2")]
+    tasks = [Task(id=i, env="calculator", prompt="", metadata={"needs_tool": not i.startswith("n")})
+             for i in ("t1", "t2", "n1", "n2")]
     reports = {"SFT": {"outcomes": {"t1": 1.0, "t2": 0.0, "n1": 0.0, "n2": 0.0}},
                "RL": {"outcomes": {"t1": 1.0, "t2": 0.0, "n1": 1.0, "n2": 1.0}}}
     d = differences_by_need(reports, [("SFT", "RL")], tasks)
@@ -216,14 +217,18 @@ def test_rl_tasks_take_their_own_options_and_no_tool_share_while_held_out_tasks_
     assert _rl_tasks(cfg) == (" (task options {'family': 'field'}, 0% of them needing no tool, each trajectory "
                               "meeting its own tool failures)")
     assert "the same tool failures" in _rl_tasks(load_config(None, ["rollout.env_randomness=group"]))
-    from rlvr.stages.quickstart import _rl_objective  # and of RL's reward and anchor
+    with pytest.raises(ConfigError, match=r"data.options and data.no_tool_fraction shape the env's own training "
+                                          r"tasks; data.source is '.*tasks.jsonl'"):
+        EnvSource(load_config(None, ["env.name=calculator", "data.source=tasks.jsonl", "data.no_tool_fraction=0"]),
+                  backend=None)
+
+
+def test_the_quickstart_report_states_rl_s_reward_and_anchor():
+    from rlvr.stages.quickstart import _rl_objective
 
     anchored = load_config(None, ["env.name=calculator", "algorithm.beta=0.1", "rewards.functions=[{name: "
                                   "numeric_answer, weight: 1.0}, {name: unnecessary_calls, weight: -0.1}]"])
     assert _rl_objective(anchored) == ("reward: 1 x numeric_answer -0.1 x unnecessary_calls; grpo loss, KL to the "
                                        "SFT start, beta 0.1")
-    assert _rl_objective(cfg) == "reward: the calculator env's own success test; grpo loss, no KL term"
-    with pytest.raises(ConfigError, match=r"data.options and data.no_tool_fraction shape the env's own training "
-                                          r"tasks; data.source is '.*tasks.jsonl'"):
-        EnvSource(load_config(None, ["env.name=calculator", "data.source=tasks.jsonl", "data.no_tool_fraction=0"]),
-                  backend=None)
+    assert _rl_objective(load_config(None, ["env.name=calculator"])) == ("reward: the calculator env's own success "
+                                                                          "test; grpo loss, no KL term")

@@ -35,6 +35,12 @@ class Task(_Strict):
     tools: list[dict[str, Any]] | None = None  # JSON tool schemas overriding the env's own
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @property
+    def needs_no_tool(self) -> bool:
+        """Answerable without a tool (metadata `needs_tool: false`, e.g. env.conditions.no_tool_fraction's
+        tasks): a call there is unnecessary."""
+        return self.metadata.get("needs_tool") is False
+
 
 class ToolCallError(str, Enum):
     """Why a tool call did not produce a normal result."""

@@ -110,8 +110,8 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
     trajectories = [t for g in groups for t in g.trajectories]
     errored = [t for t in trajectories if any(c.error is not None for c in t.tool_calls)]
     failed = [(t, k) for t in trajectories for k, c in enumerate(t.tool_calls) if c.error == ToolCallError.transient]
-    no_tool = [t for g in groups if g.task.metadata.get("needs_tool") is False for t in g.trajectories]
-    tool_tasks = [t for g in groups if g.task.metadata.get("needs_tool") is not False for t in g.trajectories]
+    no_tool = [t for g in groups if g.task.needs_no_tool for t in g.trajectories]
+    tool_tasks = [t for g in groups if not g.task.needs_no_tool for t in g.trajectories]
     return {
         "trajectories_with_tool_errors": len(errored),
         "recovery_rate": _mean(is_success(t, rewards) for t in errored) if errored else None,
@@ -131,7 +131,7 @@ def behaviour(groups, rewards: list[str]) -> dict[str, Any]:
 def hallucinated_calls(task: Task, trajectory: Trajectory) -> int:
     """Calls that should not have been made: all of them on a task that needs no tool, else those the env
     rejected (unparseable, an unknown tool, bad arguments)."""
-    if task.metadata.get("needs_tool") is False:
+    if task.needs_no_tool:
         return len(trajectory.tool_calls)
     return sum(c.error in REJECTED_CALLS for c in trajectory.tool_calls)
 
@@ -180,7 +180,7 @@ def differences_by_need(reports: dict[str, dict[str, Any]], pairs: list[tuple[st
     """`success_differences` over all tasks and, where some of `tasks` need no tool, over the tool tasks and
     the no-tool tasks apart ("b - a (tool tasks)"): a gain in restraint and one in tool use look alike overall."""
     differences = success_differences(reports, pairs, seed)
-    no_tool = {t.id for t in tasks if t.metadata.get("needs_tool") is False}
+    no_tool = {t.id for t in tasks if t.needs_no_tool}
     if no_tool and len(no_tool) < len(tasks):
         for part, ids in (("tool tasks", {t.id for t in tasks} - no_tool), ("no-tool tasks", no_tool)):
             differences.update({f"{name} ({part})": d
