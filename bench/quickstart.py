@@ -29,8 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.reporting import plot_policies  # noqa: E402
+from rlvr.stages.quickstart import start_check  # noqa: E402
 from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need,  # noqa: E402
-                                  evaluate_policy, kind_table)
+                                  evaluate_policy, format_difference, kind_table)
 
 
 def main() -> None:
@@ -91,25 +92,22 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     print(difference_table(d))
     plot_policies(reports, root / "policies_reevaluation.png")
 
-    clean = cfg.model_copy(deep=True)
-    clean.env.conditions = clean.env.conditions.model_copy(update={"failure_rate": 0.0, "call_cost": 0.0,
-                                                                    "no_tool_fraction": 0.0})
-    train_wording = env_tasks(env, 100, seed, "train", cfg.env.options)
-    start_check = evaluate_policy(clean, train_wording, adapters["SFT"], label="SFT")
-    print(f"\nSFT start on 100 training-wording tasks, clean conditions: success {start_check['success_rate']:.3f}")
+    sft_start = start_check(cfg, env, adapters["SFT"])
+    print(f"\nSFT start on 100 training-wording tasks, clean conditions: success {sft_start['success_rate']:.3f}")
 
     (root / "bench.json").write_text(json.dumps({"reevaluation": reports, "differences": d,
-                                                 "sft_start_clean_train": start_check, "total_s": total}, indent=2))
+                                                 "sft_start_clean_train": sft_start, "total_s": total}, indent=2))
     rl, over_more, random_arm = d["SFT + RL - SFT"], d["SFT + RL - SFT + more SFT"], d["SFT + random-reward RL - SFT"]
     sft, rl_report = reports["SFT"], reports["SFT + RL"]
     print()
     if total is not None:
         print(f"target total <= 900 s: {'met' if total <= 900 else 'NOT met'} ({total:.0f} s)")
     print(f"target RL >= SFT + 15 points, interval above 0: {_met(rl['diff'] >= 0.15 and rl['low'] > 0)} "
-          f"({_fmt(rl)})")
+          f"({format_difference(rl)})")
     print(f"target RL >= SFT + more SFT + 10 points, interval above 0: "
-          f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({_fmt(over_more)})")
-    print(f"target random-reward arm < SFT + 3 points: {_met(random_arm['diff'] < 0.03)} ({_fmt(random_arm)})")
+          f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
+    print(f"target random-reward arm < SFT + 3 points: {_met(random_arm['diff'] < 0.03)} "
+          f"({format_difference(random_arm)})")
     measures = {"recovery": "recovery_rate", "unnecessary calls": "unnecessary_call_rate",
                 "tool-task success": "tool_task_success_rate", "calls per task": "tool_calls_per_trajectory"}
     recovery, unnecessary, tool_tasks, _ = [(sft.get(key), rl_report.get(key)) for key in measures.values()]
@@ -127,10 +125,6 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
 
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
-
-
-def _fmt(d: dict) -> str:
-    return f"{d['diff'] * 100:+.1f} points, 95% [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}], {d['tasks']:.0f} tasks"
 
 
 def _rate(value) -> str:

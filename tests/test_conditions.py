@@ -15,7 +15,7 @@ from rlvr.envs.sql import SqlEnv
 from rlvr.stages.evaluate import (behaviour, difference_table, differences_by_need, success_differences,
                                   summarize)
 from rlvr.rewards.scoring import Scorer
-from rlvr.core.stats import paired_bootstrap, wilson_interval
+from rlvr.core.stats import hierarchical_bootstrap, paired_bootstrap, wilson_interval
 from rlvr.core.tasks import env_tasks
 
 TASK = CalculatorEnv.tasks(1, seed=0)[0]
@@ -153,6 +153,25 @@ def test_paired_bootstrap_by_hand():
         paired_bootstrap({"x": 1.0}, {"y": 1.0})
     table = difference_table(success_differences({"SFT": {"outcomes": a}, "RL": {"outcomes": b}}, [("SFT", "RL")], seed=3))
     assert table.splitlines()[2].startswith("| RL - SFT | +10.0 | [+")
+
+
+def test_hierarchical_bootstrap_holds_the_seed_spread():
+    """Two seeds whose every task differs by +0.1 and by +0.3: no task-to-task spread, so the interval is
+    the spread of the seeds alone: a draw of two runs is (0.1, 0.1) with probability 1/4, mixed 1/2, (0.3,
+    0.3) 1/4, so the 2.5% and 97.5% points are 0.1 and 0.3 around the mean 0.2. A bootstrap over the tasks
+    pooled would give [0.2, 0.2]-ish and hide that one seed gained three times the other's."""
+    zero = {str(i): 0.0 for i in range(40)}
+    runs = [(zero, {t: 0.1 for t in zero}), (zero, {t: 0.3 for t in zero})]
+    d = hierarchical_bootstrap(runs, resamples=4000, seed=1)
+    assert d["diff"] == pytest.approx(0.2) and d["runs"] == 2 and d["tasks"] == 80
+    assert d["low"] == pytest.approx(0.1) and d["high"] == pytest.approx(0.3)
+    # one run: the same difference as the paired bootstrap, and about its interval
+    a = {str(i): 0.0 for i in range(100)}
+    b = {str(i): float(i < 10) for i in range(100)}
+    one, paired = hierarchical_bootstrap([(a, b)], seed=3), paired_bootstrap(a, b, seed=3)
+    assert one["diff"] == pytest.approx(paired["diff"]) and abs(one["low"] - paired["low"]) <= 0.02
+    with pytest.raises(ValueError, match="share no task in run 1"):
+        hierarchical_bootstrap([(a, b), ({"x": 1.0}, {"y": 1.0})])
 
 
 def test_differences_split_tool_and_no_tool_tasks():

@@ -196,6 +196,13 @@ def difference_table(differences: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def format_difference(d: dict[str, float]) -> str:
+    """One difference of `success_differences` (or `hierarchical_bootstrap`) in points, with its interval."""
+    runs = f", {d['runs']:.0f} seeds" if "runs" in d else ""
+    return (f"{d['diff'] * 100:+.1f} points, 95% [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}], "
+            f"{d['tasks']:.0f} tasks{runs}")
+
+
 def kind_table(reports: dict[str, dict[str, Any]]) -> str | None:
     """Success per task kind (columns, with their trajectory counts) of several reports (rows); None when
     the tasks carry no kind."""

@@ -106,6 +106,19 @@ def quickstart(cfg: Config) -> Path:
     return root
 
 
+def start_check(cfg: Config, env, adapter: str, tasks: int = 100) -> dict:
+    """Is the SFT start a sensible one? Its greedy evaluation on `tasks` training-wording tasks (seed + 1)
+    under clean conditions: no tool failures, no per-call cost, every task needing the tool."""
+    from rlvr.core.tasks import env_tasks
+    from rlvr.stages.evaluate import evaluate_policy
+
+    clean = cfg.model_copy(deep=True)
+    clean.env.conditions = clean.env.conditions.model_copy(update={"failure_rate": 0.0, "call_cost": 0.0,
+                                                                    "no_tool_fraction": 0.0})
+    wording = env_tasks(env, tasks, cfg.seed + 1, "train", cfg.env.options)
+    return evaluate_policy(clean, wording, adapter, label="SFT")
+
+
 COMPARISONS = [("SFT", "SFT + RL"), ("SFT + more SFT", "SFT + RL"), ("SFT", "SFT + more SFT")]
 
 
