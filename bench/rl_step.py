@@ -16,8 +16,8 @@ being scored, overlapping generation; learner; sync) and the limit on the same t
                  the trajectories without advantage left out, as the learner does).
 The summary prints medians, step / limit, the rollout of the engine before against the new one (the
 learner is the same code in both; its own gains were measured separately, see docs/benchmarks.md), the
-learner's share of the CPU's bf16 matmul rate (a GEMM of the model's shapes timed in the same run) and
-one decoding pass of each engine.
+learner's share of the CPU's matmul rate in the learner's precision (a GEMM of the model's shapes timed in
+the same run) and one decoding pass of each engine.
 """
 
 from __future__ import annotations
@@ -153,11 +153,11 @@ def learner_limit(learner, batch) -> tuple[float, int]:
     return seconds, positions
 
 
-def matmul_rate(model) -> float:
-    """bf16 FLOP/s of this CPU on the model's MLP shape (2048 tokens), the best of a few runs."""
+def matmul_rate(model, dtype: torch.dtype) -> float:
+    """FLOP/s of this CPU on the model's MLP shape (2048 tokens) in `dtype`, the best of a few runs."""
     config = model.config
-    x = torch.randn(2048, config.hidden_size, dtype=torch.bfloat16)
-    w = torch.randn(config.intermediate_size, config.hidden_size, dtype=torch.bfloat16)
+    x = torch.randn(2048, config.hidden_size, dtype=dtype)
+    w = torch.randn(config.intermediate_size, config.hidden_size, dtype=dtype)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
@@ -216,11 +216,12 @@ def main() -> None:
     print(f"engine before / new: rollout {new['rollout_before'] / new['rollout']:.2f} (sampled tokens "
           f"{new['sampled_before']:.0f} / {new['sampled']:.0f}), step {before_step / new['step']:.2f}")
     model = run.learner.model.get_base_model()
-    rate = matmul_rate(model)
+    dtype = torch.bfloat16 if run.learner.bf16 else torch.float32  # the learner's compute precision
+    rate = matmul_rate(model, dtype)
     layer_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n)
     flops = 4 * layer_params * limit["positions"]  # frozen base: forward 2N, backward (input grads only) 2N
     print(f"learner forward/backward: {flops / limit['learner'] / 1e9:.0f} GFLOP/s on the model's layers "
-          f"(4 x {layer_params / 1e6:.0f}M x {limit['positions']:.0f} positions), bf16 GEMM here "
+          f"(4 x {layer_params / 1e6:.0f}M x {limit['positions']:.0f} positions), {str(dtype)[6:]} GEMM here "
           f"{rate / 1e9:.0f} GFLOP/s: fraction {flops / limit['learner'] / rate:.2f}")
     prompts = [t.prompt_ids for g in groups for t in g.trajectories]
     for name, engine in run.engines.items():

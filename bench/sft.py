@@ -6,8 +6,9 @@ RL step, on the same conversations.
 The conversations are the config's `rlvr synth` gold conversations (the quickstart's SFT data), tokenized
 as `rlvr sft` tokenizes them. Each round times, alternating which goes first:
   rlvr sft:     `sft.batch_size` conversations per optimiser step, NLL on the assistant tokens;
-  TRL:          SFTTrainer on the same rows (its collator and loss, bf16 autocast, LoRA of the same shape),
-                as `rlvr sft` ran before it moved onto the learner;
+  TRL:          SFTTrainer on the same rows (its collator and loss, LoRA of the same shape, bf16 autocast
+                where the CPU has bf16 instructions, as `rlvr sft`), as `rlvr sft` ran before it moved onto
+                the learner;
   learner (RL): the same conversations as trajectories of one GRPO step (advantages +-1), one update.
 Tokens/s count every token of the conversations (prompt and completion), as bench/learner.py does.
 """
@@ -33,7 +34,7 @@ def main() -> None:
     from rlvr.stages.sft import as_trajectory, training_rows
     from rlvr.stages.synth import Synthesizer, write_jsonl
     from rlvr.training.algorithms import ObjectiveSpec, nll_objective
-    from rlvr.training.learner import Learner
+    from rlvr.training.learner import Learner, use_bf16
     from rlvr.training.models import add_lora, load_model, load_tokenizer
 
     parser = argparse.ArgumentParser()
@@ -53,9 +54,11 @@ def main() -> None:
     print(f"{len(rows)} conversations, {args.steps} steps of {size}: {tokens} tokens "
           f"({tokens / args.steps / size:.0f} a conversation)")
 
+    bf16 = use_bf16(cfg.learner.precision, torch.device("cpu"))  # as `rlvr sft` decides, for every variant
+
     def policy():
         torch.manual_seed(cfg.seed)
-        return add_lora(load_model(cfg.model.name, dtype=torch.bfloat16), cfg.model.lora)
+        return add_lora(load_model(cfg.model.name, dtype=torch.bfloat16 if bf16 else torch.float32), cfg.model.lora)
 
     def as_batch(chunk, advantage):
         examples = [as_trajectory(i, r) for i, r in enumerate(chunk)]
@@ -90,7 +93,7 @@ def main() -> None:
                              processing_class=renderer.tokenizer, callbacks=[Clock()],
                              args=SFTConfig(output_dir=f"{work}/trl", max_steps=args.steps + 1, learning_rate=cfg.sft.lr,
                                             per_device_train_batch_size=size, max_length=cfg.sft.max_length,
-                                            report_to="none", save_strategy="no", bf16=True, use_cpu=True,
+                                            report_to="none", save_strategy="no", bf16=bf16, use_cpu=True,
                                             dataloader_num_workers=0, disable_tqdm=True, logging_steps=1))
         trainer.train()
         return sum(seconds[1:])  # the first step warms up

@@ -6,10 +6,11 @@
 Both frameworks train the same LoRA adapter (r=16, all linear layers) on the same calculator word
 problems, with the same tool (rlvr's `calculate`), the same reward (rlvr's numeric_answer on the final
 message), G completions per task, tasks per step, completion budget (`--max-tokens`, tool results
-included), tool-calling turns, learning rate, temperature 1, beta 0, and bf16 autocast on CPU with the
-base model in bf16. TRL runs its `GRPOTrainer(tools=[calculate])` with `loss_type="dapo"` (token-mean,
-rlvr's default aggregation) and its own other defaults; rlvr runs `rlvr.loop.train` in-process with
-its defaults.
+included), tool-calling turns, learning rate, temperature 1, beta 0, and the same precision: bf16
+autocast with the base model in bf16 where the CPU has bf16 instructions (AVX512-BF16, AMX), else float32
+for both (rlvr's `learner.precision: auto`; bf16 emulated on an AVX2 CPU would slow TRL, not measure it).
+TRL runs its `GRPOTrainer(tools=[calculate])` with `loss_type="dapo"` (token-mean, rlvr's default
+aggregation) and its own other defaults; rlvr runs `rlvr.loop.train` in-process with its defaults.
 
 The template: SmolLM2's own chat template has no tool support, which TRL refuses, so both get Qwen2.5's
 ChatML tool template (TRL's bundled copy; the same <|im_start|>/<|im_end|> tokens) on SmolLM2's
@@ -136,6 +137,7 @@ def run_trl(args, model_dir: Path, adapter: Path) -> list[dict]:
 
     from rlvr.envs.calculator import evaluate, format_number
     from rlvr.rewards.answer import numeric_answer
+    from rlvr.training.learner import use_bf16
 
     def calculate(expression: str) -> str:
         """Evaluate an arithmetic expression.
@@ -155,7 +157,8 @@ def run_trl(args, model_dir: Path, adapter: Path) -> list[dict]:
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    bf16 = use_bf16("auto", torch.device("cpu"))  # as rlvr's learner decides
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
     model = PeftModel.from_pretrained(base, adapter, is_trainable=True)  # LoRA weights stay float32
     batch = args.tasks_per_step * args.group_size
     trainer = GRPOTrainer(
@@ -165,7 +168,7 @@ def run_trl(args, model_dir: Path, adapter: Path) -> list[dict]:
             output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_generations=args.group_size,
             max_completion_length=args.max_tokens, max_tool_calling_iterations=args.turns - 1,
             temperature=1.0, learning_rate=args.lr, lr_scheduler_type="constant", beta=0.0, loss_type="dapo",
-            epsilon=0.2, epsilon_high=0.28, max_grad_norm=1.0, bf16=True, use_cpu=True, max_steps=args.steps,
+            epsilon=0.2, epsilon_high=0.28, max_grad_norm=1.0, bf16=bf16, use_cpu=True, max_steps=args.steps,
             logging_steps=1, report_to=[], save_strategy="no", seed=args.seed, shuffle_dataset=True,
         ),
     )
