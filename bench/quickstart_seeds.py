@@ -2,8 +2,13 @@
 RL samples and held-out tasks, and in this setting what RL learns has changed from seed to seed
 (docs/benchmarks.md). This bench runs `rlvr quickstart` once per seed and pools what they measured.
 
-    python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2   (output_dir=DIR keeps the runs)
-    python bench/quickstart_seeds.py [CONFIG] --runs DIR [DIR ...]            (finished quickstart folders)
+    python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--save DIR]
+    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--save DIR]
+
+`--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
+DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
+held-out task), its resolved config, which held-out tasks need no tool, the SFT start check and the CPU, so
+seeds run in different sessions can be pooled later.
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -42,12 +47,19 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--seeds", type=int, nargs="+")
     group.add_argument("--runs", nargs="+", type=Path)
+    parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
     args = parser.parse_args()
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
     with tempfile.TemporaryDirectory() as scratch:
-        runs = args.runs or [quickstart(args.config, args.overrides, seed, Path(kept[-1] if kept else scratch))
-                             for seed in args.seeds]
-        pool([load_run(root) for root in runs])
+        paths = args.runs or [quickstart(args.config, args.overrides, seed, Path(kept[-1] if kept else scratch))
+                              for seed in args.seeds]
+        records = [json.loads(path.read_text()) if path.is_file() else record(path) for path in paths]
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for r in records:
+            (args.save / f"seed{r['seed']}.json").write_text(json.dumps(r, indent=1))
+        print(f"records: {args.save}")
+    pool(records)
 
 
 def quickstart(config: str, overrides: list[str], seed: int, out: Path) -> Path:
@@ -57,55 +69,65 @@ def quickstart(config: str, overrides: list[str], seed: int, out: Path) -> Path:
     return max(out.glob("*/report.json"), key=lambda p: p.stat().st_mtime).parent
 
 
-def load_run(root: Path) -> dict:
-    """A finished quickstart folder: its report, its resolved config (the RL run's) and held-out tasks."""
+def record(root: Path) -> dict:
+    """What pooling needs of a finished quickstart folder (its SFT adapter is needed once: the start check)."""
+    import torch
+
     from rlvr.core.tasks import env_tasks
     from rlvr.envs.registry import load_env
+    from rlvr.training.models import bf16_supported
 
     report = json.loads((root / "report.json").read_text())
-    cfg = load_config(str(Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"), [])
+    config = Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"  # the RL run's, resolved
+    cfg = load_config(str(config), [])
     env = load_env(cfg.env.name)
     held_out = env_tasks(env, report["held_out_tasks"], cfg.seed, "test", cfg.env.options,
                          cfg.env.conditions.no_tool_fraction)
     if set(report["policies"]["SFT"]["outcomes"]) != {t.id for t in held_out}:
-        raise ValueError(f"{root}: the held-out tasks rebuilt from the run's config are not the ones it evaluated")
-    return {"root": root, "cfg": cfg, "env": env, "report": report, "held_out": held_out}
+        raise ValueError(f"{root}: the held-out tasks rebuilt from {config} are not the ones the run evaluated")
+    start = start_check(cfg, env, report["adapters"]["SFT"])
+    return {"seed": cfg.seed, "run": str(root), "config": config.read_text(), "report": report,
+            "no_tool_tasks": sorted(t.id for t in held_out if t.needs_no_tool),
+            "sft_start_clean_train": start["success_rate"],
+            "cpu": {"cores": os.cpu_count(), "bf16": bf16_supported(torch.device("cpu"))}}
 
 
-def pool(runs: list[dict]) -> None:
+def pool(records: list[dict]) -> None:
+    tasks = [set(r["report"]["policies"]["SFT"]["outcomes"]) for r in records]
+    no_tool = [set(r["no_tool_tasks"]) for r in records]
     parts = {"": None}
-    no_tool = [{t.id for t in run["held_out"] if t.needs_no_tool} for run in runs]
-    if all(no_tool) and all(len(ids) < len(run["held_out"]) for ids, run in zip(no_tool, runs)):
+    if all(no_tool) and all(ids < all_ids for ids, all_ids in zip(no_tool, tasks)):
         parts.update({" (tool tasks)": False, " (no-tool tasks)": True})
-    for run in runs:
-        report, cfg = run["report"], run["cfg"]
-        start = start_check(cfg, run["env"], report["adapters"]["SFT"])["success_rate"]
-        print(f"\nseed {cfg.seed}: {run['root']} ({report['total_s']:.0f} s; "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()) + ")")
-        print(f"  SFT start on 100 training-wording tasks, clean conditions: success {start:.3f}")
-        for label, r in report["policies"].items():
-            print(f"  {label:16s} " + "  ".join(f"{name} {_rate(r.get(key))}" for name, key in BEHAVIOURS.items()))
-        for name in (f"{b} - {a}" for a, b in COMPARISONS):
-            d = report["differences"][name]
-            print(f"  {name}: {format_difference(d)}")
+    for r in records:
+        report = r["report"]
+        print(f"\nseed {r['seed']}: {r['run']} ({report['total_s']:.0f} s: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+              + f"; {r['cpu']['cores']} cores, bf16 {'yes' if r['cpu']['bf16'] else 'no'})")
+        print(f"  SFT start on 100 training-wording tasks, clean conditions: {r['sft_start_clean_train']:.3f}")
+        for label, policy in report["policies"].items():
+            print(f"  {label:16s} " + "  ".join(f"{name} {_rate(policy.get(key))}"
+                                                for name, key in BEHAVIOURS.items()))
+        for a, b in COMPARISONS:
+            print(f"  {b} - {a}: {format_difference(report['differences'][f'{b} - {a}'])}")
 
     differences = {}
     for a, b in COMPARISONS:
         for suffix, needs_no_tool in parts.items():
             pairs = []
-            for run, ids in zip(runs, no_tool):
-                policies = run["report"]["policies"]
-                keep = (lambda t: True) if needs_no_tool is None else (lambda t, ids=ids: (t in ids) == needs_no_tool)
-                pairs.append(tuple({t: v for t, v in policies[label]["outcomes"].items() if keep(t)}
+            for r, ids in zip(records, no_tool):
+                keep = ((lambda t: True) if needs_no_tool is None
+                        else (lambda t, ids=ids: (t in ids) == needs_no_tool))
+                outcomes = r["report"]["policies"]
+                pairs.append(tuple({t: v for t, v in outcomes[label]["outcomes"].items() if keep(t)}
                                    for label in (a, b)))
             differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(pairs)
-    seeds = ", ".join(str(run["cfg"].seed) for run in runs)
-    print(f"\nover {len(runs)} seeds ({seeds}): the mean of the seeds' differences, 95% hierarchical bootstrap "
-          "(seeds, then tasks)")
+    seeds = ", ".join(str(r["seed"]) for r in records)
+    print(f"\nover {len(records)} seeds ({seeds}): the mean of the seeds' differences, 95% hierarchical "
+          "bootstrap (seeds, then tasks)")
     print(difference_table(differences))
     print("\nbehaviours, mean over the seeds:")
-    for label in runs[0]["report"]["policies"]:
-        means = {name: _mean([run["report"]["policies"][label].get(key) for run in runs])
+    for label in records[0]["report"]["policies"]:
+        means = {name: _mean([r["report"]["policies"][label].get(key) for r in records])
                  for name, key in BEHAVIOURS.items()}
         print(f"  {label:16s} " + "  ".join(f"{name} {_rate(v)}" for name, v in means.items()))
     rl, over_more = differences["SFT + RL - SFT"], differences["SFT + RL - SFT + more SFT"]
@@ -113,8 +135,8 @@ def pool(runs: list[dict]) -> None:
           f"{_met(rl['diff'] >= 0.15 and rl['low'] > 0)} ({format_difference(rl)})")
     print(f"target RL >= SFT + more SFT + 10 points, interval above 0, over the seeds: "
           f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
-    signs = [run["report"]["differences"]["SFT + RL - SFT + more SFT"]["diff"] > 0 for run in runs]
-    print(f"seeds where RL beats more SFT: {sum(signs)} of {len(runs)}")
+    wins = sum(r["report"]["differences"]["SFT + RL - SFT + more SFT"]["diff"] > 0 for r in records)
+    print(f"seeds where RL beats more SFT: {wins} of {len(records)}")
 
 
 def _mean(values: list) -> float | None:
