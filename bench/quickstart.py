@@ -102,11 +102,11 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     print()
     if total is not None:
         print(f"target total <= 900 s: {'met' if total <= 900 else 'NOT met'} ({total:.0f} s)")
-    print(f"target RL >= SFT + 15 points, interval above 0: {_met(rl['diff'] >= 0.15 and rl['low'] > 0)} "
+    print(f"target RL >= SFT + 15 points, interval above 0: {met(rl['diff'] >= 0.15 and rl['low'] > 0)} "
           f"({format_difference(rl)})")
     print(f"target RL >= SFT + more SFT + 10 points, interval above 0: "
-          f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
-    print(f"target random-reward arm < SFT + 3 points: {_met(random_arm['diff'] < 0.03)} "
+          f"{met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
+    print(f"target random-reward arm < SFT + 3 points: {met(random_arm['diff'] < 0.03)} "
           f"({format_difference(random_arm)})")
     measures = {"recovery": "recovery_rate", "unnecessary calls": "unnecessary_call_rate",
                 "tool-task success": "tool_task_success_rate", "calls per task": "tool_calls_per_trajectory"}
@@ -117,17 +117,17 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     halved = (None not in unnecessary and unnecessary[1] <= unnecessary[0] / 2
               and rl_report["success_rate"] >= sft["success_rate"] - 0.02
               and (None in tool_tasks or tool_tasks[1] >= tool_tasks[0] - 0.02))
-    evidence = ", ".join(f"{label} {_rate(sft.get(key))} -> {_rate(rl_report.get(key))}"
+    evidence = ", ".join(f"{label} {rate(sft.get(key))} -> {rate(rl_report.get(key))}"
                          for label, key in measures.items())
     print(f"target learned behaviour visible (recovery x2, or unnecessary calls /2 at <= 2 points lost, "
-          f"overall and on tool tasks): {_met(doubled or halved)} ({evidence})")
+          f"overall and on tool tasks): {met(doubled or halved)} ({evidence})")
 
 
-def _met(ok: bool) -> str:
+def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def _rate(value) -> str:
+def rate(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 

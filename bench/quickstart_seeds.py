@@ -35,6 +35,8 @@ from rlvr.core.stats import hierarchical_bootstrap  # noqa: E402
 from rlvr.stages.evaluate import difference_table, format_difference  # noqa: E402
 from rlvr.stages.quickstart import COMPARISONS, start_check  # noqa: E402
 
+from quickstart import met, rate  # noqa: E402  (bench/quickstart.py: the same verdicts and cells)
+
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
               "recovery": "recovery_rate", "calls / task": "tool_calls_per_trajectory"}
@@ -105,7 +107,7 @@ def pool(records: list[dict]) -> None:
               + f"; {r['cpu']['cores']} cores, bf16 {'yes' if r['cpu']['bf16'] else 'no'})")
         print(f"  SFT start on 100 training-wording tasks, clean conditions: {r['sft_start_clean_train']:.3f}")
         for label, policy in report["policies"].items():
-            print(f"  {label:16s} " + "  ".join(f"{name} {_rate(policy.get(key))}"
+            print(f"  {label:16s} " + "  ".join(f"{name} {rate(policy.get(key))}"
                                                 for name, key in BEHAVIOURS.items()))
         for a, b in COMPARISONS:
             print(f"  {b} - {a}: {format_difference(report['differences'][f'{b} - {a}'])}")
@@ -129,12 +131,12 @@ def pool(records: list[dict]) -> None:
     for label in records[0]["report"]["policies"]:
         means = {name: _mean([r["report"]["policies"][label].get(key) for r in records])
                  for name, key in BEHAVIOURS.items()}
-        print(f"  {label:16s} " + "  ".join(f"{name} {_rate(v)}" for name, v in means.items()))
+        print(f"  {label:16s} " + "  ".join(f"{name} {rate(v)}" for name, v in means.items()))
     rl, over_more = differences["SFT + RL - SFT"], differences["SFT + RL - SFT + more SFT"]
     print(f"\ntarget RL >= SFT + 15 points, interval above 0, over the seeds: "
-          f"{_met(rl['diff'] >= 0.15 and rl['low'] > 0)} ({format_difference(rl)})")
+          f"{met(rl['diff'] >= 0.15 and rl['low'] > 0)} ({format_difference(rl)})")
     print(f"target RL >= SFT + more SFT + 10 points, interval above 0, over the seeds: "
-          f"{_met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
+          f"{met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
     wins = sum(r["report"]["differences"]["SFT + RL - SFT + more SFT"]["diff"] > 0 for r in records)
     print(f"seeds where RL beats more SFT: {wins} of {len(records)}")
 
@@ -142,14 +144,6 @@ def pool(records: list[dict]) -> None:
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
-def _rate(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
