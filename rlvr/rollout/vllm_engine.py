@@ -23,17 +23,19 @@ import uuid
 from pathlib import Path
 
 from rlvr.core.protocols import Completion, SamplingParams
-from rlvr.training.models import AdapterState, resolve_model
+from rlvr.training.models import AdapterState, bf16_supported, resolve_model
 
 
 class VLLMEngine:
     def __init__(self, model_name: str, *, stop_ids: set[int], max_lora_rank: int = 16, max_model_len: int = 4096,
-                 dtype: str = "bfloat16", seed: int = 0, gpu_memory_utilization: float = 0.5,
+                 dtype: str | None = None, seed: int = 0, gpu_memory_utilization: float = 0.5,
                  enable_sleep_mode: bool = False):
         import torch
         from vllm import AsyncEngineArgs
 
         on_cpu = not torch.cuda.is_available()
+        if dtype is None:  # as the learner and the HF engine decide: bf16 where the device has it
+            dtype = "bfloat16" if bf16_supported(torch.device("cpu" if on_cpu else "cuda")) else "float32"
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's default takes far more
         self.stop_ids = sorted(stop_ids)
