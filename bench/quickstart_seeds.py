@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.core.stats import hierarchical_bootstrap  # noqa: E402
-from rlvr.stages.evaluate import difference_table, format_difference  # noqa: E402
+from rlvr.stages.evaluate import difference_table, format_difference, need_parts, restrict  # noqa: E402
 from rlvr.stages.quickstart import COMPARISONS, start_check  # noqa: E402
 
 from quickstart import met, rate  # noqa: E402  (bench/quickstart.py: the same verdicts and cells)
@@ -75,31 +75,21 @@ def record(root: Path) -> dict:
     """What pooling needs of a finished quickstart folder (its SFT adapter is needed once: the start check)."""
     import torch
 
-    from rlvr.core.tasks import env_tasks
     from rlvr.envs.registry import load_env
     from rlvr.training.models import bf16_supported
 
     report = json.loads((root / "report.json").read_text())
     config = Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"  # the RL run's, resolved
     cfg = load_config(str(config), [])
-    env = load_env(cfg.env.name)
-    held_out = env_tasks(env, report["held_out_tasks"], cfg.seed, "test", cfg.env.options,
-                         cfg.env.conditions.no_tool_fraction)
-    if set(report["policies"]["SFT"]["outcomes"]) != {t.id for t in held_out}:
-        raise ValueError(f"{root}: the held-out tasks rebuilt from {config} are not the ones the run evaluated")
-    start = start_check(cfg, env, report["adapters"]["SFT"])
+    start = start_check(cfg, load_env(cfg.env.name), report["adapters"]["SFT"])
     return {"seed": cfg.seed, "run": str(root), "config": config.read_text(), "report": report,
-            "no_tool_tasks": sorted(t.id for t in held_out if t.needs_no_tool),
-            "sft_start_clean_train": start["success_rate"],
+            "no_tool_tasks": report["no_tool_tasks"], "sft_start_clean_train": start["success_rate"],
             "cpu": {"cores": os.cpu_count(), "bf16": bf16_supported(torch.device("cpu"))}}
 
 
 def pool(records: list[dict]) -> None:
-    tasks = [set(r["report"]["policies"]["SFT"]["outcomes"]) for r in records]
-    no_tool = [set(r["no_tool_tasks"]) for r in records]
-    parts = {"": None}
-    if all(no_tool) and all(ids < all_ids for ids, all_ids in zip(no_tool, tasks)):
-        parts.update({" (tool tasks)": False, " (no-tool tasks)": True})
+    parts = [need_parts(set(r["report"]["policies"]["SFT"]["outcomes"]), set(r["no_tool_tasks"]))
+             for r in records]
     for r in records:
         report = r["report"]
         print(f"\nseed {r['seed']}: {r['run']} ({report['total_s']:.0f} s: "
@@ -113,16 +103,11 @@ def pool(records: list[dict]) -> None:
             print(f"  {b} - {a}: {format_difference(report['differences'][f'{b} - {a}'])}")
 
     differences = {}
-    for a, b in COMPARISONS:
-        for suffix, needs_no_tool in parts.items():
-            pairs = []
-            for r, ids in zip(records, no_tool):
-                keep = ((lambda t: True) if needs_no_tool is None
-                        else (lambda t, ids=ids: (t in ids) == needs_no_tool))
-                outcomes = r["report"]["policies"]
-                pairs.append(tuple({t: v for t, v in outcomes[label]["outcomes"].items() if keep(t)}
-                                   for label in (a, b)))
-            differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(pairs)
+    for suffix in (s for s in parts[0] if all(s in p for p in parts)):  # a split only where every seed has it
+        for a, b in COMPARISONS:
+            differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(
+                [tuple(restrict(r["report"]["policies"][label]["outcomes"], p[suffix]) for label in (a, b))
+                 for r, p in zip(records, parts)])
     seeds = ", ".join(str(r["seed"]) for r in records)
     print(f"\nover {len(records)} seeds ({seeds}): the mean of the seeds' differences, 95% hierarchical "
           "bootstrap (seeds, then tasks)")

@@ -169,22 +169,32 @@ def success_differences(reports: dict[str, dict[str, Any]], pairs: list[tuple[st
     evaluated on (rlvr/core/stats.py), or those of them whose ids are in `only`."""
     from rlvr.core.stats import paired_bootstrap
 
-    def outcomes(label: str) -> dict[str, float]:
-        return {t: v for t, v in reports[label]["outcomes"].items() if only is None or t in only}
+    return {f"{b} - {a}": paired_bootstrap(restrict(reports[a]["outcomes"], only),
+                                           restrict(reports[b]["outcomes"], only), seed=seed) for a, b in pairs}
 
-    return {f"{b} - {a}": paired_bootstrap(outcomes(a), outcomes(b), seed=seed) for a, b in pairs}
+
+def restrict(outcomes: dict[str, float], only: set[str] | None) -> dict[str, float]:
+    """The outcomes of the tasks whose ids are in `only` (all of them for None)."""
+    return outcomes if only is None else {t: v for t, v in outcomes.items() if t in only}
+
+
+def need_parts(task_ids: set[str], no_tool: set[str]) -> dict[str, set[str] | None]:
+    """What differences are reported over, by the suffix their names carry: all tasks (None) and, where some
+    but not all of them need no tool, the tool tasks and the no-tool tasks apart."""
+    parts: dict[str, set[str] | None] = {"": None}
+    if no_tool and no_tool < task_ids:
+        parts.update({" (tool tasks)": task_ids - no_tool, " (no-tool tasks)": no_tool})
+    return parts
 
 
 def differences_by_need(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], tasks: list,
                         seed: int = 0) -> dict[str, dict[str, float]]:
     """`success_differences` over all tasks and, where some of `tasks` need no tool, over the tool tasks and
     the no-tool tasks apart ("b - a (tool tasks)"): a gain in restraint and one in tool use look alike overall."""
-    differences = success_differences(reports, pairs, seed)
-    no_tool = {t.id for t in tasks if t.needs_no_tool}
-    if no_tool and len(no_tool) < len(tasks):
-        for part, ids in (("tool tasks", {t.id for t in tasks} - no_tool), ("no-tool tasks", no_tool)):
-            differences.update({f"{name} ({part})": d
-                                for name, d in success_differences(reports, pairs, seed, ids).items()})
+    differences = {}
+    for suffix, only in need_parts({t.id for t in tasks}, {t.id for t in tasks if t.needs_no_tool}).items():
+        differences.update({name + suffix: d
+                            for name, d in success_differences(reports, pairs, seed, only).items()})
     return differences
 
 
@@ -198,7 +208,7 @@ def difference_table(differences: dict[str, dict[str, float]]) -> str:
 
 def format_difference(d: dict[str, float]) -> str:
     """One difference of `success_differences` (or `hierarchical_bootstrap`) in points, with its interval."""
-    runs = f", {d['runs']:.0f} seeds" if "runs" in d else ""
+    runs = f", {d['runs']:.0f} seed{'s' if d['runs'] != 1 else ''}" if "runs" in d else ""
     return (f"{d['diff'] * 100:+.1f} points, 95% [{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}], "
             f"{d['tasks']:.0f} tasks{runs}")
 

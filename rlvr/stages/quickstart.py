@@ -88,7 +88,9 @@ def quickstart(cfg: Config) -> Path:
     table = comparison_table(reports)
     differences = differences_by_need(reports, COMPARISONS, held_out, cfg.seed)
     sources = Counter(r["source"] for r in records)
-    report = {"held_out_tasks": len(held_out), "conversations": len(records), "sources": dict(sources),
+    report = {"held_out_tasks": len(held_out),
+              "no_tool_tasks": sorted(t.id for t in held_out if t.needs_no_tool),
+              "conversations": len(records), "sources": dict(sources),
               "seconds": seconds,
               "total_s": sum(seconds.values()), "conditions": conditions.model_dump(), "adapters": policies,
               "policies": reports,
