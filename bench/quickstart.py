@@ -57,7 +57,6 @@ def main() -> None:
 
 
 def bench(args, root: Path, report: dict, total: float | None) -> None:
-    from rlvr.loop import train
     from rlvr.envs.registry import load_env
     from rlvr.core.tasks import env_tasks
 
@@ -70,11 +69,8 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
         print(f"  quickstart ({report['held_out_tasks']} tasks) {name}: {d['diff'] * 100:+.1f} "
               f"[{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]")
 
-    control = cfg.model_copy(update={"name": f"{cfg.name}-random-reward"}, deep=True)
-    control.model.init_adapter = adapters["SFT"]
-    control.algorithm.shuffle_rewards = True
     start = time.perf_counter()
-    adapters["SFT + random-reward RL"] = str(train(control).path / "adapter")
+    adapters["SFT + random-reward RL"] = random_reward_rl(cfg, adapters["SFT"])
     print(f"random-reward RL: {time.perf_counter() - start:.0f} s")
 
     env = load_env(cfg.env.name)
@@ -121,6 +117,17 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
                          for label, key in measures.items())
     print(f"target learned behaviour visible (recovery x2, or unnecessary calls /2 at <= 2 points lost, "
           f"overall and on tool tasks): {met(doubled or halved)} ({evidence})")
+
+
+def random_reward_rl(cfg, sft_adapter: str) -> str:
+    """The random-reward control: `cfg`'s RL run from the SFT adapter with rewards shuffled within each batch
+    (the same reward values, assigned at random); its adapter's path."""
+    from rlvr.loop import train
+
+    control = cfg.model_copy(update={"name": f"{cfg.name}-random-reward"}, deep=True)
+    control.model.init_adapter = sft_adapter
+    control.algorithm.shuffle_rewards = True
+    return str(train(control).path / "adapter")
 
 
 def met(ok: bool) -> str:

@@ -2,19 +2,21 @@
 RL samples and held-out tasks, and in this setting what RL learns has changed from seed to seed
 (docs/benchmarks.md). This bench runs `rlvr quickstart` once per seed and pools what they measured.
 
-    python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--save DIR]
-    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--save DIR]
+    python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
+    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
 held-out task), its resolved config, which held-out tasks need no tool, the SFT start check and the CPU, so
-seeds run in different sessions can be pooled later.
+seeds run in different sessions can be pooled later. `--control` adds the random-reward control to each run
+folder's record: the run's RL from its SFT adapter with rewards shuffled within each batch, evaluated on the
+same held-out tasks, so it pairs with the run's own SFT.
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
 differences; then each difference over all seeds: the mean of the seeds' differences with a 95% interval
 from a hierarchical bootstrap (seeds, then tasks within each), overall and on the tool and no-tool tasks
-apart, and the quickstart's success targets judged on those. The random-reward control is bench/quickstart.py's.
+apart, and the quickstart's targets judged on those (the control's over the seeds that have it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,7 +38,9 @@ from rlvr.core.stats import hierarchical_bootstrap  # noqa: E402
 from rlvr.stages.evaluate import difference_table, format_difference, need_parts, restrict  # noqa: E402
 from rlvr.stages.quickstart import COMPARISONS, start_check  # noqa: E402
 
-from quickstart import met, rate  # noqa: E402  (bench/quickstart.py: the same verdicts and cells)
+from quickstart import met, random_reward_rl, rate  # noqa: E402  (bench/quickstart.py's)
+
+CONTROL = ("SFT", "SFT + random-reward RL")
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
@@ -49,13 +54,15 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--seeds", type=int, nargs="+")
     group.add_argument("--runs", nargs="+", type=Path)
+    parser.add_argument("--control", action="store_true", help="add the random-reward control to run folders")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
     args = parser.parse_args()
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
     with tempfile.TemporaryDirectory() as scratch:
         paths = args.runs or [quickstart(args.config, args.overrides, seed, Path(kept[-1] if kept else scratch))
                               for seed in args.seeds]
-        records = [json.loads(path.read_text()) if path.is_file() else record(path) for path in paths]
+        records = [json.loads(path.read_text()) if path.is_file() else record(path, args.control)
+                   for path in paths]
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         for r in records:
@@ -71,8 +78,9 @@ def quickstart(config: str, overrides: list[str], seed: int, out: Path) -> Path:
     return max(out.glob("*/report.json"), key=lambda p: p.stat().st_mtime).parent
 
 
-def record(root: Path) -> dict:
-    """What pooling needs of a finished quickstart folder (its SFT adapter is needed once: the start check)."""
+def record(root: Path, control: bool) -> dict:
+    """What pooling needs of a finished quickstart folder (its SFT adapter is needed once: the start check,
+    and the control's start)."""
     import torch
 
     from rlvr.envs.registry import load_env
@@ -81,10 +89,31 @@ def record(root: Path) -> dict:
     report = json.loads((root / "report.json").read_text())
     config = Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"  # the RL run's, resolved
     cfg = load_config(str(config), [])
-    start = start_check(cfg, load_env(cfg.env.name), report["adapters"]["SFT"])
+    env = load_env(cfg.env.name)
+    start = start_check(cfg, env, report["adapters"]["SFT"])
+    if control:
+        add_control(report, cfg, env)
     return {"seed": cfg.seed, "run": str(root), "config": config.read_text(), "report": report,
             "no_tool_tasks": report["no_tool_tasks"], "sft_start_clean_train": start["success_rate"],
             "cpu": {"cores": os.cpu_count(), "bf16": bf16_supported(torch.device("cpu"))}}
+
+
+def add_control(report: dict, cfg, env) -> None:
+    """The random-reward control of the run `report` describes, evaluated on its held-out tasks, into it."""
+    from rlvr.core.tasks import env_tasks
+    from rlvr.stages.evaluate import differences_by_need, evaluate_policy
+
+    conditions = cfg.env.conditions
+    held_out = env_tasks(env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, conditions.no_tool_fraction)
+    if {t.id for t in held_out} != set(report["policies"]["SFT"]["outcomes"]):
+        raise RuntimeError(f"the held-out tasks rebuilt from {cfg.output_dir}'s config differ from its report's")
+    start = time.perf_counter()
+    adapter = random_reward_rl(cfg, report["adapters"]["SFT"])
+    report["control_rl_s"] = time.perf_counter() - start
+    label = CONTROL[1]
+    report["adapters"][label] = adapter
+    report["policies"][label] = evaluate_policy(cfg, held_out, adapter, label=label)
+    report["differences"].update(differences_by_need(report["policies"], [CONTROL], held_out, cfg.seed))
 
 
 def pool(records: list[dict]) -> None:
@@ -97,31 +126,40 @@ def pool(records: list[dict]) -> None:
               + f"; {r['cpu']['cores']} cores, bf16 {'yes' if r['cpu']['bf16'] else 'no'})")
         print(f"  SFT start on 100 training-wording tasks, clean conditions: {r['sft_start_clean_train']:.3f}")
         for label, policy in report["policies"].items():
-            print(f"  {label:16s} " + "  ".join(f"{name} {rate(policy.get(key))}"
+            print(f"  {label:22s} " + "  ".join(f"{name} {rate(policy.get(key))}"
                                                 for name, key in BEHAVIOURS.items()))
-        for a, b in COMPARISONS:
-            print(f"  {b} - {a}: {format_difference(report['differences'][f'{b} - {a}'])}")
+        for name in (f"{b} - {a}" for a, b in [*COMPARISONS, CONTROL] if f"{b} - {a}" in report["differences"]):
+            print(f"  {name}: {format_difference(report['differences'][name])}")
+        if "control_rl_s" in report:
+            print(f"  random-reward RL: {report['control_rl_s']:.0f} s")
 
     differences = {}
     for suffix in (s for s in parts[0] if all(s in p for p in parts)):  # a split only where every seed has it
-        for a, b in COMPARISONS:
-            differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(
-                [tuple(restrict(r["report"]["policies"][label]["outcomes"], p[suffix]) for label in (a, b))
-                 for r, p in zip(records, parts)])
+        for a, b in [*COMPARISONS, CONTROL]:
+            having = [(r, p) for r, p in zip(records, parts) if b in r["report"]["policies"]]
+            if having:  # the control only where it was run
+                differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(
+                    [tuple(restrict(r["report"]["policies"][label]["outcomes"], p[suffix]) for label in (a, b))
+                     for r, p in having])
     seeds = ", ".join(str(r["seed"]) for r in records)
-    print(f"\nover {len(records)} seeds ({seeds}): the mean of the seeds' differences, 95% hierarchical "
-          "bootstrap (seeds, then tasks)")
+    controlled = [str(r["seed"]) for r in records if CONTROL[1] in r["report"]["policies"]]
+    print(f"\nover {len(records)} seed{'s' * (len(records) > 1)} ({seeds}): the mean of the seeds' differences, 95% hierarchical "
+          "bootstrap (seeds, then tasks)" + (f"; the control's over seeds {', '.join(controlled)}" if controlled
+                                             and len(controlled) < len(records) else ""))
     print(difference_table(differences))
-    print("\nbehaviours, mean over the seeds:")
-    for label in records[0]["report"]["policies"]:
-        means = {name: _mean([r["report"]["policies"][label].get(key) for r in records])
-                 for name, key in BEHAVIOURS.items()}
-        print(f"  {label:16s} " + "  ".join(f"{name} {rate(v)}" for name, v in means.items()))
+    print("\nbehaviours, mean over the seeds that have the policy:")
+    for label in dict.fromkeys(label for r in records for label in r["report"]["policies"]):
+        means = {name: _mean([r["report"]["policies"][label].get(key) for r in records
+                              if label in r["report"]["policies"]]) for name, key in BEHAVIOURS.items()}
+        print(f"  {label:22s} " + "  ".join(f"{name} {rate(v)}" for name, v in means.items()))
     rl, over_more = differences["SFT + RL - SFT"], differences["SFT + RL - SFT + more SFT"]
     print(f"\ntarget RL >= SFT + 15 points, interval above 0, over the seeds: "
           f"{met(rl['diff'] >= 0.15 and rl['low'] > 0)} ({format_difference(rl)})")
     print(f"target RL >= SFT + more SFT + 10 points, interval above 0, over the seeds: "
           f"{met(over_more['diff'] >= 0.10 and over_more['low'] > 0)} ({format_difference(over_more)})")
+    if random_arm := differences.get(f"{CONTROL[1]} - {CONTROL[0]}"):
+        print(f"target random-reward arm < SFT + 3 points, over seeds {', '.join(controlled)}: "
+              f"{met(random_arm['diff'] < 0.03)} ({format_difference(random_arm)})")
     wins = sum(r["report"]["differences"]["SFT + RL - SFT + more SFT"]["diff"] > 0 for r in records)
     print(f"seeds where RL beats more SFT: {wins} of {len(records)}")
 
