@@ -41,9 +41,9 @@ def make_engine(kind: str, model_name: str, stop_ids: set[int], prefix_store_tok
 
         from rlvr.rollout.continuous import ContinuousEngine
         from rlvr.rollout.engine import HFEngine
-        from rlvr.training.models import bf16_supported
+        from rlvr.training.models import auto_dtype
 
-        dtype = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
+        dtype = auto_dtype(torch.device("cpu"))
         engine = ContinuousEngine if kind == "hf" else HFEngine  # as rollout.engine names them
         return engine(load_model(model_name, dtype=dtype), tokenizer, stop_ids=stop_ids,
                       prefix_store_tokens=prefix_store_tokens), tokenizer

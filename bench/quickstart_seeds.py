@@ -143,9 +143,9 @@ def pool(records: list[dict]) -> None:
                      for r, p in having])
     seeds = ", ".join(str(r["seed"]) for r in records)
     controlled = [str(r["seed"]) for r in records if CONTROL[1] in r["report"]["policies"]]
-    print(f"\nover {len(records)} seed{'s' * (len(records) > 1)} ({seeds}): the mean of the seeds' differences, 95% hierarchical "
-          "bootstrap (seeds, then tasks)" + (f"; the control's over seeds {', '.join(controlled)}" if controlled
-                                             and len(controlled) < len(records) else ""))
+    partial = f"; the control's over seeds {', '.join(controlled)}" if 0 < len(controlled) < len(records) else ""
+    print(f"\nover seeds {seeds}: the mean of the seeds' differences, 95% hierarchical bootstrap (seeds, then "
+          f"tasks){partial}")
     print(difference_table(differences))
     print("\nbehaviours, mean over the seeds that have the policy:")
     for label in dict.fromkeys(label for r in records for label in r["report"]["policies"]):

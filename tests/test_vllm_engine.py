@@ -18,7 +18,7 @@ from rlvr.core.protocols import SamplingParams  # noqa: E402
 from rlvr.rollout.engine import HFEngine  # noqa: E402
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks  # noqa: E402
 from rlvr.training.learner import Learner  # noqa: E402
-from rlvr.training.models import AdapterState, add_lora, bf16_supported, load_model, load_tokenizer  # noqa: E402
+from rlvr.training.models import AdapterState, add_lora, auto_dtype, load_model, load_tokenizer  # noqa: E402
 from rlvr.rollout.agent import rollout_groups  # noqa: E402
 from rlvr.rollout.vllm_engine import VLLMEngine  # noqa: E402
 
@@ -55,8 +55,7 @@ def test_greedy_agrees_with_hf(setup):
     vllm_out = _generate(loop, engine, prompts, max_tokens=12, temperature=0)
     # the precision vLLM runs in too (bf16 only where the CPU has bf16 instructions): greedy decoding of a
     # 135M model flips on near-ties between a bf16 and a float32 forward
-    dtype = torch.bfloat16 if bf16_supported(torch.device("cpu")) else torch.float32
-    hf = HFEngine(load_model(MODEL, dtype=dtype), tokenizer, stop_ids=renderer.turn_end_ids)
+    hf = HFEngine(load_model(MODEL, dtype=auto_dtype(torch.device("cpu"))), tokenizer, stop_ids=renderer.turn_end_ids)
     hf_out = hf.generate_batch(prompts, [SamplingParams(max_tokens=12, temperature=0)] * len(prompts))
     agree = [v.token_ids == h.token_ids for v, h in zip(vllm_out, hf_out)]
     assert sum(agree) >= 3, [(tokenizer.decode(v.token_ids), tokenizer.decode(h.token_ids))

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 from rlvr.core.protocols import Completion, SamplingParams
-from rlvr.training.models import AdapterState, bf16_supported, resolve_model
+from rlvr.training.models import AdapterState, auto_dtype, resolve_model
 
 
 class VLLMEngine:
@@ -35,7 +35,7 @@ class VLLMEngine:
 
         on_cpu = not torch.cuda.is_available()
         if dtype is None:  # as the learner and the HF engine decide: bf16 where the device has it
-            dtype = "bfloat16" if bf16_supported(torch.device("cpu" if on_cpu else "cuda")) else "float32"
+            dtype = str(auto_dtype(torch.device("cpu" if on_cpu else "cuda"))).removeprefix("torch.")
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB; vLLM's default takes far more
         self.stop_ids = sorted(stop_ids)

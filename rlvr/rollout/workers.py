@@ -121,13 +121,11 @@ class RolloutWorker:
 
 def _engine_model(name: str):
     """A frozen base model for an HF engine: bf16 where the device supports it."""
-    import torch
-
     from rlvr.training.learner import resolve_device
-    from rlvr.training.models import bf16_supported, load_model
+    from rlvr.training.models import auto_dtype, load_model
 
     device = resolve_device("auto")
-    return load_model(name, dtype=torch.bfloat16 if bf16_supported(device) else torch.float32, device=device)
+    return load_model(name, dtype=auto_dtype(device), device=device)
 
 
 async def _cancel_pending() -> None:

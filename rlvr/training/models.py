@@ -273,6 +273,12 @@ class AdapterState:
                    load_file(path / "adapter_model.safetensors"))
 
 
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """The precision `learner.precision: auto` trains in on `device`, which engines match: bf16 where the device
+    has bf16 instructions, else float32."""
+    return torch.bfloat16 if bf16_supported(device) else torch.float32
+
+
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
