@@ -2,7 +2,8 @@
 
     python bench/quickstart.py [CONFIG] [key=value ...]   (output_dir=DIR keeps the run folder)
         --eval-tasks N (400)   held-out tasks of the re-evaluation, drawn with seed + 1
-        --skip-quickstart DIR  reuse a finished quickstart folder (its report.json and adapters)
+        --skip-quickstart DIR  reuse a finished quickstart folder (its report.json and adapters), or a record
+                               of bench/quickstart_seeds.py (its run's resolved config, adapters and control)
 
 1. runs `rlvr quickstart CONFIG` and times it;
 2. the random-reward control: the same RL run from the same SFT adapter with rewards shuffled within each
@@ -44,6 +45,13 @@ def main() -> None:
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
     with tempfile.TemporaryDirectory() as scratch:
         out = kept[-1] if kept else scratch
+        if args.skip_quickstart and Path(args.skip_quickstart).is_file():  # a seeds-bench record
+            record = json.loads(Path(args.skip_quickstart).read_text())
+            config = Path(scratch) / "config.yaml"
+            config.write_text(record["config"])  # the RL run's, resolved: no overrides to repeat
+            args.config, args.overrides = str(config), []
+            bench(args, Path(record["run"]), record["report"], None)
+            return
         if args.skip_quickstart:
             root, total = Path(args.skip_quickstart), None
         else:
@@ -69,9 +77,10 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
         print(f"  quickstart ({report['held_out_tasks']} tasks) {name}: {d['diff'] * 100:+.1f} "
               f"[{d['low'] * 100:+.1f}, {d['high'] * 100:+.1f}]")
 
-    start = time.perf_counter()
-    adapters["SFT + random-reward RL"] = random_reward_rl(cfg, adapters["SFT"])
-    print(f"random-reward RL: {time.perf_counter() - start:.0f} s")
+    if "SFT + random-reward RL" not in adapters:  # a record of the seeds bench may hold it already
+        start = time.perf_counter()
+        adapters["SFT + random-reward RL"] = random_reward_rl(cfg, adapters["SFT"])
+        print(f"random-reward RL: {time.perf_counter() - start:.0f} s")
 
     env = load_env(cfg.env.name)
     seed = cfg.seed + 1
