@@ -48,8 +48,8 @@ def main() -> None:
         if args.skip_quickstart and Path(args.skip_quickstart).is_file():  # a seeds-bench record
             record = json.loads(Path(args.skip_quickstart).read_text())
             config = Path(scratch) / "config.yaml"
-            config.write_text(record["config"])  # the RL run's, resolved: no overrides to repeat
-            args.config, args.overrides = str(config), []
+            config.write_text(record["config"])  # the RL run's, resolved; key=value overrides still apply
+            args.config = str(config)
             bench(args, Path(record["run"]), record["report"], None)
             return
         if args.skip_quickstart:
