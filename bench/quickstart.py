@@ -45,22 +45,22 @@ def main() -> None:
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
     with tempfile.TemporaryDirectory() as scratch:
         out = kept[-1] if kept else scratch
+        total = None
         if args.skip_quickstart and Path(args.skip_quickstart).is_file():  # a seeds-bench record
             record = json.loads(Path(args.skip_quickstart).read_text())
             config = Path(scratch) / "config.yaml"
             config.write_text(record["config"])  # the RL run's, resolved; key=value overrides still apply
-            args.config = str(config)
-            bench(args, Path(record["run"]), record["report"], None)
-            return
-        if args.skip_quickstart:
-            root, total = Path(args.skip_quickstart), None
+            args.config, root, report = str(config), Path(record["run"]), record["report"]
+        elif args.skip_quickstart:
+            root = Path(args.skip_quickstart)
+            report = json.loads((root / "report.json").read_text())
         else:
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "rlvr.cli", "quickstart", args.config, f"output_dir={out}",
                             "logging.wandb=disabled", *args.overrides], check=True)
             total = time.perf_counter() - start
             root = max(Path(out).glob("*/report.json"), key=lambda p: p.stat().st_mtime).parent
-        report = json.loads((root / "report.json").read_text())
+            report = json.loads((root / "report.json").read_text())
         bench(args, root, report, total)
 
 
