@@ -113,12 +113,14 @@ def add_control(report: dict, cfg, env) -> None:
     label = CONTROL[1]
     report["adapters"][label] = adapter
     report["policies"][label] = evaluate_policy(cfg, held_out, adapter, label=label)
-    report["differences"].update(differences_by_need(report["policies"], [CONTROL], held_out, cfg.seed))
+    shown = report.get("demonstrated_kinds")  # absent from reports written before it was recorded
+    report["differences"].update(differences_by_need(report["policies"], [CONTROL], held_out, cfg.seed,
+                                                     None if shown is None else set(shown)))
 
 
 def pool(records: list[dict]) -> None:
-    parts = [need_parts(set(r["report"]["policies"]["SFT"]["outcomes"]), set(r["no_tool_tasks"]))
-             for r in records]
+    parts = [need_parts(set(r["report"]["policies"]["SFT"]["outcomes"]), set(r["no_tool_tasks"]),
+                        set(r["report"].get("undemonstrated_tasks", ()))) for r in records]
     for r in records:
         report = r["report"]
         print(f"\nseed {r['seed']}: {r['run']} ({report['total_s']:.0f} s: "

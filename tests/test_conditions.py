@@ -188,6 +188,23 @@ def test_differences_split_tool_and_no_tool_tasks():
     assert list(differences_by_need(reports, [("SFT", "RL")], tasks[:2])) == ["RL - SFT"]  # all need the tool
 
 
+def test_differences_split_demonstrated_and_undemonstrated_kinds():
+    """With demonstrations of kind "x" only: RL's +50 points on the tool tasks is +0 on kind x and +100 on
+    kind y, which no demonstration showed; no-tool tasks belong to neither part."""
+    tasks = [Task(id=i, env="calculator", prompt="", metadata={"kind": k, "needs_tool": k != "no tool"})
+             for i, k in (("x1", "x"), ("x2", "x"), ("y1", "y"), ("y2", "y"), ("n1", "no tool"))]
+    reports = {"SFT": {"outcomes": {"x1": 1.0, "x2": 0.0, "y1": 0.0, "y2": 0.0, "n1": 0.0}},
+               "RL": {"outcomes": {"x1": 1.0, "x2": 0.0, "y1": 1.0, "y2": 1.0, "n1": 0.0}}}
+    d = differences_by_need(reports, [("SFT", "RL")], tasks, demonstrated_kinds={"x"})
+    assert list(d) == ["RL - SFT", "RL - SFT (tool tasks)", "RL - SFT (no-tool tasks)",
+                       "RL - SFT (demonstrated kinds)", "RL - SFT (undemonstrated kinds)"]
+    assert d["RL - SFT (demonstrated kinds)"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "tasks": 2.0}
+    assert d["RL - SFT (undemonstrated kinds)"] == {"diff": 1.0, "low": 1.0, "high": 1.0, "tasks": 2.0}
+    # every kind demonstrated, or none known: no split
+    assert len(differences_by_need(reports, [("SFT", "RL")], tasks, demonstrated_kinds={"x", "y"})) == 3
+    assert len(differences_by_need(reports, [("SFT", "RL")], tasks)) == 3
+
+
 def test_wilson_interval_by_hand():
     low, high = wilson_interval(0.5, 100)  # centre 0.5, half width 1.96 * sqrt(0.25/100 + 1.96^2/40000)/(1.0384)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)

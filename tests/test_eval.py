@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from rlvr.core.contract import Group, Task, ToolCall, ToolCallError, Trajectory
+from rlvr.core.tasks import env_tasks
+from rlvr.envs.registry import load_env
 from rlvr.stages.evaluate import comparison_table, kind_table, summarize
 
 MODEL = "tiny-random-llama"
@@ -140,10 +142,15 @@ def test_the_quickstart_pipeline_end_to_end_on_a_tiny_model(tmp_path):
     cfg = load_config(str(__import__("pathlib").Path(__file__).parent.parent / "configs/quickstart.yaml"), [
         f"output_dir={tmp_path}", f"model.name={MODEL}", "model.lora.rank=4", "steps=2", "synth.tasks=4",
         "sft.epochs=1", "sft.batch_size=4", "data.tasks_per_step=2", "rollout.group_size=2",
-        "rollout.max_new_tokens=8", "rollout.max_turns=2", "eval.tasks=2", "logging.wandb=disabled"])
+        "rollout.max_new_tokens=8", "rollout.max_turns=2", "eval.tasks=2", "logging.wandb=disabled",
+        'synth.options={shapes: ["a + (b * c)"]}'])  # demonstrations of one kind; RL and evaluation: all
     root = quickstart(cfg)
     report = json.loads((root / "report.json").read_text())
     assert list(report["policies"]) == ["base", "SFT", "SFT + more SFT", "SFT + RL"]
+    held_out = env_tasks(load_env("calculator"), 2, cfg.seed, "test", {}, cfg.env.conditions.no_tool_fraction)
+    assert report["demonstrated_kinds"] == ["a + (b * c)"]
+    assert report["undemonstrated_tasks"] == sorted(t.id for t in held_out if t.metadata["kind"] not in
+                                                    ("a + (b * c)", "no tool"))
     assert report["held_out_tasks"] == 2 and report["conversations"] == 4
     assert report["seconds"]["sft_more"] >= 0 and set(report["seconds"]) == {"synth", "sft", "rl", "sft_more", "eval"}
     markdown = (root / "report.md").read_text()

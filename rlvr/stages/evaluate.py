@@ -178,24 +178,40 @@ def restrict(outcomes: dict[str, float], only: set[str] | None) -> dict[str, flo
     return outcomes if only is None else {t: v for t, v in outcomes.items() if t in only}
 
 
-def need_parts(task_ids: set[str], no_tool: set[str]) -> dict[str, set[str] | None]:
-    """What differences are reported over, by the suffix their names carry: all tasks (None) and, where some
-    but not all of them need no tool, the tool tasks and the no-tool tasks apart."""
+def need_parts(task_ids: set[str], no_tool: set[str],
+               undemonstrated: set[str] = frozenset()) -> dict[str, set[str] | None]:
+    """What differences are reported over, by the suffix their names carry: all tasks (None); where some but
+    not all of them need no tool, the tool tasks and the no-tool tasks apart; where the demonstrations showed
+    some but not all kinds of the tool tasks, those of the kinds shown and the `undemonstrated` ones apart."""
     parts: dict[str, set[str] | None] = {"": None}
     if no_tool and no_tool < task_ids:
         parts.update({" (tool tasks)": task_ids - no_tool, " (no-tool tasks)": no_tool})
+    tool = task_ids - no_tool
+    if undemonstrated and undemonstrated < tool:
+        parts.update({" (demonstrated kinds)": tool - undemonstrated, " (undemonstrated kinds)": undemonstrated})
     return parts
 
 
 def differences_by_need(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], tasks: list,
-                        seed: int = 0) -> dict[str, dict[str, float]]:
+                        seed: int = 0, demonstrated_kinds: set | None = None) -> dict[str, dict[str, float]]:
     """`success_differences` over all tasks and, where some of `tasks` need no tool, over the tool tasks and
-    the no-tool tasks apart ("b - a (tool tasks)"): a gain in restraint and one in tool use look alike overall."""
+    the no-tool tasks apart ("b - a (tool tasks)"): a gain in restraint and one in tool use look alike overall.
+    With `demonstrated_kinds` (the task kinds the SFT demonstrations showed), also over the tool tasks of
+    those kinds and of the others apart: what imitation could copy, and what only the reward teaches."""
     differences = {}
-    for suffix, only in need_parts({t.id for t in tasks}, {t.id for t in tasks if t.needs_no_tool}).items():
+    parts = need_parts({t.id for t in tasks}, {t.id for t in tasks if t.needs_no_tool},
+                       undemonstrated(tasks, demonstrated_kinds))
+    for suffix, only in parts.items():
         differences.update({name + suffix: d
                             for name, d in success_differences(reports, pairs, seed, only).items()})
     return differences
+
+
+def undemonstrated(tasks: list, demonstrated_kinds: set | None) -> set[str]:
+    """The ids of the tool tasks whose kind is not among `demonstrated_kinds` (none where that is None)."""
+    if demonstrated_kinds is None:
+        return set()
+    return {t.id for t in tasks if not t.needs_no_tool and t.metadata.get("kind") not in demonstrated_kinds}
 
 
 def difference_table(differences: dict[str, dict[str, float]]) -> str:

@@ -40,7 +40,7 @@ def quickstart(cfg: Config) -> Path:
     from rlvr.loop import train
     from rlvr.reporting import plot_policies
     from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need, evaluate_policy,
-                                      kind_table)
+                                      kind_table, undemonstrated)
     from rlvr.stages.sft import sft
     from rlvr.stages.synth import Synthesizer, write_jsonl
 
@@ -59,8 +59,12 @@ def quickstart(cfg: Config) -> Path:
 
     with stage("synth", "1/5 synth: gold conversations"):
         synthesizer = Synthesizer(cfg)
-        records = synthesizer.run(synthesizer.tasks())
+        demonstration_tasks = synthesizer.tasks()
+        records = synthesizer.run(demonstration_tasks)
         write_jsonl(root / "sft.jsonl", records)
+    kept = {r["task_id"] for r in records}  # the kinds of task the demonstrations show, apart in the report
+    demonstrated_kinds = {t.metadata.get("kind") for t in demonstration_tasks
+                          if t.id in kept and not t.needs_no_tool}
     with stage("sft", f"2/5 SFT on {len(records)} conversations"):
         sft_cfg = cfg.model_copy(deep=True)
         sft_cfg.sft.data = str(root / "sft.jsonl")
@@ -86,11 +90,13 @@ def quickstart(cfg: Config) -> Path:
                                              label=label)
             console.print(f"{label}: success {reports[label]['success_rate']:.3f}")
     table = comparison_table(reports)
-    differences = differences_by_need(reports, COMPARISONS, held_out, cfg.seed)
+    differences = differences_by_need(reports, COMPARISONS, held_out, cfg.seed, demonstrated_kinds)
     sources = Counter(r["source"] for r in records)
     report = {"held_out_tasks": len(held_out),
               "no_tool_tasks": sorted(t.id for t in held_out if t.needs_no_tool),
+              "undemonstrated_tasks": sorted(undemonstrated(held_out, demonstrated_kinds)),
               "conversations": len(records), "sources": dict(sources),
+              "demonstrated_kinds": sorted(demonstrated_kinds, key=str),
               "seconds": seconds,
               "total_s": sum(seconds.values()), "conditions": conditions.model_dump(), "adapters": policies,
               "policies": reports,
@@ -169,6 +175,12 @@ def _markdown(cfg: Config, report: dict, table: str, differences: str, kinds: st
 
 
 def _demonstrations(report: dict) -> str:
+    return _conversations(report) + (
+        f", of the task kinds {', '.join(map(str, report['demonstrated_kinds']))} only"
+        if any(name.endswith("(undemonstrated kinds)") for name in report["differences"]) else "")
+
+
+def _conversations(report: dict) -> str:
     sources = report.get("sources", {})
     if set(sources) <= {"gold"}:
         return (f"{report['conversations']} clean gold conversations (happy path: every call succeeds, every "
