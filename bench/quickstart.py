@@ -93,8 +93,8 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     print(comparison_table(reports))
     if kinds := kind_table(reports):
         print(f"success per task kind:\n{kinds}")
-    shown = report.get("demonstrated_kinds")  # absent from reports written before it was recorded
-    d = differences_by_need(reports, pairs, held_out, seed, None if shown is None else set(shown))
+    # demonstrated_kinds is absent from reports written before it was recorded: no split then
+    d = differences_by_need(reports, pairs, held_out, seed, report.get("demonstrated_kinds"))
     print(difference_table(d))
     plot_policies(reports, root / "policies_reevaluation.png")
 

@@ -113,9 +113,8 @@ def add_control(report: dict, cfg, env) -> None:
     label = CONTROL[1]
     report["adapters"][label] = adapter
     report["policies"][label] = evaluate_policy(cfg, held_out, adapter, label=label)
-    shown = report.get("demonstrated_kinds")  # absent from reports written before it was recorded
     report["differences"].update(differences_by_need(report["policies"], [CONTROL], held_out, cfg.seed,
-                                                     None if shown is None else set(shown)))
+                                                     report.get("demonstrated_kinds")))
 
 
 def pool(records: list[dict]) -> None:

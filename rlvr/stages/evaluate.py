@@ -18,6 +18,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,7 @@ def need_parts(task_ids: set[str], no_tool: set[str],
 
 
 def differences_by_need(reports: dict[str, dict[str, Any]], pairs: list[tuple[str, str]], tasks: list,
-                        seed: int = 0, demonstrated_kinds: set | None = None) -> dict[str, dict[str, float]]:
+                        seed: int = 0, demonstrated_kinds: Collection | None = None) -> dict[str, dict[str, float]]:
     """`success_differences` over all tasks and, where some of `tasks` need no tool, over the tool tasks and
     the no-tool tasks apart ("b - a (tool tasks)"): a gain in restraint and one in tool use look alike overall.
     With `demonstrated_kinds` (the task kinds the SFT demonstrations showed), also over the tool tasks of
@@ -207,7 +208,7 @@ def differences_by_need(reports: dict[str, dict[str, Any]], pairs: list[tuple[st
     return differences
 
 
-def undemonstrated(tasks: list, demonstrated_kinds: set | None) -> set[str]:
+def undemonstrated(tasks: list, demonstrated_kinds: Collection | None) -> set[str]:
     """The ids of the tool tasks whose kind is not among `demonstrated_kinds` (none where that is None)."""
     if demonstrated_kinds is None:
         return set()
