@@ -106,11 +106,13 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need, evaluate_policy,
                                       kind_table)
 
-    extra = [*(overrides or [])]
+    extra = []
     if bfcl:
-        extra += ["env.name=bfcl", f"env.options={{category: {bfcl}}}"]
+        # the config's env conditions belong to its own env (a calculator's no-tool share cannot be drawn from
+        # BFCL): BFCL runs clean unless an override below says otherwise
+        extra = ["env.name=bfcl", f"env.options={{category: {bfcl}}}", "env.conditions={}"]
         tasks = "all" if tasks == "test" else tasks
-    cfg = _config(config, extra)
+    cfg = _config(config, [*extra, *(overrides or [])])
     policies = {"policy": adapter}
     if compare:
         policies = {}

@@ -4,6 +4,7 @@ rlvr export (the adapter alone, or merged in float32 and saved in the base's dty
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from rlvr.envs.registry import load_env
 from rlvr.stages.evaluate import comparison_table, kind_table, summarize
 
 MODEL = "tiny-random-llama"
+ROOT = Path(__file__).parent.parent
 
 
 def _trajectory(task, i, reward, calls=(), finish="stop"):
@@ -93,8 +95,9 @@ def test_eval_a_task_file_and_compare_policies(tmp_path):
 
 def test_eval_bfcl_single_turn_with_its_ast_checker(tmp_path):
     pytest.importorskip("bfcl_eval")
-    done = _cli("eval", "/dev/null", f"model.name={MODEL}", "rollout.max_new_tokens=8", "rollout.max_turns=1",
-                "--bfcl", "simple", "--n", "3", "--transcripts", "transcripts.jsonl", cwd=tmp_path)
+    # the quickstart's config, whose calculator conditions (a no-tool share) do not apply to BFCL
+    done = _cli("eval", str(ROOT / "configs/quickstart.yaml"), f"model.name={MODEL}", "rollout.max_new_tokens=8",
+                "rollout.max_turns=1", "--bfcl", "simple", "--n", "3", "--transcripts", "transcripts.jsonl", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tasks"] == 3 and list(report["per_family"]) == ["simple_python"]
@@ -139,7 +142,7 @@ def test_the_quickstart_pipeline_end_to_end_on_a_tiny_model(tmp_path):
     from rlvr.core.config import load_config
     from rlvr.stages.quickstart import quickstart
 
-    cfg = load_config(str(__import__("pathlib").Path(__file__).parent.parent / "configs/quickstart.yaml"), [
+    cfg = load_config(str(ROOT / "configs/quickstart.yaml"), [
         f"output_dir={tmp_path}", f"model.name={MODEL}", "model.lora.rank=4", "steps=2", "synth.tasks=4",
         "sft.epochs=1", "sft.batch_size=4", "data.tasks_per_step=2", "rollout.group_size=2",
         "rollout.max_new_tokens=8", "rollout.max_turns=2", "eval.tasks=2", "logging.wandb=disabled",
