@@ -3,14 +3,16 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 (docs/benchmarks.md). This bench runs `rlvr quickstart` once per seed and pools what they measured.
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
-    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--save DIR]
+    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--bfcl CATEGORY] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
 held-out task), its resolved config, which held-out tasks need no tool, the SFT start check and the CPU, so
 seeds run in different sessions can be pooled later. `--control` adds the random-reward control to each run
 folder's record: the run's RL from its SFT adapter with rewards shuffled within each batch, evaluated on the
-same held-out tasks, so it pairs with the run's own SFT.
+same held-out tasks, so it pairs with the run's own SFT. `--bfcl CATEGORY` adds every policy of each run on
+all of BFCL's CATEGORY entries, as `rlvr eval --bfcl` scores them (`irrelevance`: does the restraint RL learns on
+the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?).
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -35,7 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.core.stats import hierarchical_bootstrap  # noqa: E402
-from rlvr.stages.evaluate import difference_table, format_difference, need_parts, restrict  # noqa: E402
+from rlvr.stages.evaluate import (difference_table, format_difference, need_parts, restrict,  # noqa: E402
+                                  success_differences)
 from rlvr.stages.quickstart import COMPARISONS, start_check  # noqa: E402
 
 from quickstart import met, random_reward_rl, rate  # noqa: E402  (bench/quickstart.py's)
@@ -55,6 +58,8 @@ def main() -> None:
     group.add_argument("--seeds", type=int, nargs="+")
     group.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--control", action="store_true", help="add the random-reward control to run folders")
+    parser.add_argument("--bfcl", metavar="CATEGORY", default=None,
+                        help="also evaluate every policy of each run on all of BFCL's CATEGORY entries")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
     args = parser.parse_args()
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
@@ -63,12 +68,17 @@ def main() -> None:
                               for seed in args.seeds]
         records = [json.loads(path.read_text()) if path.is_file() else record(path, args.control)
                    for path in paths]
+        for r in records:
+            if args.bfcl and args.bfcl not in r.get("bfcl", {}):
+                add_bfcl(r, args.bfcl)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         for r in records:
             (args.save / f"seed{r['seed']}.json").write_text(json.dumps(r, indent=1))
         print(f"records: {args.save}")
     pool(records)
+    if args.bfcl:
+        pool_bfcl(records, args.bfcl)
 
 
 def quickstart(config: str, overrides: list[str], seed: int, out: Path) -> Path:
@@ -115,6 +125,45 @@ def add_control(report: dict, cfg, env) -> None:
     report["policies"][label] = evaluate_policy(cfg, held_out, adapter, label=label)
     report["differences"].update(differences_by_need(report["policies"], [CONTROL], held_out, cfg.seed,
                                                      report.get("demonstrated_kinds")))
+
+
+def add_bfcl(r: dict, category: str) -> None:
+    """Every policy of the record's run (base included) on all of BFCL's `category` entries, under the RL run's
+    rollout settings, clean conditions and BFCL's own checker (`rlvr eval --bfcl`), into r["bfcl"][category]."""
+    from rlvr.core.tasks import env_tasks
+    from rlvr.envs.bfcl import entry_count
+    from rlvr.envs.registry import load_env
+    from rlvr.stages.evaluate import bfcl_overrides, evaluate_policy
+
+    adapters = r["report"]["adapters"]
+    if gone := [path for path in adapters.values() if path and not Path(path).is_dir()]:
+        raise SystemExit(f"--bfcl evaluates the run's adapters; seed {r['seed']}'s are gone: {', '.join(gone)}")
+    cfg = load_config(str(Path(adapters["SFT + RL"]).parent / "config.yaml"), bfcl_overrides(category))
+    tasks = env_tasks(load_env("bfcl"), entry_count(category), cfg.seed, "all", cfg.env.options)
+    r.setdefault("bfcl", {})[category] = {label: evaluate_policy(cfg, tasks, adapter, label=label)
+                                          for label, adapter in adapters.items()}
+
+
+def pool_bfcl(records: list[dict], category: str) -> None:
+    """Each policy's success on BFCL's `category` (for irrelevance: the share answered without a call), per seed
+    and its differences, then over the seeds."""
+    pairs = [("base", "SFT"), *COMPARISONS, CONTROL]
+    print(f"\nBFCL {category}, every entry, BFCL's checker, clean conditions:")
+    differences = {}
+    for r in records:
+        reports = r["bfcl"][category]
+        for label, report in reports.items():
+            print(f"  seed {r['seed']} {label:22s} success {rate(report['success_rate'])}  "
+                  f"calls / task {rate(report['tool_calls_per_trajectory'])}  tasks {report['tasks']}")
+        for name, d in success_differences(reports, [p for p in pairs if p[1] in reports], r["seed"]).items():
+            print(f"  seed {r['seed']} {name}: {format_difference(d)}")
+    for a, b in pairs:
+        having = [r["bfcl"][category] for r in records if b in r["bfcl"][category]]
+        if having:
+            differences[f"{b} - {a}"] = hierarchical_bootstrap([(rep[a]["outcomes"], rep[b]["outcomes"])
+                                                                for rep in having])
+    print(f"over seeds {', '.join(str(r['seed']) for r in records)}, 95% hierarchical bootstrap:")
+    print(difference_table(differences))
 
 
 def pool(records: list[dict]) -> None:

@@ -325,12 +325,21 @@ def _jsonable(value: Any, path: set[int], private: bool) -> Any:
 def bfcl_tasks(n: int, seed: int = 0, split: str = "train", category: str = "multi_turn_base") -> list[Task]:
     """`n` entries of a category's split, a sample deterministic in `seed` (in a seeded order)."""
     category = canonical_category(category)
-    excluded = _schema_breaking_entries(category)
-    pool = [e for e in load_entries(category) if in_split(e["id"], split) and e["id"] not in excluded]
+    pool = _pool(category, split)
     if n > len(pool):
         raise ValueError(f"bfcl {category} has {len(pool)} entries in split {split!r}, asked for {n}")
     chosen = random.Random(f"bfcl-{category}-{split}-{seed}").sample(pool, n)
     return [entry_task(entry, category) for entry in chosen]
+
+
+def entry_count(category: str, split: str = "all") -> int:
+    """How many entries `bfcl_tasks` can draw from a category's split."""
+    return len(_pool(canonical_category(category), split))
+
+
+def _pool(category: str, split: str) -> list[dict[str, Any]]:
+    excluded = _schema_breaking_entries(category)
+    return [e for e in load_entries(category) if in_split(e["id"], split) and e["id"] not in excluded]
 
 
 @functools.cache

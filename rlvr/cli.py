@@ -103,14 +103,12 @@ def eval_command(config: str = typer.Argument(..., help="YAML run config (model,
     """Evaluate policies on held-out tasks: success rate, tool-call validity, format compliance, turns, tokens."""
     import json
 
-    from rlvr.stages.evaluate import (comparison_table, difference_table, differences_by_need, evaluate_policy,
-                                      kind_table)
+    from rlvr.stages.evaluate import (bfcl_overrides, comparison_table, difference_table, differences_by_need,
+                                      evaluate_policy, kind_table)
 
     extra = []
     if bfcl:
-        # the config's env conditions belong to its own env (a calculator's no-tool share cannot be drawn from
-        # BFCL): BFCL runs clean unless an override below says otherwise
-        extra = ["env.name=bfcl", f"env.options={{category: {bfcl}}}", "env.conditions={}"]
+        extra = bfcl_overrides(bfcl)  # the user's overrides come after: they win
         tasks = "all" if tasks == "test" else tasks
     cfg = _config(config, [*extra, *(overrides or [])])
     policies = {"policy": adapter}

@@ -9,7 +9,7 @@ pytest.importorskip("bfcl_eval")
 
 from rlvr.core.contract import Task, ToolCall, ToolCallError, Trajectory  # noqa: E402
 from rlvr.envs.bfcl import (MULTI_TURN_CATEGORIES, SINGLE_TURN_CATEGORIES, BfclEnv, bfcl_tasks,  # noqa: E402
-                            format_call, in_split, load_entries, parse_call)
+                            entry_count, format_call, in_split, load_entries, parse_call)
 from rlvr.rewards.bfcl import MODEL_NAME, bfcl_ast, bfcl_multi_turn  # noqa: E402
 
 
@@ -59,6 +59,8 @@ def test_categories_and_splits():
     train = {t.metadata["id"] for t in bfcl_tasks(len(ids) - n_test, split="train")}
     test = {t.metadata["id"] for t in bfcl_tasks(n_test, split="test")}
     assert train.isdisjoint(test) and len(train | test) == len(ids) and 0 < n_test < len(ids) / 3
+    assert (entry_count("multi_turn_base"), entry_count("multi_turn_base", "test")) == (len(ids), n_test)
+    assert entry_count("irrelevance") == len(load_entries("irrelevance")) == 240
 
 
 def test_tasks_are_deterministic_and_complete():

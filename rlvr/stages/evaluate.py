@@ -60,6 +60,13 @@ def evaluate_policy(cfg: Config, tasks: list[Task], adapter: str | None, samples
     return summarize(result.groups, positive, samples, seconds)
 
 
+def bfcl_overrides(category: str) -> list[str]:
+    """Config overrides that evaluate on a BFCL category in place of the config's env, scored by BFCL's own
+    checker. The config's env conditions and reward functions belong to its own env (a calculator's no-tool
+    share cannot be drawn from BFCL, its numeric answer is no BFCL score): BFCL runs clean, with its own test."""
+    return ["env.name=bfcl", f"env.options={{category: {category}}}", "env.conditions={}", "rewards.functions=[]"]
+
+
 def is_success(trajectory: Trajectory, rewards: list[str]) -> bool:
     return all(trajectory.reward_components.get(name, 0.0) >= 1.0 for name in rewards)
 
