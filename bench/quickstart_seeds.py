@@ -3,16 +3,17 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 (docs/benchmarks.md). This bench runs `rlvr quickstart` once per seed and pools what they measured.
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
-    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--bfcl CATEGORY] [--save DIR]
+    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--bfcl CATEGORY ...] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
 held-out task), its resolved config, which held-out tasks need no tool, the SFT start check and the CPU, so
 seeds run in different sessions can be pooled later. `--control` adds the random-reward control to each run
 folder's record: the run's RL from its SFT adapter with rewards shuffled within each batch, evaluated on the
-same held-out tasks, so it pairs with the run's own SFT. `--bfcl CATEGORY` adds every policy of each run on
-all of BFCL's CATEGORY entries, as `rlvr eval --bfcl` scores them (`irrelevance`: does the restraint RL learns on
-the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?).
+same held-out tasks, so it pairs with the run's own SFT. `--bfcl CATEGORY ...` adds every policy of each run on
+all of each BFCL category's entries, as `rlvr eval --bfcl` scores them (`irrelevance`: does the restraint RL
+learns on the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?
+`live_relevance`, its counterpart: is a relevant tool still called?).
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -58,8 +59,8 @@ def main() -> None:
     group.add_argument("--seeds", type=int, nargs="+")
     group.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--control", action="store_true", help="add the random-reward control to run folders")
-    parser.add_argument("--bfcl", metavar="CATEGORY", default=None,
-                        help="also evaluate every policy of each run on all of BFCL's CATEGORY entries")
+    parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
+                        help="also evaluate every policy of each run on all of these BFCL categories' entries")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
     args = parser.parse_args()
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
@@ -69,16 +70,16 @@ def main() -> None:
         records = [json.loads(path.read_text()) if path.is_file() else record(path, args.control)
                    for path in paths]
         for r in records:
-            if args.bfcl and args.bfcl not in r.get("bfcl", {}):
-                add_bfcl(r, args.bfcl)
+            for category in (c for c in args.bfcl if c not in r.get("bfcl", {})):
+                add_bfcl(r, category)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         for r in records:
             (args.save / f"seed{r['seed']}.json").write_text(json.dumps(r, indent=1))
         print(f"records: {args.save}")
     pool(records)
-    if args.bfcl:
-        pool_bfcl(records, args.bfcl)
+    for category in args.bfcl:
+        pool_bfcl(records, category)
 
 
 def quickstart(config: str, overrides: list[str], seed: int, out: Path) -> Path:
@@ -155,10 +156,11 @@ def pool_bfcl(records: list[dict], category: str) -> None:
         for label, report in reports.items():
             print(f"  seed {r['seed']} {label:22s} success {rate(report['success_rate'])}  "
                   f"calls / task {rate(report['tool_calls_per_trajectory'])}  tasks {report['tasks']}")
-        for name, d in success_differences(reports, [p for p in pairs if p[1] in reports], r["seed"]).items():
+        present = [(x, y) for x, y in pairs if x in reports and y in reports]
+        for name, d in success_differences(reports, present, r["seed"]).items():
             print(f"  seed {r['seed']} {name}: {format_difference(d)}")
     for a, b in pairs:
-        having = [r["bfcl"][category] for r in records if b in r["bfcl"][category]]
+        having = [r["bfcl"][category] for r in records if {a, b} <= r["bfcl"][category].keys()]
         if having:
             differences[f"{b} - {a}"] = hierarchical_bootstrap([(rep[a]["outcomes"], rep[b]["outcomes"])
                                                                 for rep in having])
