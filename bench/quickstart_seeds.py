@@ -156,7 +156,7 @@ def pool_bfcl(records: list[dict], category: str) -> None:
         for label, report in reports.items():
             print(f"  seed {r['seed']} {label:22s} success {rate(report['success_rate'])}  "
                   f"calls / task {rate(report['tool_calls_per_trajectory'])}  tasks {report['tasks']}")
-        present = [(x, y) for x, y in pairs if x in reports and y in reports]
+        present = [(a, b) for a, b in pairs if {a, b} <= reports.keys()]
         for name, d in success_differences(reports, present, r["seed"]).items():
             print(f"  seed {r['seed']} {name}: {format_difference(d)}")
     for a, b in pairs:
