@@ -11,7 +11,8 @@ held-out task), its resolved config, which held-out tasks need no tool, the SFT 
 seeds run in different sessions can be pooled later. `--control` adds the random-reward control to each run
 folder's record: the run's RL from its SFT adapter with rewards shuffled within each batch, evaluated on the
 same held-out tasks, so it pairs with the run's own SFT. `--bfcl CATEGORY ...` adds every policy of each run on
-all of each BFCL category's entries, as `rlvr eval --bfcl` scores them (`irrelevance`: does the restraint RL
+all of each BFCL category's entries, as `rlvr eval --bfcl` scores them, and pools the seeds that have them (a record
+saved without them whose adapters are gone is named and left out) (`irrelevance`: does the restraint RL
 learns on the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?
 `live_relevance`, its counterpart: is a relevant tool still called?).
 
@@ -71,6 +72,10 @@ def main() -> None:
                    for path in paths]
         for r in records:
             for category in (c for c in args.bfcl if c not in r.get("bfcl", {})):
+                if any(path and not Path(path).is_dir() for path in r["report"]["adapters"].values()):
+                    print(f"seed {r['seed']}: its record has no BFCL {category} and its adapters (under {r['run']}) "
+                          f"are gone: left out of BFCL {category}")
+                    continue
                 add_bfcl(r, category)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
@@ -137,8 +142,6 @@ def add_bfcl(r: dict, category: str) -> None:
     from rlvr.stages.evaluate import bfcl_overrides, evaluate_policy
 
     adapters = r["report"]["adapters"]
-    if gone := [path for path in adapters.values() if path and not Path(path).is_dir()]:
-        raise SystemExit(f"--bfcl evaluates the run's adapters; seed {r['seed']}'s are gone: {', '.join(gone)}")
     cfg = load_config(str(Path(adapters["SFT + RL"]).parent / "config.yaml"), bfcl_overrides(category))
     tasks = env_tasks(load_env("bfcl"), entry_count(category), cfg.seed, "all", cfg.env.options)
     r.setdefault("bfcl", {})[category] = {label: evaluate_policy(cfg, tasks, adapter, label=label)
@@ -149,6 +152,7 @@ def pool_bfcl(records: list[dict], category: str) -> None:
     """Each policy's success on BFCL's `category` (for irrelevance: the share answered without a call), per seed
     and its differences, then over the seeds."""
     pairs = [("base", "SFT"), *COMPARISONS, CONTROL]
+    records = [r for r in records if category in r.get("bfcl", {})]
     print(f"\nBFCL {category}, every entry, BFCL's checker, clean conditions:")
     differences = {}
     for r in records:
