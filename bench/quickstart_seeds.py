@@ -3,7 +3,8 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 (docs/benchmarks.md). This bench runs `rlvr quickstart` once per seed and pools what they measured.
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
-    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--bfcl CATEGORY ...] [--save DIR]
+    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--bfcl CATEGORY ...]
+                                     [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
@@ -14,7 +15,9 @@ same held-out tasks, so it pairs with the run's own SFT. `--bfcl CATEGORY ...` a
 all of each BFCL category's entries, as `rlvr eval --bfcl` scores them, and pools the seeds that have them (a record
 saved without them whose adapters are gone is named and left out) (`irrelevance`: does the restraint RL
 learns on the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?
-`live_relevance`, its counterpart: is a relevant tool still called?).
+`live_relevance`, its counterpart: is a relevant tool still called?). `--after-more-sft` asks whether RL adds
+what SFT does not once SFT has had its equal time too: RL from each run's more-SFT adapter (timed), against SFT
+from that adapter on the same demonstrations for as long ("SFT + more SFT + RL" and "SFT + more SFT twice").
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -46,6 +49,10 @@ from rlvr.stages.quickstart import COMPARISONS, start_check  # noqa: E402
 from quickstart import met, random_reward_rl, rate  # noqa: E402  (bench/quickstart.py's)
 
 CONTROL = ("SFT", "SFT + random-reward RL")
+# RL after SFT has had its equal time too, against as long again of SFT: does RL add what more SFT does not?
+AFTER_MORE_SFT = [("SFT + more SFT", "SFT + more SFT + RL"), ("SFT + more SFT", "SFT + more SFT twice"),
+                  ("SFT + more SFT twice", "SFT + more SFT + RL")]
+PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT]  # every difference the records can hold
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
@@ -60,6 +67,8 @@ def main() -> None:
     group.add_argument("--seeds", type=int, nargs="+")
     group.add_argument("--runs", nargs="+", type=Path)
     parser.add_argument("--control", action="store_true", help="add the random-reward control to run folders")
+    parser.add_argument("--after-more-sft", action="store_true",
+                        help="add RL from each run's more-SFT adapter and, for the same time, SFT from it")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
                         help="also evaluate every policy of each run on all of these BFCL categories' entries")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
@@ -71,12 +80,16 @@ def main() -> None:
         records = [json.loads(path.read_text()) if path.is_file() else record(path, args.control)
                    for path in paths]
         for r in records:
-            for category in (c for c in args.bfcl if c not in r.get("bfcl", {})):
-                if any(path and not Path(path).is_dir() for path in r["report"]["adapters"].values()):
-                    print(f"seed {r['seed']}: its record has no BFCL {category} and its adapters (under {r['run']}) "
-                          f"are gone: left out of BFCL {category}")
-                    continue
-                add_bfcl(r, category)
+            if args.after_more_sft and AFTER_MORE_SFT[0][1] not in r["report"]["policies"]:
+                add_after_more_sft(r)
+            for category in args.bfcl:
+                missing = {label: path for label, path in r["report"]["adapters"].items()
+                           if label not in r.get("bfcl", {}).get(category, {})}
+                if any(path and not Path(path).is_dir() for path in missing.values()):
+                    print(f"seed {r['seed']}: its record has no BFCL {category} for {', '.join(missing)} and their "
+                          f"adapters (under {r['run']}) are gone: left out of BFCL {category}")
+                elif missing:
+                    add_bfcl(r, category, missing)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         for r in records:
@@ -114,44 +127,82 @@ def record(root: Path, control: bool) -> dict:
             "cpu": {"cores": os.cpu_count(), "bf16": bf16_supported(torch.device("cpu"))}}
 
 
-def add_control(report: dict, cfg, env) -> None:
-    """The random-reward control of the run `report` describes, evaluated on its held-out tasks, into it."""
+def held_out_tasks(report: dict, cfg, env) -> list:
+    """The run's held-out tasks, rebuilt from its config (checked against its report)."""
     from rlvr.core.tasks import env_tasks
-    from rlvr.stages.evaluate import differences_by_need, evaluate_policy
 
     conditions = cfg.env.conditions
     held_out = env_tasks(env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, conditions.no_tool_fraction)
     if {t.id for t in held_out} != set(report["policies"]["SFT"]["outcomes"]):
         raise RuntimeError(f"the held-out tasks rebuilt from {cfg.output_dir}'s config differ from its report's")
-    start = time.perf_counter()
-    adapter = random_reward_rl(cfg, report["adapters"]["SFT"])
-    report["control_rl_s"] = time.perf_counter() - start
-    label = CONTROL[1]
-    report["adapters"][label] = adapter
-    report["policies"][label] = evaluate_policy(cfg, held_out, adapter, label=label)
-    report["differences"].update(differences_by_need(report["policies"], [CONTROL], held_out, cfg.seed,
+    return held_out
+
+
+def add_policies(report: dict, cfg, held_out: list, adapters: dict[str, str], pairs: list) -> None:
+    """Evaluate `adapters` ({label: path}) on the run's held-out tasks, with the differences `pairs`, into `report`."""
+    from rlvr.stages.evaluate import differences_by_need, evaluate_policy
+
+    for label, adapter in adapters.items():
+        report["adapters"][label] = adapter
+        report["policies"][label] = evaluate_policy(cfg, held_out, adapter, label=label)
+    report["differences"].update(differences_by_need(report["policies"], pairs, held_out, cfg.seed,
                                                      report.get("demonstrated_kinds")))
 
 
-def add_bfcl(r: dict, category: str) -> None:
-    """Every policy of the record's run (base included) on all of BFCL's `category` entries, under the RL run's
-    rollout settings, clean conditions and BFCL's own checker (`rlvr eval --bfcl`), into r["bfcl"][category]."""
+def add_control(report: dict, cfg, env) -> None:
+    """The random-reward control of the run `report` describes, evaluated on its held-out tasks, into it."""
+    held_out = held_out_tasks(report, cfg, env)
+    start = time.perf_counter()
+    adapter = random_reward_rl(cfg, report["adapters"]["SFT"])
+    report["control_rl_s"] = time.perf_counter() - start
+    add_policies(report, cfg, held_out, {CONTROL[1]: adapter}, [CONTROL])
+
+
+def add_after_more_sft(r: dict) -> None:
+    """The run's RL from its more-SFT adapter (the SFT start trained on for RL's time), timed, then SFT from the
+    same adapter on the same demonstrations for as long; both evaluated on the run's held-out tasks, into the record."""
+    from rlvr.envs.registry import load_env
+    from rlvr.loop import train
+    from rlvr.stages.sft import sft
+
+    report = r["report"]
+    cfg = load_config(str(Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"), [])  # the RL run's
+    held_out = held_out_tasks(report, cfg, load_env(cfg.env.name))
+    start_adapter = report["adapters"]["SFT + more SFT"]
+    rl_cfg = cfg.model_copy(update={"name": f"{cfg.name}-rl-after-more-sft"}, deep=True)
+    rl_cfg.model.init_adapter = start_adapter
+    start = time.perf_counter()
+    rl_adapter = str(train(rl_cfg).path / "adapter")
+    report["after_more_sft_rl_s"] = time.perf_counter() - start
+    more_cfg = cfg.model_copy(update={"name": f"{cfg.name}-more-twice"}, deep=True)  # as the quickstart's more SFT
+    more_cfg.model.init_adapter = start_adapter
+    more_cfg.sft.data = str(Path(r["run"]) / "sft.jsonl")
+    more_cfg.sft.time_limit_s = report["after_more_sft_rl_s"]
+    more_cfg.sft.epochs = 1000.0  # the time limit ends it
+    more_adapter = str(sft(more_cfg).path / "adapter")
+    add_policies(report, cfg, held_out, {AFTER_MORE_SFT[0][1]: rl_adapter, AFTER_MORE_SFT[1][1]: more_adapter},
+                 AFTER_MORE_SFT)
+
+
+def add_bfcl(r: dict, category: str, adapters: dict[str, str | None]) -> None:
+    """Policies of the record's run ({label: adapter}, None: base) on all of BFCL's `category` entries, under the RL
+    run's rollout settings, clean conditions and BFCL's own checker (`rlvr eval --bfcl`), into r["bfcl"][category]."""
     from rlvr.core.tasks import env_tasks
     from rlvr.envs.bfcl import entry_count
     from rlvr.envs.registry import load_env
     from rlvr.stages.evaluate import bfcl_overrides, evaluate_policy
 
-    adapters = r["report"]["adapters"]
-    cfg = load_config(str(Path(adapters["SFT + RL"]).parent / "config.yaml"), bfcl_overrides(category))
+    rl_config = Path(r["report"]["adapters"]["SFT + RL"]).parent / "config.yaml"
+    cfg = load_config(str(rl_config), bfcl_overrides(category))
     tasks = env_tasks(load_env("bfcl"), entry_count(category), cfg.seed, "all", cfg.env.options)
-    r.setdefault("bfcl", {})[category] = {label: evaluate_policy(cfg, tasks, adapter, label=label)
-                                          for label, adapter in adapters.items()}
+    r.setdefault("bfcl", {}).setdefault(category, {}).update(
+        {label: evaluate_policy(cfg, tasks, adapter, label=label) for label, adapter in adapters.items()})
 
 
 def pool_bfcl(records: list[dict], category: str) -> None:
     """Each policy's success on BFCL's `category` (for irrelevance: the share answered without a call), per seed
     and its differences, then over the seeds."""
-    pairs = [("base", "SFT"), *COMPARISONS, CONTROL]
+    pairs = [("base", "SFT"), *PAIRS]
     records = [r for r in records if category in r.get("bfcl", {})]
     print(f"\nBFCL {category}, every entry, BFCL's checker, clean conditions:")
     differences = {}
@@ -184,22 +235,26 @@ def pool(records: list[dict]) -> None:
         for label, policy in report["policies"].items():
             print(f"  {label:22s} " + "  ".join(f"{name} {rate(policy.get(key))}"
                                                 for name, key in BEHAVIOURS.items()))
-        for name in (f"{b} - {a}" for a, b in [*COMPARISONS, CONTROL] if f"{b} - {a}" in report["differences"]):
+        for name in (f"{b} - {a}" for a, b in PAIRS if f"{b} - {a}" in report["differences"]):
             print(f"  {name}: {format_difference(report['differences'][name])}")
         if "control_rl_s" in report:
             print(f"  random-reward RL: {report['control_rl_s']:.0f} s")
+        if "after_more_sft_rl_s" in report:
+            print(f"  RL after more SFT (and as long again of SFT): {report['after_more_sft_rl_s']:.0f} s")
 
     differences = {}
     for suffix in (s for s in parts[0] if all(s in p for p in parts)):  # a split only where every seed has it
-        for a, b in [*COMPARISONS, CONTROL]:
-            having = [(r, p) for r, p in zip(records, parts) if b in r["report"]["policies"]]
-            if having:  # the control only where it was run
+        for a, b in PAIRS:
+            having = [(r, p) for r, p in zip(records, parts) if {a, b} <= r["report"]["policies"].keys()]
+            if having:  # the control and the arms after more SFT only where they were run
                 differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(
                     [tuple(restrict(r["report"]["policies"][label]["outcomes"], p[suffix]) for label in (a, b))
                      for r, p in having])
     seeds = ", ".join(str(r["seed"]) for r in records)
     controlled = [str(r["seed"]) for r in records if CONTROL[1] in r["report"]["policies"]]
     partial = f"; the control's over seeds {', '.join(controlled)}" if 0 < len(controlled) < len(records) else ""
+    after = [str(r["seed"]) for r in records if AFTER_MORE_SFT[0][1] in r["report"]["policies"]]
+    partial += f"; the arms after more SFT over seeds {', '.join(after)}" if 0 < len(after) < len(records) else ""
     print(f"\nover seeds {seeds}: the mean of the seeds' differences, 95% hierarchical bootstrap (seeds, then "
           f"tasks){partial}")
     print(difference_table(differences))
