@@ -44,7 +44,7 @@ from rlvr.core.config import load_config  # noqa: E402
 from rlvr.core.stats import hierarchical_bootstrap  # noqa: E402
 from rlvr.stages.evaluate import (difference_table, format_difference, need_parts, restrict,  # noqa: E402
                                   success_differences)
-from rlvr.stages.quickstart import COMPARISONS, start_check  # noqa: E402
+from rlvr.stages.quickstart import COMPARISONS, start_check, timed_sft  # noqa: E402
 
 from quickstart import met, random_reward_rl, rate  # noqa: E402  (bench/quickstart.py's)
 
@@ -116,7 +116,7 @@ def record(root: Path, control: bool) -> dict:
     from rlvr.training.models import bf16_supported
 
     report = json.loads((root / "report.json").read_text())
-    config = Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"  # the RL run's, resolved
+    config = rl_config(report)
     cfg = load_config(str(config), [])
     env = load_env(cfg.env.name)
     start = start_check(cfg, env, report["adapters"]["SFT"])
@@ -125,6 +125,11 @@ def record(root: Path, control: bool) -> dict:
     return {"seed": cfg.seed, "run": str(root), "config": config.read_text(), "report": report,
             "no_tool_tasks": report["no_tool_tasks"], "sft_start_clean_train": start["success_rate"],
             "cpu": {"cores": os.cpu_count(), "bf16": bf16_supported(torch.device("cpu"))}}
+
+
+def rl_config(report: dict) -> Path:
+    """The run's RL config, resolved (every arm added later starts from it)."""
+    return Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"
 
 
 def held_out_tasks(report: dict, cfg, env) -> list:
@@ -163,10 +168,9 @@ def add_after_more_sft(r: dict) -> None:
     same adapter on the same demonstrations for as long; both evaluated on the run's held-out tasks, into the record."""
     from rlvr.envs.registry import load_env
     from rlvr.loop import train
-    from rlvr.stages.sft import sft
 
     report = r["report"]
-    cfg = load_config(str(Path(report["adapters"]["SFT + RL"]).parent / "config.yaml"), [])  # the RL run's
+    cfg = load_config(str(rl_config(report)), [])
     held_out = held_out_tasks(report, cfg, load_env(cfg.env.name))
     start_adapter = report["adapters"]["SFT + more SFT"]
     rl_cfg = cfg.model_copy(update={"name": f"{cfg.name}-rl-after-more-sft"}, deep=True)
@@ -174,12 +178,9 @@ def add_after_more_sft(r: dict) -> None:
     start = time.perf_counter()
     rl_adapter = str(train(rl_cfg).path / "adapter")
     report["after_more_sft_rl_s"] = time.perf_counter() - start
-    more_cfg = cfg.model_copy(update={"name": f"{cfg.name}-more-twice"}, deep=True)  # as the quickstart's more SFT
-    more_cfg.model.init_adapter = start_adapter
-    more_cfg.sft.data = str(Path(r["run"]) / "sft.jsonl")
-    more_cfg.sft.time_limit_s = report["after_more_sft_rl_s"]
-    more_cfg.sft.epochs = 1000.0  # the time limit ends it
-    more_adapter = str(sft(more_cfg).path / "adapter")
+    sft_cfg = cfg.model_copy(deep=True)
+    sft_cfg.sft.data = str(Path(r["run"]) / "sft.jsonl")
+    more_adapter = str(timed_sft(sft_cfg, start_adapter, report["after_more_sft_rl_s"], f"{cfg.name}-more-twice"))
     add_policies(report, cfg, held_out, {AFTER_MORE_SFT[0][1]: rl_adapter, AFTER_MORE_SFT[1][1]: more_adapter},
                  AFTER_MORE_SFT)
 
@@ -192,8 +193,7 @@ def add_bfcl(r: dict, category: str, adapters: dict[str, str | None]) -> None:
     from rlvr.envs.registry import load_env
     from rlvr.stages.evaluate import bfcl_overrides, evaluate_policy
 
-    rl_config = Path(r["report"]["adapters"]["SFT + RL"]).parent / "config.yaml"
-    cfg = load_config(str(rl_config), bfcl_overrides(category))
+    cfg = load_config(str(rl_config(r["report"])), bfcl_overrides(category))
     tasks = env_tasks(load_env("bfcl"), entry_count(category), cfg.seed, "all", cfg.env.options)
     r.setdefault("bfcl", {}).setdefault(category, {}).update(
         {label: evaluate_policy(cfg, tasks, adapter, label=label) for label, adapter in adapters.items()})

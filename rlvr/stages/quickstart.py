@@ -74,11 +74,7 @@ def quickstart(cfg: Config) -> Path:
         rl_cfg.model.init_adapter = str(sft_adapter)
         rl_run = train(rl_cfg)
     with stage("sft_more", f"4/5 control: {seconds['rl']:.0f} s more SFT instead of RL"):
-        more_cfg = sft_cfg.model_copy(update={"name": f"{cfg.name}-more"}, deep=True)
-        more_cfg.model.init_adapter = str(sft_adapter)
-        more_cfg.sft.time_limit_s = seconds["rl"]
-        more_cfg.sft.epochs = 1000.0  # the time limit ends it
-        more_adapter = sft(more_cfg).path / "adapter"
+        more_adapter = timed_sft(sft_cfg, str(sft_adapter), seconds["rl"], f"{cfg.name}-more")
     conditions = cfg.env.conditions
     held_out = env_tasks(synthesizer.env, cfg.eval.tasks, cfg.seed, "test", cfg.env.options, conditions.no_tool_fraction)
     policies = {"base": None, "SFT": str(sft_adapter), "SFT + more SFT": str(more_adapter),
@@ -112,6 +108,17 @@ def quickstart(cfg: Config) -> Path:
     console.print(difference_table(differences))
     console.print(f"report: {root / 'report.md'}")
     return root
+
+
+def timed_sft(cfg: Config, adapter: str, seconds: float, name: str) -> Path:
+    """SFT from `adapter` on cfg.sft.data for `seconds` of wall time (the equal-time arm); its adapter's path."""
+    from rlvr.stages.sft import sft
+
+    more_cfg = cfg.model_copy(update={"name": name}, deep=True)
+    more_cfg.model.init_adapter = adapter
+    more_cfg.sft.time_limit_s = seconds
+    more_cfg.sft.epochs = 1000.0  # the time limit ends it
+    return sft(more_cfg).path / "adapter"
 
 
 def start_check(cfg: Config, env, adapter: str, tasks: int = 100) -> dict:
