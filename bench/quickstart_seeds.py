@@ -3,8 +3,8 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 (docs/benchmarks.md). This bench runs `rlvr quickstart` once per seed and pools what they measured.
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
-    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--bfcl CATEGORY ...]
-                                     [--save DIR]
+    python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--sft-loss COEF]
+                                     [--bfcl CATEGORY ...] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
@@ -18,6 +18,9 @@ learns on the env's no-tool tasks carry to tools and wording nobody trained on, 
 `live_relevance`, its counterpart: is a relevant tool still called?). `--after-more-sft` asks whether RL adds
 what SFT does not once SFT has had its equal time too: RL from each run's more-SFT adapter (timed), against SFT
 from that adapter on the same demonstrations for as long ("SFT + more SFT + RL" and "SFT + more SFT twice").
+`--sft-loss COEF` asks whether RL keeps what the demonstrations teach when their NLL stays in its loss
+(`algorithm.sft_coef=COEF`, InstructGPT's PPO-ptx): RL so from each run's SFT adapter (timed), against SFT from
+it for as long ("SFT + RL with SFT loss" and "SFT + more SFT (its time)"), and against the run's own RL.
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,10 +53,32 @@ from rlvr.stages.quickstart import COMPARISONS, start_check, timed_sft  # noqa: 
 from quickstart import met, random_reward_rl, rate  # noqa: E402  (bench/quickstart.py's)
 
 CONTROL = ("SFT", "SFT + random-reward RL")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """RL from one of a run's policies (timed), against SFT from the same adapter on the same demonstrations for
+    as long: labels of the start and of the two policies, the report key of RL's wall time, the runs' name."""
+
+    start: str
+    rl: str
+    sft: str
+    seconds: str
+    name: str
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(self.start, self.rl), (self.start, self.sft), (self.sft, self.rl)]
+
+
 # RL after SFT has had its equal time too, against as long again of SFT: does RL add what more SFT does not?
-AFTER_MORE_SFT = [("SFT + more SFT", "SFT + more SFT + RL"), ("SFT + more SFT", "SFT + more SFT twice"),
-                  ("SFT + more SFT twice", "SFT + more SFT + RL")]
-PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT]  # every difference the records can hold
+AFTER_MORE_SFT = Arm("SFT + more SFT", "SFT + more SFT + RL", "SFT + more SFT twice", "after_more_sft_rl_s",
+                     "rl-after-more-sft")
+# RL with the demonstrations' NLL beside its loss (algorithm.sft_coef, PPO-ptx), against SFT for its time
+WITH_SFT_LOSS = Arm("SFT", "SFT + RL with SFT loss", "SFT + more SFT (its time)", "sft_loss_rl_s", "rl-sft-loss")
+ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS)
+# every difference the records can hold
+PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT.pairs, *WITH_SFT_LOSS.pairs, ("SFT + RL", WITH_SFT_LOSS.rl)]
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
@@ -69,6 +95,9 @@ def main() -> None:
     parser.add_argument("--control", action="store_true", help="add the random-reward control to run folders")
     parser.add_argument("--after-more-sft", action="store_true",
                         help="add RL from each run's more-SFT adapter and, for the same time, SFT from it")
+    parser.add_argument("--sft-loss", type=float, metavar="COEF", default=None,
+                        help="add RL from each run's SFT adapter with algorithm.sft_coef=COEF on the run's "
+                             "demonstrations and, for the same time, SFT from it")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
                         help="also evaluate every policy of each run on all of these BFCL categories' entries")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
@@ -80,8 +109,10 @@ def main() -> None:
         records = [json.loads(path.read_text()) if path.is_file() else record(path, args.control)
                    for path in paths]
         for r in records:
-            if args.after_more_sft and AFTER_MORE_SFT[0][1] not in r["report"]["policies"]:
-                add_after_more_sft(r)
+            if args.after_more_sft and AFTER_MORE_SFT.rl not in r["report"]["policies"]:
+                add_arm(r, AFTER_MORE_SFT)
+            if args.sft_loss is not None and WITH_SFT_LOSS.rl not in r["report"]["policies"]:
+                add_arm(r, WITH_SFT_LOSS, [f"algorithm.sft_coef={args.sft_loss}"])
             for category in args.bfcl:
                 missing = {label: path for label, path in r["report"]["adapters"].items()
                            if label not in r.get("bfcl", {}).get(category, {})}
@@ -163,26 +194,24 @@ def add_control(report: dict, cfg, env) -> None:
     add_policies(report, cfg, held_out, {CONTROL[1]: adapter}, [CONTROL])
 
 
-def add_after_more_sft(r: dict) -> None:
-    """The run's RL from its more-SFT adapter (the SFT start trained on for RL's time), timed, then SFT from the
-    same adapter on the same demonstrations for as long; both evaluated on the run's held-out tasks, into the record."""
+def add_arm(r: dict, arm: Arm, overrides: list[str] = ()) -> None:
+    """The run's RL (with `overrides` on its config) from the arm's start, timed, then SFT from the same adapter on
+    the run's demonstrations for as long; both evaluated on the run's held-out tasks, into the record."""
     from rlvr.envs.registry import load_env
     from rlvr.loop import train
 
     report = r["report"]
-    cfg = load_config(str(rl_config(report)), [])
+    cfg = load_config(str(rl_config(report)), [f"sft.data={Path(r['run']) / 'sft.jsonl'}", *overrides])
     held_out = held_out_tasks(report, cfg, load_env(cfg.env.name))
-    start_adapter = report["adapters"]["SFT + more SFT"]
-    rl_cfg = cfg.model_copy(update={"name": f"{cfg.name}-rl-after-more-sft"}, deep=True)
+    start_adapter = report["adapters"][arm.start]
+    rl_cfg = cfg.model_copy(update={"name": f"{cfg.name}-{arm.name}"}, deep=True)
     rl_cfg.model.init_adapter = start_adapter
     start = time.perf_counter()
     rl_adapter = str(train(rl_cfg).path / "adapter")
-    report["after_more_sft_rl_s"] = time.perf_counter() - start
-    sft_cfg = cfg.model_copy(deep=True)
-    sft_cfg.sft.data = str(Path(r["run"]) / "sft.jsonl")
-    more_adapter = str(timed_sft(sft_cfg, start_adapter, report["after_more_sft_rl_s"], f"{cfg.name}-more-twice"))
-    add_policies(report, cfg, held_out, {AFTER_MORE_SFT[0][1]: rl_adapter, AFTER_MORE_SFT[1][1]: more_adapter},
-                 AFTER_MORE_SFT)
+    report[arm.seconds] = time.perf_counter() - start
+    more_adapter = str(timed_sft(cfg, start_adapter, report[arm.seconds], f"{cfg.name}-{arm.name}-more"))
+    pairs = [pair for pair in PAIRS if arm.rl in pair or arm.sft in pair]
+    add_policies(report, cfg, held_out, {arm.rl: rl_adapter, arm.sft: more_adapter}, pairs)
 
 
 def add_bfcl(r: dict, category: str, adapters: dict[str, str | None]) -> None:
@@ -239,22 +268,23 @@ def pool(records: list[dict]) -> None:
             print(f"  {name}: {format_difference(report['differences'][name])}")
         if "control_rl_s" in report:
             print(f"  random-reward RL: {report['control_rl_s']:.0f} s")
-        if "after_more_sft_rl_s" in report:
-            print(f"  RL after more SFT (and as long again of SFT): {report['after_more_sft_rl_s']:.0f} s")
+        for arm in (arm for arm in ARMS if arm.seconds in report):
+            print(f"  {arm.rl} (and {arm.sft}): {report[arm.seconds]:.0f} s")
 
     differences = {}
     for suffix in (s for s in parts[0] if all(s in p for p in parts)):  # a split only where every seed has it
         for a, b in PAIRS:
             having = [(r, p) for r, p in zip(records, parts) if {a, b} <= r["report"]["policies"].keys()]
-            if having:  # the control and the arms after more SFT only where they were run
+            if having:  # the control and the arms only where they were run
                 differences[f"{b} - {a}{suffix}"] = hierarchical_bootstrap(
                     [tuple(restrict(r["report"]["policies"][label]["outcomes"], p[suffix]) for label in (a, b))
                      for r, p in having])
     seeds = ", ".join(str(r["seed"]) for r in records)
     controlled = [str(r["seed"]) for r in records if CONTROL[1] in r["report"]["policies"]]
     partial = f"; the control's over seeds {', '.join(controlled)}" if 0 < len(controlled) < len(records) else ""
-    after = [str(r["seed"]) for r in records if AFTER_MORE_SFT[0][1] in r["report"]["policies"]]
-    partial += f"; the arms after more SFT over seeds {', '.join(after)}" if 0 < len(after) < len(records) else ""
+    for arm in ARMS:
+        having = [str(r["seed"]) for r in records if arm.rl in r["report"]["policies"]]
+        partial += f"; {arm.rl} over seeds {', '.join(having)}" if 0 < len(having) < len(records) else ""
     print(f"\nover seeds {seeds}: the mean of the seeds' differences, 95% hierarchical bootstrap (seeds, then "
           f"tasks){partial}")
     print(difference_table(differences))

@@ -31,7 +31,7 @@ from rlvr.core.config import load_config  # noqa: E402
 def main() -> None:
     from rlvr.core.contract import Batch
     from rlvr.rollout.chat import ChatRenderer
-    from rlvr.stages.sft import as_trajectory, training_rows
+    from rlvr.rollout.demonstrations import as_trajectory, training_rows
     from rlvr.stages.synth import Synthesizer, write_jsonl
     from rlvr.training.algorithms import ObjectiveSpec, nll_objective
     from rlvr.training.learner import Learner, use_bf16

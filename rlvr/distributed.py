@@ -17,7 +17,7 @@ import ray
 from rich.console import Console
 
 from rlvr.core.config import Config, RayConfig, RolloutConfig
-from rlvr.core.contract import Task
+from rlvr.core.contract import Task, Trajectory
 from rlvr.training.learner import build_learner
 from rlvr.training.models import AdapterState
 from rlvr.core.protocols import RolloutResult
@@ -70,8 +70,8 @@ def _wait_until_alive(actor, timeout_s: float = 600.0) -> None:
 class _LearnerHost:
     """The learner inside its actor; the methods are the ones the loop calls."""
 
-    def __init__(self, cfg: Config):
-        self.learner = build_learner(cfg)
+    def __init__(self, cfg: Config, demonstrations: list[Trajectory] | None = None):
+        self.learner = build_learner(cfg, demonstrations)
 
     def step(self, batch) -> dict[str, float]:
         return self.learner.step(batch)
@@ -89,8 +89,9 @@ class _LearnerHost:
 class RemoteLearner:
     """The learner actor (on a GPU when ray.learner_gpus > 0), called like a Learner: each call waits."""
 
-    def __init__(self, cfg: Config):
-        self.actor = ray.remote(_LearnerHost).options(num_cpus=1, num_gpus=cfg.ray.learner_gpus).remote(cfg)
+    def __init__(self, cfg: Config, demonstrations: list[Trajectory] | None = None):
+        host = ray.remote(_LearnerHost).options(num_cpus=1, num_gpus=cfg.ray.learner_gpus)
+        self.actor = host.remote(cfg, demonstrations)
 
     def step(self, batch) -> dict[str, float]:
         return ray.get(self.actor.step.remote(batch))

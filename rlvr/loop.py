@@ -22,8 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from rlvr.core.config import Config, ConfigError, check_training
+from rlvr.core.contract import Trajectory
 from rlvr.core.protocols import Learner, RolloutBackend, RolloutSource
 from rlvr.reporting import plot_curves
+from rlvr.rollout.demonstrations import load_demonstrations
 from rlvr.rollout.sources import EnvSource, SyntheticSource
 from rlvr.run import Run
 from rlvr.training.advantages import make_batch
@@ -36,13 +38,14 @@ console = Console(stderr=True)
 
 def train(cfg: Config) -> Run:
     check_training(cfg)
-    source = _data_source(cfg)  # env, rewards and tasks resolve before any model loads
+    source = _data_source(cfg)  # env, rewards, tasks and demonstrations resolve before any model loads
+    demonstrations = load_demonstrations(cfg) if cfg.algorithm.sft_coef else None
     checkpoint = _checkpoint_to_resume(cfg)
     run = Run(cfg, path=checkpoint.parent.parent if checkpoint else None)
     console.print(f"[bold]rlvr[/] run folder: {run.path}")
     stop_ray = _start_ray(cfg)
     try:
-        learner = _learner(cfg)
+        learner = _learner(cfg, demonstrations)
         done = 0
         if checkpoint:
             done, state = load_checkpoint(checkpoint)
@@ -125,12 +128,12 @@ def _start_ray(cfg: Config):
     return start_ray(cfg.ray, cfg.ray.rollout_workers)
 
 
-def _learner(cfg: Config) -> Learner:
+def _learner(cfg: Config, demonstrations: list[Trajectory] | None) -> Learner:
     if cfg.ray.enabled:
         from rlvr.distributed import RemoteLearner
 
-        return RemoteLearner(cfg)
-    return build_learner(cfg)
+        return RemoteLearner(cfg, demonstrations)
+    return build_learner(cfg, demonstrations)
 
 
 def _rollout_backend(cfg: Config, learner: Learner) -> RolloutBackend:

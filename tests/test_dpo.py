@@ -186,7 +186,7 @@ def test_file_pairs_are_rendered_token_for_token_as_sft_renders():
     against the agent loop in tests/test_sft.py): assistant turns scored, tool results masked."""
     from rlvr.rollout.chat import ChatRenderer
     from rlvr.stages.dpo import file_pairs
-    from rlvr.stages.sft import tokenize_conversation
+    from rlvr.rollout.demonstrations import tokenize_conversation
     from rlvr.training.models import load_tokenizer
 
     chosen = [{"role": "user", "content": "What is 2 + 2?"},

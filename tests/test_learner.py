@@ -22,9 +22,9 @@ def _policy(name="tiny-random-llama", seed=0):
     return model
 
 
-def _learner(model, spec=ObjectiveSpec(), **cfg):
+def _learner(model, spec=ObjectiveSpec(), demonstrations=None, **cfg):
     cfg = LearnerConfig(precision="fp32", **{"shared_prefix": False, **cfg})  # the packed path (see test_shared_prefix)
-    return Learner(model, cfg, spec, temperature=0.7, total_steps=10, norm_tokens=64)
+    return Learner(model, cfg, spec, temperature=0.7, total_steps=10, norm_tokens=64, demonstrations=demonstrations)
 
 
 def _batch(num_groups=3, group_size=4, turns=2, seed=0, vocab=1000):
@@ -337,3 +337,53 @@ def test_rollout_old_logprobs_take_the_engines_and_skip_the_old_policy_pass():
     learner = _learner(_policy(), lr=1e-2, mini_batches=2, old_logprobs="rollout")
     metrics = learner.step(_batch(num_groups=4, seed=5))  # synthetic behaviour log-probs, far from the policy's
     assert metrics["learner/behaviour_logp_abs_diff"] == 0.0 and metrics["learner/is_ratio_mean"] == 1.0
+
+
+def test_the_demonstration_term_adds_coef_times_their_nll_gradient_to_each_update():
+    """algorithm.sft_coef (PPO-ptx): an update's gradient is the policy loss's plus coef x the demonstrations'
+    mean NLL's, and learner/demonstration_nll is that mean, computed one sequence at a time here."""
+    from rlvr.training.algorithms import nll_objective
+    from rlvr.training.learner import DemonstrationLoss
+
+    batch, examples = _batch(num_groups=2, seed=1), _batch(num_groups=2, seed=7).trajectories
+    demonstrations = DemonstrationLoss(examples, coef=0.5, batch_size=3, seed=0)
+    drawn = demonstrations.draw(step=0, mini_batch=0)
+    with_term, alone = _policy(), _policy()
+    learner = _learner(with_term, demonstrations=demonstrations)
+    grads = []
+    learner.optimizer.register_step_pre_hook(lambda *_: grads.append(
+        {n: p.grad.clone() for n, p in with_term.named_parameters() if p.requires_grad}))
+    metrics = learner.step(batch)
+
+    plain = _learner(alone)
+    micro = plain.micro_batches(batch)
+    plain._fill_fixed_logprobs(micro, first=True)
+    plain.backward(micro, plain.batch_counts(batch))
+    policy_grads = {n: p.grad.clone() for n, p in alone.named_parameters() if p.requires_grad}
+    alone.zero_grad(set_to_none=True)
+    plain.backward(plain.micro_batches(drawn), plain.batch_counts(drawn),
+                   objective=lambda counts, logp, mb: nll_objective(counts, logp, mb.mask))
+    for name, p in alone.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(grads[0][name], policy_grads[name] + 0.5 * p.grad, rtol=1e-4, atol=1e-7)
+
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for t in drawn.trajectories:
+            ids = torch.tensor([t.prompt_ids + t.completion_ids])
+            logits = alone(input_ids=ids).logits[0, len(t.prompt_ids) - 1:-1].float() / 0.7
+            logp = torch.log_softmax(logits, -1).gather(-1, ids[0, len(t.prompt_ids):, None])[:, 0]
+            nll -= float((logp * torch.tensor(t.loss_mask)).sum())
+            tokens += sum(t.loss_mask)
+    assert metrics["learner/demonstration_nll"] == pytest.approx(nll / tokens, rel=1e-5)
+
+
+def test_demonstrations_are_drawn_per_step_and_mini_batch_the_same_in_a_resumed_process():
+    from rlvr.training.learner import DemonstrationLoss
+
+    examples = _batch(num_groups=3, seed=2).trajectories
+    draw = DemonstrationLoss(examples, coef=1.0, batch_size=4, seed=3).draw
+    ids = lambda batch: [t.id for t in batch.trajectories]  # noqa: E731
+    assert ids(draw(5, 1)) == ids(DemonstrationLoss(examples, coef=1.0, batch_size=4, seed=3).draw(5, 1))
+    assert len(set(ids(draw(5, 1)))) == 4 and ids(draw(5, 1)) != ids(draw(6, 1)) != ids(draw(6, 0))
+    assert len(DemonstrationLoss(examples[:2], coef=1.0, batch_size=4, seed=3).draw(0, 0).trajectories) == 2

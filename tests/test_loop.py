@@ -100,3 +100,15 @@ def test_a_step_whose_groups_are_all_flat_skips_the_update_when_they_are_filtere
     rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
     assert [(r["step"], r["learner/skipped"], r["batch/trajectories"]) for r in rows] == [(1, 1.0, 0.0), (2, 1.0, 0.0)]
     assert (run.path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_demonstration_term_needs_demonstrations_and_logs_their_nll(tmp_path):
+    from rlvr.stages.synth import Synthesizer, write_jsonl
+
+    with pytest.raises(ConfigError, match="algorithm.sft_coef=0.5 needs demonstrations: set sft.data"):
+        train(_config(tmp_path / "none", "algorithm.sft_coef=0.5"))
+    data = tmp_path / "demonstrations.jsonl"
+    write_jsonl(data, Synthesizer(_config(tmp_path)).run(calculator_tasks(4)))
+    run = train(_config(tmp_path / "runs", "algorithm.sft_coef=0.5", f"sft.data={data}", "sft.batch_size=2"))
+    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["learner/demonstration_nll"] > 0 for r in rows)

@@ -11,7 +11,7 @@ from rlvr.core.config import ConfigError, load_config
 from rlvr.envs.calculator import CalculatorEnv, calculator_tasks
 from rlvr.training.models import load_tokenizer
 from rlvr.rewards.scoring import Scorer
-from rlvr.stages.sft import tokenize_conversation, training_rows
+from rlvr.rollout.demonstrations import tokenize_conversation, training_rows
 from rlvr.stages.synth import Synthesizer, gold_turns, replay, write_jsonl
 from chat_server import ChatServer
 
@@ -188,7 +188,7 @@ def test_the_sft_loss_is_trls_on_the_same_batch(tmp_path):
 
     from rlvr.core.config import LearnerConfig, LoraConfig
     from rlvr.core.contract import Batch
-    from rlvr.stages.sft import as_trajectory
+    from rlvr.rollout.demonstrations import as_trajectory
     from rlvr.training.algorithms import ObjectiveSpec, nll_objective
     from rlvr.training.learner import Learner
     from rlvr.training.models import add_lora, load_model

@@ -178,6 +178,10 @@ class AlgorithmConfig(_Section):
     credit_weight: float = Field(1.0, ge=0.0)
     # seq-mean-token-sum-norm divides each sequence's token sum by this constant (Dr.GRPO: max length)
     loss_norm_tokens: int | None = Field(None, ge=1)
+    # PPO-ptx (InstructGPT): each optimiser step adds sft_coef x the mean NLL of sft.batch_size demonstrations
+    # from sft.data (the SFT stage's conversations) to the policy loss, so RL keeps what the demonstrations
+    # teach while it learns what they cannot; 0 = off
+    sft_coef: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _norm_tokens(self) -> AlgorithmConfig:
@@ -345,6 +349,9 @@ class Config(_Section):
 
 def check_training(cfg: Config) -> None:
     """What `rlvr train` needs beyond a valid config, checked before any model loads: raises ConfigError."""
+    if cfg.algorithm.sft_coef and not cfg.sft.data:
+        raise ConfigError(f"algorithm.sft_coef={cfg.algorithm.sft_coef} needs demonstrations: set sft.data to the "
+                          "JSON-lines conversations the SFT stage trained on (`rlvr synth` writes them)")
     if cfg.rollout.temperature == 0:
         raise ConfigError("rollout.temperature=0: training rollouts must sample (greedy rollouts have no "
                           "log-probs to learn from and the learner divides its logits by the temperature); use "

@@ -79,7 +79,7 @@ def file_pairs(cfg: Config, renderer) -> list[Pair]:
     import json
     from pathlib import Path
 
-    from rlvr.stages.sft import as_trajectory, tokenize_conversation
+    from rlvr.rollout.demonstrations import as_trajectory, tokenize_conversation
 
     pairs = []
     try:

@@ -70,7 +70,7 @@ def quickstart(cfg: Config) -> Path:
         sft_cfg.sft.data = str(root / "sft.jsonl")
         sft_adapter = sft(sft_cfg).path / "adapter"
     with stage("rl", f"3/5 RL: {cfg.steps} GRPO steps from the SFT adapter"):
-        rl_cfg = cfg.model_copy(deep=True)
+        rl_cfg = sft_cfg.model_copy(deep=True)  # with sft.data: algorithm.sft_coef's demonstrations
         rl_cfg.model.init_adapter = str(sft_adapter)
         rl_run = train(rl_cfg)
     with stage("sft_more", f"4/5 control: {seconds['rl']:.0f} s more SFT instead of RL"):

@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from rlvr.core.config import Config, LearnerConfig, effective_tis_cap
-from rlvr.core.contract import Batch
-from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, policy_objective
+from rlvr.core.contract import Batch, Trajectory
+from rlvr.training.algorithms import BatchCounts, ObjectiveSpec, nll_objective, policy_objective
 from rlvr.training.attention import use_prefix_attention
 from rlvr.training.models import REFERENCE_ADAPTER, AdapterState, add_lora, bf16_supported, load_model
 
@@ -299,19 +299,38 @@ def make_micro_batch(batch: Batch, rows: list[list[int]], device) -> MicroBatch:
     )
 
 
+@dataclass
+class DemonstrationLoss:
+    """PPO-ptx (InstructGPT, Ouyang et al. 2022): `coef` x the mean NLL of `batch_size` demonstrations added to
+    each optimiser step's policy loss, at the learner's temperature (the rollouts' sampling distribution). Each
+    step draws its own, seeded by the step and mini-batch: a resumed run draws what an unbroken one would."""
+
+    examples: list[Trajectory]
+    coef: float
+    batch_size: int
+    seed: int
+
+    def draw(self, step: int, mini_batch: int) -> Batch:
+        rng = random.Random(f"{self.seed}/{step}/{mini_batch}")
+        chosen = rng.sample(self.examples, min(self.batch_size, len(self.examples)))
+        return Batch(trajectories=chosen, advantages=[[0.0] * len(t.completion_ids) for t in chosen])
+
+
 class Learner:
     """Holds the LoRA policy and its optimiser; turns Batches into optimiser steps."""
 
     def __init__(self, model, cfg: LearnerConfig, spec: ObjectiveSpec, *, temperature: float = 1.0,
-                 total_steps: int = 1, norm_tokens: int | None = None, objective: Objective | None = None):
+                 total_steps: int = 1, norm_tokens: int | None = None, objective: Objective | None = None,
+                 demonstrations: DemonstrationLoss | None = None):
         """`objective` (counts, logp, micro-batch) -> (loss, token-sum metrics) replaces the policy objective
-        of `spec` (SFT passes its NLL)."""
+        of `spec` (SFT passes its NLL); `demonstrations` adds their NLL term to every optimiser step."""
         from transformers import get_scheduler
 
         self.model = model
         self.cfg = cfg
         self.spec = spec
         self.objective = objective or self._policy_objective
+        self.demonstrations = demonstrations
         # every term of a policy loss is proportional to the advantage, unless a KL term is added
         self.skip_zero_advantage = objective is None and spec.beta == 0
         self.temperature = temperature
@@ -424,7 +443,8 @@ class Learner:
         sampled = [t.num_sampled_tokens for t in batch.trajectories]
         return BatchCounts(tokens=sum(sampled), sequences=sum(n > 0 for n in sampled), norm_tokens=self.norm_tokens)
 
-    def backward(self, micro: list[MicroBatch], counts: BatchCounts) -> dict[str, float]:
+    def backward(self, micro: list[MicroBatch], counts: BatchCounts,
+                 objective: Objective | None = None) -> dict[str, float]:
         """Accumulate the full-batch gradient over the micro-batches; returns summed loss and metrics.
 
         A shared prompt runs forward once. Its KV cache and last hidden state are handed to its completions
@@ -433,14 +453,20 @@ class Learner:
         """
         totals: dict[str, float] = {"loss": 0.0}
         with self._autocast():  # one region for all passes: autocast casts each float32 LoRA weight once
-            self._accumulate(micro, counts, totals)
+            self._accumulate(micro, counts, totals, objective or self.objective)
         return totals
 
-    def update(self, micro: list[MicroBatch], counts: BatchCounts) -> tuple[float, dict[str, float]]:
-        """One optimiser step on the micro-batches' gradient (clipped to learner.grad_clip); returns the
-        gradient norm before clipping and `backward`'s summed loss and metrics."""
+    def update(self, micro: list[MicroBatch], counts: BatchCounts,
+               demonstrations: tuple[list[MicroBatch], BatchCounts] | None = None) -> tuple[float, dict[str, float]]:
+        """One optimiser step on the micro-batches' gradient, plus the demonstrations' NLL term when given
+        (clipped to learner.grad_clip); returns the gradient norm before clipping and `backward`'s summed loss
+        and metrics (with demonstration_nll, the demonstrations' mean NLL per token)."""
         self.optimizer.zero_grad(set_to_none=True)
         totals = self.backward(micro, counts)
+        if demonstrations:
+            demo = self.backward(*demonstrations, objective=self._demonstration_objective)
+            totals["loss"] += demo["loss"]
+            totals["demonstration_nll"] = demo["nll"] / max(demonstrations[1].tokens, 1)
         for p in self.params:  # a mini-batch whose trajectories were all skipped: the same zero-gradient step
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -449,26 +475,27 @@ class Learner:
         self.scheduler.step()
         return grad_norm, totals
 
-    def _accumulate(self, micro: list[MicroBatch], counts: BatchCounts, totals: dict[str, float]) -> None:
+    def _accumulate(self, micro: list[MicroBatch], counts: BatchCounts, totals: dict[str, float],
+                    objective: Objective) -> None:
         for prompt, group in groupby(micro, key=lambda mb: mb.prompt):
             if prompt is None:
                 for mb in group:
-                    self._backward_one(mb, counts, totals)
+                    self._backward_one(mb, counts, totals, objective)
                 continue
             state = self.prompt_forward(prompt)
             leaves = PromptState([(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in state.kv],
                                  state.last_hidden.detach().requires_grad_())
             for mb in group:
-                self._backward_one(mb, counts, totals, leaves)
+                self._backward_one(mb, counts, totals, objective, leaves)
             outputs = [t for kv in state.kv for t in kv] + [state.last_hidden]
             grads = [t.grad for kv in leaves.kv for t in kv] + [leaves.last_hidden.grad]
             used = [(o, g) for o, g in zip(outputs, grads) if g is not None]
             torch.autograd.backward([o for o, _ in used], [g for _, g in used])
 
-    def _backward_one(self, mb: MicroBatch, counts: BatchCounts, totals: dict[str, float],
+    def _backward_one(self, mb: MicroBatch, counts: BatchCounts, totals: dict[str, float], objective: Objective,
                       state: PromptState | None = None) -> None:
         logp = self.completion_logprobs(mb, state=state)
-        loss, metrics = self.objective(counts, logp, mb)
+        loss, metrics = objective(counts, logp, mb)
         loss.backward()
         totals["loss"] += loss.item()
         for k, v in metrics.items():
@@ -477,6 +504,18 @@ class Learner:
     def _policy_objective(self, counts: BatchCounts, logp: Tensor, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
         return policy_objective(self.spec, counts, logp, mb.advantages, mb.mask, mb.old_logp, mb.ref_logp,
                                 mb.behaviour_logp)
+
+    def _demonstration_objective(self, counts: BatchCounts, logp: Tensor,
+                                 mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, metrics = nll_objective(counts, logp, mb.mask)
+        return self.demonstrations.coef * loss, metrics
+
+    def _demonstration_batches(self, mini_batches: int) -> list[tuple[list[MicroBatch], BatchCounts] | None]:
+        """Each mini-batch's demonstrations for this step, as micro-batches with their counts (None: no term)."""
+        if self.demonstrations is None:
+            return [None] * mini_batches
+        drawn = [self.demonstrations.draw(self.steps_done, number) for number in range(mini_batches)]
+        return [(self.micro_batches(batch), self.batch_counts(batch)) for batch in drawn]
 
     @torch.no_grad()
     def _fill_fixed_logprobs(self, micro: list[MicroBatch], first: bool = False) -> None:
@@ -518,11 +557,12 @@ class Learner:
             minis.append((self.micro_batches(mini), counts))
         for number, (micro, _) in enumerate(minis):  # all before the first update
             self._fill_fixed_logprobs(micro, first=number == 0)
+        demonstrations = self._demonstration_batches(len(minis))
         self.model.train()  # LoRA dropout, if configured
         for _ in range(self.cfg.epochs):
             totals, grad_norms = {"loss": 0.0}, []
-            for micro, counts in minis:
-                grad_norm, summed = self.update(micro, counts)
+            for (micro, counts), demos in zip(minis, demonstrations):
+                grad_norm, summed = self.update(micro, counts, demos)
                 for key, value in summed.items():  # loss: the mini-batch's; others: token sums
                     _accumulate_metric(totals, key, value)
                 grad_norms.append(grad_norm)
@@ -530,7 +570,7 @@ class Learner:
         self.steps_done += 1
         elapsed = time.perf_counter() - start
         tokens = sum(counts.tokens for _, counts in minis)
-        metrics = {"loss": totals.pop("loss") / len(minis)}
+        metrics = {key: totals.pop(key) / len(minis) for key in ("loss", "demonstration_nll") if key in totals}
         metrics.update({k: v if k.endswith(("_min", "_max")) else v / max(computed, 1)
                         for k, v in totals.items()})  # token means, and the extremes as they are
         metrics.update(grad_norm=sum(grad_norms) / len(grad_norms), lr=self.scheduler.get_last_lr()[0],
@@ -643,14 +683,18 @@ def load_policy(cfg: Config, reference: bool = False):
     return add_lora(base, cfg.model.lora, cfg.model.init_adapter, reference=reference)
 
 
-def build_learner(cfg: Config) -> Learner:
-    """Load the base model, attach the LoRA adapter, and wrap both in a Learner."""
+def build_learner(cfg: Config, demonstrations: list[Trajectory] | None = None) -> Learner:
+    """Load the base model, attach the LoRA adapter, and wrap both in a Learner. With algorithm.sft_coef > 0,
+    `demonstrations` are its NLL term's examples (rlvr.rollout.demonstrations.load_demonstrations)."""
     algo = cfg.algorithm
+    if algo.sft_coef and not demonstrations:
+        raise ValueError("algorithm.sft_coef > 0 needs the demonstrations (load_demonstrations(cfg))")
     # the KL reference after an SFT start is the starting policy (a frozen copy of the init adapter), unless
     # algorithm.reference=base; without init_adapter or KL term there is nothing to load
     model = load_policy(cfg, reference=algo.beta > 0 and algo.reference == "start")
     spec = ObjectiveSpec(loss=algo.loss, aggregation=algo.aggregation, clip_low=algo.clip_low,
                          clip_high=algo.clip_high, beta=algo.beta, kl_estimator=algo.kl_estimator,
                          tis_cap=effective_tis_cap(cfg), dual_clip=algo.dual_clip)
+    ptx = DemonstrationLoss(demonstrations, algo.sft_coef, cfg.sft.batch_size, cfg.seed) if algo.sft_coef else None
     return Learner(model, cfg.learner, spec, temperature=cfg.rollout.temperature, total_steps=cfg.steps,
-                   norm_tokens=algo.loss_norm_tokens)
+                   norm_tokens=algo.loss_norm_tokens, demonstrations=ptx)
