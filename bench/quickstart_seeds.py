@@ -201,11 +201,12 @@ def add_arm(r: dict, arm: Arm, overrides: list[str] = ()) -> None:
     from rlvr.loop import train
 
     report = r["report"]
-    cfg = load_config(str(rl_config(report)), [f"sft.data={Path(r['run']) / 'sft.jsonl'}", *overrides])
+    config, demonstrations = str(rl_config(report)), f"sft.data={Path(r['run']) / 'sft.jsonl'}"
+    cfg = load_config(config, [demonstrations])  # the equal-time SFT's: without the RL overrides
     held_out = held_out_tasks(report, cfg, load_env(cfg.env.name))
     start_adapter = report["adapters"][arm.start]
-    rl_cfg = cfg.model_copy(update={"name": f"{cfg.name}-{arm.name}"}, deep=True)
-    rl_cfg.model.init_adapter = start_adapter
+    rl_cfg = load_config(config, [demonstrations, *overrides, f"name={cfg.name}-{arm.name}",
+                                  f"model.init_adapter={start_adapter}"])
     start = time.perf_counter()
     rl_adapter = str(train(rl_cfg).path / "adapter")
     report[arm.seconds] = time.perf_counter() - start
