@@ -4,7 +4,7 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
     python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--sft-loss COEF]
-                                     [--bfcl CATEGORY ...] [--save DIR]
+                                     [--credit MODE] [--bfcl CATEGORY ...] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
@@ -21,6 +21,9 @@ from that adapter on the same demonstrations for as long ("SFT + more SFT + RL" 
 `--sft-loss COEF` asks whether RL keeps what the demonstrations teach when their NLL stays in its loss
 (`algorithm.sft_coef=COEF`, InstructGPT's PPO-ptx): RL so from each run's SFT adapter (timed), against SFT from
 it for as long ("SFT + RL with SFT loss" and "SFT + more SFT (its time)"), and against the run's own RL.
+`--credit MODE` asks what per-call credit adds (`algorithm.credit=MODE`: each call's checks and the env's progress
+score on the call's own tokens): RL so from each run's SFT adapter, against the run's RL and its more SFT (the
+call term costs the learner nothing, so the run's more SFT had as long; both times are printed).
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -58,16 +61,20 @@ CONTROL = ("SFT", "SFT + random-reward RL")
 @dataclass(frozen=True)
 class Arm:
     """RL from one of a run's policies (timed), against SFT from the same adapter on the same demonstrations for
-    as long: labels of the start and of the two policies, the report key of RL's wall time, the runs' name."""
+    as long: labels of the start and of the two policies, the report key of RL's wall time, the runs' name. An
+    arm whose RL costs what the run's own RL does (`sft` None) runs no SFT of its own: it is compared with the
+    run's more SFT and its RL."""
 
     start: str
     rl: str
-    sft: str
+    sft: str | None
     seconds: str
     name: str
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
+        if self.sft is None:
+            return [(self.start, self.rl), ("SFT + more SFT", self.rl), ("SFT + RL", self.rl)]
         return [(self.start, self.rl), (self.start, self.sft), (self.sft, self.rl)]
 
 
@@ -76,9 +83,12 @@ AFTER_MORE_SFT = Arm("SFT + more SFT", "SFT + more SFT + RL", "SFT + more SFT tw
                      "rl-after-more-sft")
 # RL with the demonstrations' NLL beside its loss (algorithm.sft_coef, PPO-ptx), against SFT for its time
 WITH_SFT_LOSS = Arm("SFT", "SFT + RL with SFT loss", "SFT + more SFT (its time)", "sft_loss_rl_s", "rl-sft-loss")
-ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS)
+# RL with per-call credit (algorithm.credit): the same learner work as the run's RL, so its more SFT is the control
+WITH_CREDIT = Arm("SFT", "SFT + RL with call credit", None, "credit_rl_s", "rl-credit")
+ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS, WITH_CREDIT)
 # every difference the records can hold
-PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT.pairs, *WITH_SFT_LOSS.pairs, ("SFT + RL", WITH_SFT_LOSS.rl)]
+PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT.pairs, *WITH_SFT_LOSS.pairs, ("SFT + RL", WITH_SFT_LOSS.rl),
+         *WITH_CREDIT.pairs[1:]]
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
@@ -98,6 +108,9 @@ def main() -> None:
     parser.add_argument("--sft-loss", type=float, metavar="COEF", default=None,
                         help="add RL from each run's SFT adapter with algorithm.sft_coef=COEF on the run's "
                              "demonstrations and, for the same time, SFT from it")
+    parser.add_argument("--credit", metavar="MODE", default=None, choices=["per_call", "step_grouped"],
+                        help="add RL from each run's SFT adapter with algorithm.credit=MODE (per-call credit), "
+                             "against the run's RL and its more SFT")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
                         help="also evaluate every policy of each run on all of these BFCL categories' entries")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
@@ -113,6 +126,8 @@ def main() -> None:
                 add_arm(r, AFTER_MORE_SFT)
             if args.sft_loss is not None and WITH_SFT_LOSS.rl not in r["report"]["policies"]:
                 add_arm(r, WITH_SFT_LOSS, [f"algorithm.sft_coef={args.sft_loss}"])
+            if args.credit is not None and WITH_CREDIT.rl not in r["report"]["policies"]:
+                add_arm(r, WITH_CREDIT, [f"algorithm.credit={args.credit}"])
             for category in args.bfcl:
                 missing = {label: path for label, path in r["report"]["adapters"].items()
                            if label not in r.get("bfcl", {}).get(category, {})}
@@ -210,9 +225,11 @@ def add_arm(r: dict, arm: Arm, overrides: list[str] = ()) -> None:
     start = time.perf_counter()
     rl_adapter = str(train(rl_cfg).path / "adapter")
     report[arm.seconds] = time.perf_counter() - start
-    more_adapter = str(timed_sft(cfg, start_adapter, report[arm.seconds], f"{cfg.name}-{arm.name}-more"))
+    adapters = {arm.rl: rl_adapter}
+    if arm.sft is not None:
+        adapters[arm.sft] = str(timed_sft(cfg, start_adapter, report[arm.seconds], f"{cfg.name}-{arm.name}-more"))
     pairs = [pair for pair in PAIRS if arm.rl in pair or arm.sft in pair]
-    add_policies(report, cfg, held_out, {arm.rl: rl_adapter, arm.sft: more_adapter}, pairs)
+    add_policies(report, cfg, held_out, adapters, pairs)
 
 
 def add_bfcl(r: dict, category: str, adapters: dict[str, str | None]) -> None:
@@ -270,7 +287,8 @@ def pool(records: list[dict]) -> None:
         if "control_rl_s" in report:
             print(f"  random-reward RL: {report['control_rl_s']:.0f} s")
         for arm in (arm for arm in ARMS if arm.seconds in report):
-            print(f"  {arm.rl} (and {arm.sft}): {report[arm.seconds]:.0f} s")
+            print(f"  {arm.rl}" + (f" (and {arm.sft})" if arm.sft else f" (the run's RL {report['seconds']['rl']:.0f} s)")
+                  + f": {report[arm.seconds]:.0f} s")
 
     differences = {}
     for suffix in (s for s in parts[0] if all(s in p for p in parts)):  # a split only where every seed has it

@@ -5,8 +5,9 @@ Every tool call is checked for what any environment can judge from the call alon
     known_tool       it names a tool of the environment
     valid_arguments  its arguments fit the tool's schema
     executed         it ran without raising or timing out
-    novel            no earlier call of the trajectory had the same name and arguments
-Each check is 1.0 or 0.0; a call that failed an early check fails the later ones.
+    novel            no earlier call of the trajectory that ran had the same name and arguments
+Each check is 1.0 or 0.0; a call that failed an early check fails the later ones. A call that failed
+transiently (env.conditions) never ran: the same call made again is a retry, and novel.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def call_checks(trajectory: Trajectory) -> list[dict[str, float]]:
         values = {name: float(i < failed_at) for i, name in enumerate(CHECKS[:-1])}
         key = _call_key(call)
         values["novel"] = float(call.error != ToolCallError.parse and key not in seen)
-        seen.add(key)
+        if call.error != ToolCallError.transient:
+            seen.add(key)
         checks.append(values)
     return checks
 

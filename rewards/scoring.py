@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping
 
-from rlvr.core.contract import Group, Task, Trajectory
+from rlvr.core.contract import Group, Task, ToolCallError, Trajectory
 from rlvr.rewards.base import NOT_APPLICABLE, Score
 from rlvr.rewards.calls import call_checks
 from rlvr.rewards.registry import load_reward
@@ -209,9 +209,13 @@ def _as_score(value: Any, where: str, num_calls: int) -> Score:
 
 
 def _set_call_credit(trajectory: Trajectory, terms: list[RewardTerm], scores: list[Score]) -> None:
-    """c_k = mean(checks) + progress + sum_r w_r * credit_{r,k}; each part is kept in call.scores."""
+    """c_k = mean(checks) + progress + sum_r w_r * credit_{r,k}; each part is kept in call.scores. A call that
+    failed transiently gets none: the env's draw, not the policy's choice, decided it (its tokens keep the
+    outcome advantage alone)."""
     for k, (call, checks) in enumerate(zip(trajectory.tool_calls, call_checks(trajectory))):
         call.scores.update(checks)
+        if call.error == ToolCallError.transient:
+            continue
         credit = sum(checks.values()) / len(checks) + call.scores.get("progress", 0.0)
         for term, score in zip(terms, scores):
             if score.calls is not None and score.calls[k] is not None:

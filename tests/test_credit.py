@@ -130,3 +130,14 @@ def test_reward_call_credit_enters_with_the_rewards_weight():
     assert [c.credit for c in traj.tool_calls] == pytest.approx([1.0 + 2.0, 1.0])
     assert traj.tool_calls[0].scores["judge"] == 1.0 and traj.tool_calls[1].scores["metric"] == -5.0
     assert traj.reward == pytest.approx(1.0 + 2.0 * 0.5)
+
+
+def test_a_transiently_failed_call_gets_no_credit_and_its_retry_is_novel():
+    """A transient failure is the env's draw, not the policy's choice: the failed call carries no credit (its
+    tokens keep the outcome advantage alone), and the same call made again is a retry, not a duplicate."""
+    failed = ToolCall(name="f", arguments={"x": 1}, error=ToolCallError.transient, result="Error 503 ...")
+    retry = ToolCall(name="f", arguments={"x": 1}, result="2")
+    again = ToolCall(name="f", arguments={"x": 1}, result="2")
+    traj = _scored([failed, retry, again], progress=[None, 1.0, 1.0])
+    assert [c.credit for c in traj.tool_calls] == pytest.approx([None, 2.0, 1.8])
+    assert failed.scores["executed"] == 0.0 and retry.scores["novel"] == 1.0 and again.scores["novel"] == 0.0
