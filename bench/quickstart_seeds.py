@@ -47,7 +47,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rlvr.core.config import load_config  # noqa: E402
+from rlvr.core.config import CREDIT_NAMES, load_config  # noqa: E402
 from rlvr.core.stats import hierarchical_bootstrap  # noqa: E402
 from rlvr.stages.evaluate import (difference_table, format_difference, need_parts, restrict,  # noqa: E402
                                   success_differences)
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--sft-loss", type=float, metavar="COEF", default=None,
                         help="add RL from each run's SFT adapter with algorithm.sft_coef=COEF on the run's "
                              "demonstrations and, for the same time, SFT from it")
-    parser.add_argument("--credit", metavar="MODE", default=None, choices=["per_call", "step_grouped"],
+    parser.add_argument("--credit", metavar="MODE", default=None, choices=[n for n in CREDIT_NAMES if n != "none"],
                         help="add RL from each run's SFT adapter with algorithm.credit=MODE (per-call credit), "
                              "against the run's RL and its more SFT")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
