@@ -88,7 +88,7 @@ WITH_CREDIT = Arm("SFT", "SFT + RL with call credit", None, "credit_rl_s", "rl-c
 ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS, WITH_CREDIT)
 # every difference the records can hold
 PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT.pairs, *WITH_SFT_LOSS.pairs, ("SFT + RL", WITH_SFT_LOSS.rl),
-         *WITH_CREDIT.pairs[1:]]
+         *WITH_CREDIT.pairs]
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
