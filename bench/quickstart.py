@@ -3,14 +3,16 @@
     python bench/quickstart.py [CONFIG] [key=value ...]   (output_dir=DIR keeps the run folder)
         --eval-tasks N (400)   held-out tasks of the re-evaluation, drawn with seed + 1
         --skip-quickstart DIR  reuse a finished quickstart folder (its report.json and adapters), or a record
-                               of bench/quickstart_seeds.py (its run's resolved config, adapters and control)
+                               of bench/quickstart_seeds.py (its run's resolved config, adapters and arms)
+        --previous FILE        an earlier re-evaluation of the same run (its bench.json): the policies it
+                               holds are reused, only the others evaluated (an arm added to the record since)
 
 1. runs `rlvr quickstart CONFIG` and times it;
 2. the random-reward control: the same RL run from the same SFT adapter with rewards shuffled within each
    batch (`algorithm.shuffle_rewards=true`); a gain it shares is drift, not learning;
-3. re-evaluates base, SFT, SFT + more SFT, SFT + RL and the control on N held-out tasks of another seed,
-   under the config's tool conditions, and prints each difference with its 95% paired bootstrap interval
-   (overall, and on the tool and no-tool tasks apart where some need no tool);
+3. re-evaluates base, SFT, SFT + more SFT, SFT + RL, the control (and the arms a seeds-bench record holds)
+   on N held-out tasks of another seed, under the config's tool conditions, and prints each difference with
+   its 95% paired bootstrap interval (overall, and on the tool and no-tool tasks apart where some need none);
 4. checks the SFT start is a sensible one: its success on training-wording tasks under clean conditions;
 then prints every target of the quickstart (docs/benchmarks.md).
 """
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,12 +38,48 @@ from rlvr.stages.evaluate import (comparison_table, difference_table, difference
                                   evaluate_policy, format_difference, kind_table)
 
 
+@dataclass(frozen=True)
+class Arm:
+    """RL from one of a run's policies (timed), against SFT from the same adapter on the same demonstrations for
+    as long: labels of the start and of the two policies, the report key of RL's wall time, the runs' name. An
+    arm whose RL costs what the run's own RL does (`sft` None) runs no SFT of its own: it is compared with the
+    run's more SFT and its RL."""
+
+    start: str
+    rl: str
+    sft: str | None
+    seconds: str
+    name: str
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        if self.sft is None:
+            return [(self.start, self.rl), ("SFT + more SFT", self.rl), ("SFT + RL", self.rl)]
+        return [(self.start, self.rl), (self.start, self.sft), (self.sft, self.rl)]
+
+
+# RL after SFT has had its equal time too, against as long again of SFT: does RL add what more SFT does not?
+AFTER_MORE_SFT = Arm("SFT + more SFT", "SFT + more SFT + RL", "SFT + more SFT twice", "after_more_sft_rl_s",
+                     "rl-after-more-sft")
+# RL with the demonstrations' NLL beside its loss (algorithm.sft_coef, PPO-ptx), against SFT for its time
+WITH_SFT_LOSS = Arm("SFT", "SFT + RL with SFT loss", "SFT + more SFT (its time)", "sft_loss_rl_s", "rl-sft-loss")
+# RL with per-call credit (algorithm.credit): the same learner work as the run's RL, so its more SFT is the control
+WITH_CREDIT = Arm("SFT", "SFT + RL with call credit", None, "credit_rl_s", "rl-credit")
+# RL that rolls out more tasks until each step holds data.tasks_per_step groups with signal (DAPO's dynamic
+# sampling, algorithm.filter_zero_variance): more rollout per step, so SFT for its own time is its control
+WITH_DYNAMIC_SAMPLING = Arm("SFT", "SFT + RL with dynamic sampling", "SFT + more SFT (dyn. sampling's time)",
+                            "dynamic_sampling_rl_s", "rl-dynamic-sampling")
+ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS, WITH_CREDIT, WITH_DYNAMIC_SAMPLING)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config", nargs="?", default="configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--eval-tasks", type=int, default=400)
     parser.add_argument("--skip-quickstart", default=None)
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="an earlier re-evaluation's bench.json of the same run: its policies are reused")
     args = parser.parse_args()
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
     with tempfile.TemporaryDirectory() as scratch:
@@ -86,9 +125,12 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
     seed = cfg.seed + 1
     held_out = env_tasks(env, args.eval_tasks, seed, "test", cfg.env.options, cfg.env.conditions.no_tool_fraction)
     evaluation = cfg.model_copy(update={"seed": seed}, deep=True)
-    reports = {label: evaluate_policy(evaluation, held_out, adapter, label=label) for label, adapter in adapters.items()}
+    reports = previous_reports(args.previous, held_out, adapters)
+    reports = {label: reports.get(label) or evaluate_policy(evaluation, held_out, adapter, label=label)
+               for label, adapter in adapters.items()}
     pairs = [("SFT", "SFT + RL"), ("SFT + more SFT", "SFT + RL"), ("SFT", "SFT + random-reward RL"),
              ("SFT", "SFT + more SFT")]
+    pairs += [pair for arm in ARMS if arm.rl in reports for pair in arm.pairs if pair not in pairs]
     print(f"\nre-evaluation on {len(held_out)} held-out tasks (seed {seed}), under the same tool conditions:")
     print(comparison_table(reports))
     if kinds := kind_table(reports):
@@ -127,6 +169,20 @@ def bench(args, root: Path, report: dict, total: float | None) -> None:
                          for label, key in measures.items())
     print(f"target learned behaviour visible (recovery x2, or unnecessary calls /2 at <= 2 points lost, "
           f"overall and on tool tasks): {met(doubled or halved)} ({evidence})")
+
+
+def previous_reports(path: Path | None, held_out: list, adapters: dict) -> dict:
+    """The policies of an earlier re-evaluation (bench.json) of the same adapters on the same tasks: greedy
+    decoding under seeded tool conditions gives the same outcomes, so they are reused, not recomputed."""
+    if path is None:
+        return {}
+    reports = json.loads(path.read_text())["reevaluation"]
+    ids = {t.id for t in held_out}
+    for label, report in reports.items():
+        if set(report["outcomes"]) != ids:
+            raise ValueError(f"--previous {path}: {label!r} was evaluated on other tasks than these {len(ids)}")
+    print(f"reused from {path}: {', '.join(label for label in reports if label in adapters)}")
+    return {label: report for label, report in reports.items() if label in adapters}
 
 
 def random_reward_rl(cfg, sft_adapter: str) -> str:

@@ -4,7 +4,7 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
     python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--sft-loss COEF]
-                                     [--credit MODE] [--bfcl CATEGORY ...] [--save DIR]
+                                     [--credit MODE] [--dynamic-sampling] [--bfcl CATEGORY ...] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
@@ -24,6 +24,10 @@ it for as long ("SFT + RL with SFT loss" and "SFT + more SFT (its time)"), and a
 `--credit MODE` asks what per-call credit adds (`algorithm.credit=MODE`: each call's checks and the env's progress
 score on the call's own tokens): RL so from each run's SFT adapter, against the run's RL and its more SFT (the
 call term costs the learner nothing, so the run's more SFT had as long; both times are printed).
+`--dynamic-sampling` asks whether RL learns more when every step trains on groups that carry signal (most of a
+step's groups are flat in this setting: all right or all wrong): RL from each run's SFT adapter that rolls out up
+to `algorithm.refill_rounds` more batches of tasks per step until `data.tasks_per_step` groups differ within
+(`algorithm.filter_zero_variance=true`, DAPO's dynamic sampling), against SFT from it for as long and the run's RL.
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -42,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,42 +56,15 @@ from rlvr.stages.evaluate import (difference_table, format_difference, need_part
                                   success_differences)
 from rlvr.stages.quickstart import COMPARISONS, start_check, timed_sft  # noqa: E402
 
-from quickstart import met, random_reward_rl, rate  # noqa: E402  (bench/quickstart.py's)
+from quickstart import (AFTER_MORE_SFT, ARMS, WITH_CREDIT, Arm, WITH_DYNAMIC_SAMPLING, WITH_SFT_LOSS,  # noqa: E402
+                        met, random_reward_rl, rate)  # bench/quickstart.py's
 
 CONTROL = ("SFT", "SFT + random-reward RL")
 
 
-@dataclass(frozen=True)
-class Arm:
-    """RL from one of a run's policies (timed), against SFT from the same adapter on the same demonstrations for
-    as long: labels of the start and of the two policies, the report key of RL's wall time, the runs' name. An
-    arm whose RL costs what the run's own RL does (`sft` None) runs no SFT of its own: it is compared with the
-    run's more SFT and its RL."""
-
-    start: str
-    rl: str
-    sft: str | None
-    seconds: str
-    name: str
-
-    @property
-    def pairs(self) -> list[tuple[str, str]]:
-        if self.sft is None:
-            return [(self.start, self.rl), ("SFT + more SFT", self.rl), ("SFT + RL", self.rl)]
-        return [(self.start, self.rl), (self.start, self.sft), (self.sft, self.rl)]
-
-
-# RL after SFT has had its equal time too, against as long again of SFT: does RL add what more SFT does not?
-AFTER_MORE_SFT = Arm("SFT + more SFT", "SFT + more SFT + RL", "SFT + more SFT twice", "after_more_sft_rl_s",
-                     "rl-after-more-sft")
-# RL with the demonstrations' NLL beside its loss (algorithm.sft_coef, PPO-ptx), against SFT for its time
-WITH_SFT_LOSS = Arm("SFT", "SFT + RL with SFT loss", "SFT + more SFT (its time)", "sft_loss_rl_s", "rl-sft-loss")
-# RL with per-call credit (algorithm.credit): the same learner work as the run's RL, so its more SFT is the control
-WITH_CREDIT = Arm("SFT", "SFT + RL with call credit", None, "credit_rl_s", "rl-credit")
-ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS, WITH_CREDIT)
 # every difference the records can hold
 PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT.pairs, *WITH_SFT_LOSS.pairs, ("SFT + RL", WITH_SFT_LOSS.rl),
-         *WITH_CREDIT.pairs]
+         *WITH_CREDIT.pairs, *WITH_DYNAMIC_SAMPLING.pairs, ("SFT + RL", WITH_DYNAMIC_SAMPLING.rl)]
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
@@ -111,6 +87,9 @@ def main() -> None:
     parser.add_argument("--credit", metavar="MODE", default=None, choices=[n for n in CREDIT_NAMES if n != "none"],
                         help="add RL from each run's SFT adapter with algorithm.credit=MODE (per-call credit), "
                              "against the run's RL and its more SFT")
+    parser.add_argument("--dynamic-sampling", action="store_true",
+                        help="add RL from each run's SFT adapter with DAPO's dynamic sampling "
+                             "(algorithm.filter_zero_variance=true) and, for the same time, SFT from it")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
                         help="also evaluate every policy of each run on all of these BFCL categories' entries")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
@@ -128,6 +107,8 @@ def main() -> None:
                 add_arm(r, WITH_SFT_LOSS, [f"algorithm.sft_coef={args.sft_loss}"])
             if args.credit is not None and WITH_CREDIT.rl not in r["report"]["policies"]:
                 add_arm(r, WITH_CREDIT, [f"algorithm.credit={args.credit}"])
+            if args.dynamic_sampling and WITH_DYNAMIC_SAMPLING.rl not in r["report"]["policies"]:
+                add_arm(r, WITH_DYNAMIC_SAMPLING, ["algorithm.filter_zero_variance=true"])
             for category in args.bfcl:
                 missing = {label: path for label, path in r["report"]["adapters"].items()
                            if label not in r.get("bfcl", {}).get(category, {})}
