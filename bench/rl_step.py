@@ -70,7 +70,7 @@ class Run:
 
         self.cfg = cfg
         self.source = _data_source(cfg)
-        self.learner = _learner(cfg)
+        self.learner = _learner(cfg, None)
         self.source.start(self.learner, version=0)
         before = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"engine": "hf-generate"})},
                                 deep=True)

@@ -21,6 +21,7 @@ from rlvr.core.contract import Task, Trajectory
 from rlvr.training.learner import build_learner
 from rlvr.training.models import AdapterState
 from rlvr.core.protocols import RolloutResult
+from rlvr.rollout.agent import per_task_seeds
 from rlvr.rollout.workers import RolloutWorker
 
 MAX_REISSUES = 3  # per shard and step: a worker that dies this often on the same tasks is a bug, not bad luck
@@ -113,7 +114,8 @@ class RemoteLearner:
 class Shard:
     worker: int
     tasks: list[Task]
-    ref: ray.ObjectRef
+    seeds: list[int]
+    ref: ray.ObjectRef | None = None
 
 
 @dataclass
@@ -122,7 +124,6 @@ class Pending:
 
     shards: list[Shard]
     settings: RolloutConfig
-    seed: int
     min_version: int  # the oldest policy allowed to have sampled them
 
 
@@ -141,12 +142,13 @@ class RayRollouts:
         self.adapter: tuple[ray.ObjectRef, int] | None = None  # the newest policy: its AdapterState and version
         self.restarts = 0
 
-    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int, min_version: int) -> Pending:
-        shards = [Shard(i, tasks[i :: len(self.workers)], None) for i in range(len(self.workers))]
+    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int | list[int], min_version: int) -> Pending:
+        n, seeds = len(self.workers), per_task_seeds(tasks, seed)
+        shards = [Shard(i, tasks[i::n], seeds[i::n]) for i in range(n)]
         shards = [s for s in shards if s.tasks]
         for s in shards:
-            s.ref = self.workers[s.worker].rollout.remote(s.tasks, settings, seed)
-        return Pending(shards, settings, seed, min_version)
+            s.ref = self.workers[s.worker].rollout.remote(s.tasks, settings, s.seeds)
+        return Pending(shards, settings, min_version)
 
     def collect(self, pending: Pending) -> list[RolloutResult]:
         results = []
@@ -169,7 +171,7 @@ class RayRollouts:
                 _wait_until_alive(worker)
                 if self.adapter is not None:  # a restarted worker starts from the initial policy
                     ray.get(worker.set_adapter.remote(*self.adapter))
-                shard.ref = worker.rollout.remote(shard.tasks, pending.settings, pending.seed)
+                shard.ref = worker.rollout.remote(shard.tasks, pending.settings, shard.seeds)
             results.append(result)
         return results
 

@@ -121,6 +121,8 @@ def test_real_engine_rollouts_are_reproducible_given_a_seed():
     first, again, other = run(1), run(1), run(2)
     assert content(first) == content(again)
     assert content(first) != content(other)
+    # batches that go out together, each task with its own seed, sample what they would one by one
+    assert content(run([1, 2])) == content([first[0], other[1]])
     for group in first:
         assert len(group.trajectories) == 3
         for t in group.trajectories:

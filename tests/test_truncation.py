@@ -10,6 +10,7 @@ from rlvr.core.config import AlgorithmConfig, ConfigError, load_config
 from rlvr.core.contract import Group, Task, Trajectory
 from rlvr.training.learner import Learner
 from rlvr.core.protocols import RolloutResult
+from rlvr.rollout.agent import per_task_seeds
 
 
 def _traj(i, reward, n=4, finish="stop", group="g"):
@@ -60,7 +61,7 @@ class FakeBackend:
         self.rewards, self.submitted = rewards, []
 
     def submit(self, tasks, settings, seed, min_version):
-        self.submitted.append((tuple(t.id for t in tasks), seed))
+        self.submitted.append((tuple(t.id for t in tasks), tuple(per_task_seeds(tasks, seed))))
         return tasks
 
     def collect(self, tasks):
@@ -85,9 +86,10 @@ def test_dynamic_sampling_refills_the_step_with_groups_that_carry_signal(tmp_pat
     signal = {first[1]: [1.0, 0.0], extra[0]: [0.0, 1.0], extra[1]: [1.0, 0.0], extra[2]: [1.0, 0.0]}
     source.backend = FakeBackend(signal)
     groups, metrics = source.rollouts(1)
-    assert len(source.backend.submitted) == 2  # the step's batch and one refill round, with its own seed
+    # the step's batch, then one refill round (one of two groups had signal: one round should bring one more)
+    assert len(source.backend.submitted) == 2
     assert source.backend.submitted[1][0] == tuple(extra[:2])
-    assert len({seed for _, seed in source.backend.submitted}) == 2
+    assert len({seed for _, seeds in source.backend.submitted for seed in seeds}) == 2  # the round's own seed
     # two groups with signal (the extra one beyond tasks_per_step left out) and the flat one for the count
     assert [g.id for g in groups] == [first[0], first[1], extra[0]]
     assert metrics["batch/refill_rounds"] == 1 and metrics["batch/signal_groups"] == 2
@@ -97,11 +99,29 @@ def test_dynamic_sampling_refills_the_step_with_groups_that_carry_signal(tmp_pat
     assert batch_metrics["batch/zero_variance_groups"] == 1
 
 
+def test_refill_rounds_that_go_out_together_keep_what_rounds_one_by_one_keep(tmp_path):
+    source = _source(tmp_path, "algorithm.filter_zero_variance=true", "algorithm.refill_rounds=3")
+    rounds = [[t.id for t in source.sampler.batch(1)]] + [[t.id for t in source.sampler.extra(1, r)] for r in (1, 2, 3)]
+    assert len({i for ids in rounds for i in ids}) == 8  # no task drawn twice: rewards are looked up by id
+    # nothing with signal in the step's batch: all three rounds go out at once; rounds 1 and 2 bring one each
+    signal = {rounds[1][1]: [1.0, 0.0], rounds[2][0]: [0.0, 1.0], rounds[3][0]: [1.0, 0.0]}
+    source.backend = FakeBackend(signal)
+    groups, metrics = source.rollouts(1)
+    assert [ids for ids, _ in source.backend.submitted] == [tuple(rounds[0]), tuple(rounds[1] + rounds[2] + rounds[3])]
+    batch, _ = make_batch(groups, source.cfg.algorithm)
+    assert [t.group_id for t in batch.trajectories] == [rounds[1][1]] * 2 + [rounds[2][0]] * 2  # round 3's left out
+    assert metrics["batch/refill_rounds"] == 3 and metrics["batch/signal_groups"] == 2
+
+
 def test_dynamic_sampling_stops_after_refill_rounds(tmp_path):
     source = _source(tmp_path, "algorithm.filter_zero_variance=true", "algorithm.refill_rounds=2")
     source.backend = FakeBackend({})  # every group flat
     groups, metrics = source.rollouts(1)
-    assert len(source.backend.submitted) == 3 and len(groups) == 6
+    # no group with signal: both rounds go out together, each task with its round's seed
+    assert len(source.backend.submitted) == 2 and len(groups) == 6
+    (step_seed, _), (round_1, _, round_2, _) = source.backend.submitted[0][1], source.backend.submitted[1][1]
+    assert source.backend.submitted[1][1] == (round_1, round_1, round_2, round_2)
+    assert len({step_seed, round_1, round_2}) == 3
     assert metrics["batch/refill_rounds"] == 2 and metrics["batch/signal_groups"] == 0
     plain = _source(tmp_path)  # without filter_zero_variance: one round, no refill metrics
     plain.backend = FakeBackend({})

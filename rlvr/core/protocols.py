@@ -76,7 +76,8 @@ class RolloutBackend(Protocol):
 
     restarts: int  # shards re-issued after a worker died
 
-    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int, min_version: int) -> Any: ...
+    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int | list[int], min_version: int) -> Any:
+        """`seed`: one for all tasks, or one per task."""
 
     def collect(self, pending: Any) -> list[RolloutResult]: ...
 

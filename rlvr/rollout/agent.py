@@ -184,12 +184,23 @@ async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make
     return Group(id=task.id, task=task, trajectories=trajectories) if trajectories else None
 
 
+def per_task_seeds(tasks: list[Task], seed: int | list[int]) -> list[int]:
+    if isinstance(seed, int):
+        return [seed] * len(tasks)
+    if len(seed) != len(tasks):
+        raise ValueError(f"{len(seed)} seeds for {len(tasks)} tasks")
+    return list(seed)
+
+
 async def rollout_groups(tasks: list[Task], engine: Engine, renderer: ChatRenderer,
                          make_env: Callable[..., ToolEnv], settings: RolloutConfig, *,
-                         seed: int = 0, policy_version: int = 0, scorer: Scorer | None = None) -> list[Group]:
-    """All tasks' groups concurrently: while some trajectories wait on tools or rewards, others generate."""
+                         seed: int | list[int] = 0, policy_version: int = 0,
+                         scorer: Scorer | None = None) -> list[Group]:
+    """All tasks' groups concurrently: while some trajectories wait on tools or rewards, others generate.
+    `seed`: one for all tasks, or one per task (batches that went out together, each with its own)."""
+    seeds = per_task_seeds(tasks, seed)
     groups = await asyncio.gather(*(
-        rollout_group(t, engine, renderer, make_env, settings, seed=seed, policy_version=policy_version,
+        rollout_group(t, engine, renderer, make_env, settings, seed=s, policy_version=policy_version,
                       scorer=scorer)
-        for t in tasks))
+        for t, s in zip(tasks, seeds)))
     return [g for g in groups if g is not None]

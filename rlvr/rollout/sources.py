@@ -8,6 +8,7 @@ sleep while the learner shares their GPU, and evaluates on held-out tasks. `Synt
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager, nullcontext
 from typing import Callable
 
@@ -118,16 +119,25 @@ class EnvSource:
     def _refill(self, step: int, groups, results):
         """Roll out extra batches of tasks (at most `algorithm.refill_rounds`) until the step holds
         `data.tasks_per_step` groups that carry signal; keep that many of them, and the flat groups, which
-        make_batch counts and drops."""
+        make_batch counts and drops.
+
+        Rounds go out together, as many as the step's share of groups with signal so far says are still
+        needed (a Laplace estimate, so a step with none yet asks for several): their rows share the engines'
+        batches, which costs less than rounds one after another. Each round keeps its own tasks and seed; in
+        process the groups come back in task order, so the ones kept are those rounds one by one would keep."""
         from rlvr.training.advantages import carries_signal
 
-        want, rounds = self.cfg.data.tasks_per_step, 0
+        want, limit, rounds = self.cfg.data.tasks_per_step, self.cfg.algorithm.refill_rounds, 0
         signal = [carries_signal(g, self.cfg.algorithm) for g in groups]
-        while sum(signal) < want and rounds < self.cfg.algorithm.refill_rounds:
-            rounds += 1
-            seed = self.cfg.seed * 1_000_003 + step + 7_919 * rounds  # not another step's seed
-            more = self.backend.collect(self.backend.submit(self.sampler.extra(step, rounds), self.cfg.rollout, seed,
-                                                            min_version=step - 1 - self.cfg.ray.max_staleness))
+        while sum(signal) < want and rounds < limit:
+            rate = (sum(signal) + 1) / (len(signal) + 2)
+            needed = math.ceil((want - sum(signal)) / (rate * want))
+            batch = range(rounds + 1, rounds + 1 + min(limit - rounds, needed))
+            tasks = {r: self.sampler.extra(step, r) for r in batch}
+            seeds = [refill_seed(self.cfg, step, r) for r in batch for _ in tasks[r]]
+            more = self.backend.collect(self.backend.submit([t for r in batch for t in tasks[r]], self.cfg.rollout,
+                                                            seeds, min_version=step - 1 - self.cfg.ray.max_staleness))
+            rounds = batch[-1]
             results = results + more
             new = [g for r in more for g in r.groups]
             groups, signal = groups + new, signal + [carries_signal(g, self.cfg.algorithm) for g in new]
@@ -166,6 +176,11 @@ class EnvSource:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+
+
+def refill_seed(cfg: Config, step: int, round: int) -> int:
+    """The seed of refill round `round` (>= 1) of step `step`: not another step's or round's."""
+    return cfg.seed * 1_000_003 + step + 7_919 * round
 
 
 def _engines_share_the_learner_gpu(cfg: Config) -> bool:

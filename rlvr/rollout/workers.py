@@ -90,7 +90,7 @@ class RolloutWorker:
         self.version = version
         return version
 
-    def rollout(self, tasks: list[Task], settings: RolloutConfig, seed: int) -> RolloutResult:
+    def rollout(self, tasks: list[Task], settings: RolloutConfig, seed: int | list[int]) -> RolloutResult:
         from rlvr.rollout.agent import rollout_groups
 
         stats = self.scorer.stats
@@ -143,7 +143,7 @@ class LocalRollouts:
     def __init__(self, worker: RolloutWorker):
         self.worker = worker
 
-    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int, min_version: int):
+    def submit(self, tasks: list[Task], settings: RolloutConfig, seed: int | list[int], min_version: int):
         return tasks, settings, seed
 
     def collect(self, pending) -> list[RolloutResult]:
