@@ -53,9 +53,14 @@ class Arm:
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        if self.sft is None:
-            return [(self.start, self.rl), ("SFT + more SFT", self.rl), ("SFT + RL", self.rl)]
-        return [(self.start, self.rl), (self.start, self.sft), (self.sft, self.rl)]
+        pairs = [(self.start, self.rl)]
+        if self.sft is None:  # the run's more SFT had as long
+            pairs.append(("SFT + more SFT", self.rl))
+        else:
+            pairs += [(self.start, self.sft), (self.sft, self.rl)]
+        if self.start == "SFT":  # the run's own RL, from the same start
+            pairs.append(("SFT + RL", self.rl))
+        return pairs
 
 
 # RL after SFT has had its equal time too, against as long again of SFT: does RL add what more SFT does not?

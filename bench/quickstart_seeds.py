@@ -63,8 +63,7 @@ CONTROL = ("SFT", "SFT + random-reward RL")
 
 
 # every difference the records can hold
-PAIRS = [*COMPARISONS, CONTROL, *AFTER_MORE_SFT.pairs, *WITH_SFT_LOSS.pairs, ("SFT + RL", WITH_SFT_LOSS.rl),
-         *WITH_CREDIT.pairs, *WITH_DYNAMIC_SAMPLING.pairs, ("SFT + RL", WITH_DYNAMIC_SAMPLING.rl)]
+PAIRS = [*COMPARISONS, CONTROL, *(pair for arm in ARMS for pair in arm.pairs)]
 
 BEHAVIOURS = {"success": "success_rate", "tool tasks": "tool_task_success_rate",
               "no-tool tasks": "no_tool_success_rate", "unnecessary calls": "unnecessary_call_rate",
