@@ -185,6 +185,7 @@ async def rollout_group(task: Task, engine: Engine, renderer: ChatRenderer, make
 
 
 def per_task_seeds(tasks: list[Task], seed: int | list[int]) -> list[int]:
+    """A rollout call's seed for each of its tasks: one for all of them, or one each."""
     if isinstance(seed, int):
         return [seed] * len(tasks)
     if len(seed) != len(tasks):

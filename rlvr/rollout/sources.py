@@ -123,7 +123,8 @@ class EnvSource:
 
         Rounds go out together, as many as the step's share of groups with signal so far says are still
         needed (a Laplace estimate, so a step with none yet asks for several): their rows share the engines'
-        batches, which costs less than rounds one after another. Each round keeps its own tasks and seed; in
+        batches, which on a GPU costs less than rounds one after another (on a small CPU it is no faster:
+        docs/algorithms.md). Each round keeps its own tasks and seed; in
         process the groups come back in task order, so the ones kept are those rounds one by one would keep."""
         from rlvr.training.advantages import carries_signal
 
