@@ -211,8 +211,10 @@ def main() -> None:
     print(f"{'new':14s}{new['rollout']:9.1f}{new['score']:8.2f}{new['learner']:9.1f}{new['sync']:7.2f}{new['step']:8.1f}")
     print(f"{'engine before':14s}{new['rollout_before']:9.1f}{'':8s}{'(same)':>9s}{'':7s}{before_step:8.1f}")
     print(f"{'limit':14s}{limit['engine']:9.1f}{'':8s}{limit['learner']:9.1f}{'':7s}{limit['total']:8.1f}")
+    # steps whose groups were all flat leave the learner nothing to run: no learner ratio or rate then
+    learner_ratio = f"{new['learner'] / limit['learner']:.2f}" if limit["positions"] else "- (nothing to run)"
     print(f"step / limit: {new['step'] / limit['total']:.2f}  (rollout {new['rollout'] / limit['engine']:.2f}, "
-          f"learner {new['learner'] / limit['learner']:.2f})")
+          f"learner {learner_ratio})")
     print(f"engine before / new: rollout {new['rollout_before'] / new['rollout']:.2f} (sampled tokens "
           f"{new['sampled_before']:.0f} / {new['sampled']:.0f}), step {before_step / new['step']:.2f}")
     model = run.learner.model.get_base_model()
@@ -220,9 +222,10 @@ def main() -> None:
     rate = matmul_rate(model, dtype)
     layer_params = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n)
     flops = 4 * layer_params * limit["positions"]  # frozen base: forward 2N, backward (input grads only) 2N
-    print(f"learner forward/backward: {flops / limit['learner'] / 1e9:.0f} GFLOP/s on the model's layers "
-          f"(4 x {layer_params / 1e6:.0f}M x {limit['positions']:.0f} positions), {str(dtype)[6:]} GEMM here "
-          f"{rate / 1e9:.0f} GFLOP/s: fraction {flops / limit['learner'] / rate:.2f}")
+    if limit["positions"]:
+        print(f"learner forward/backward: {flops / limit['learner'] / 1e9:.0f} GFLOP/s on the model's layers "
+              f"(4 x {layer_params / 1e6:.0f}M x {limit['positions']:.0f} positions), {str(dtype)[6:]} GEMM here "
+              f"{rate / 1e9:.0f} GFLOP/s: fraction {flops / limit['learner'] / rate:.2f}")
     prompts = [t.prompt_ids for g in groups for t in g.trajectories]
     for name, engine in run.engines.items():
         print(f"decode pass at batch {len(prompts)} ({name}): {decode_ms(engine, prompts):.0f} ms")
