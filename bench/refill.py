@@ -21,7 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.loop import _data_source, _learner  # noqa: E402
-from rlvr.rollout.sources import refill_seed  # noqa: E402
 
 
 def main() -> None:
@@ -40,17 +39,19 @@ def main() -> None:
 
     ratios = []
     for step in range(1, args.steps + 2):
-        tasks = {r: source.sampler.extra(step, r) for r in rounds}
+        def roll(batches):  # each batch of rounds in one rollout call, one call after another
+            groups = []
+            for batch in batches:
+                tasks, seeds = source.refill_tasks(step, batch)
+                groups += [g for result in backend.collect(backend.submit(tasks, cfg.rollout, seeds, min_version=0))
+                           for g in result.groups]
+            return groups
 
         def one_by_one():
-            return [g for r in rounds for result in backend.collect(backend.submit(
-                tasks[r], cfg.rollout, refill_seed(cfg, step, r), min_version=0)) for g in result.groups]
+            return roll([[r] for r in rounds])
 
         def together():
-            [result] = backend.collect(backend.submit([t for r in rounds for t in tasks[r]], cfg.rollout,
-                                                      [refill_seed(cfg, step, r) for r in rounds for _ in tasks[r]],
-                                                      min_version=0))
-            return result.groups
+            return roll([rounds])
 
         timed = {}
         for name, way in (("one by one", one_by_one), ("together", together))[:: 1 if step % 2 else -1]:

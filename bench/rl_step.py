@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from rlvr.core.config import load_config  # noqa: E402
 from rlvr.core.protocols import SamplingParams  # noqa: E402
 from rlvr.loop import _data_source, _learner  # noqa: E402
+from rlvr.rollout.sources import rollout_seed  # noqa: E402
 from rlvr.training.advantages import make_batch  # noqa: E402
 from rlvr.training.learner import with_advantage  # noqa: E402
 
@@ -79,7 +80,7 @@ class Run:
 
     def step(self, step: int, generate_first: bool):
         """One RL step; returns its parts, its groups and batch, and the rollout seconds of the engine before."""
-        tasks, seed = self.source.sampler.batch(step), self.cfg.seed * 1_000_003 + step
+        tasks, seed = self.source.sampler.batch(step), rollout_seed(self.cfg, step)
 
         def rollout_before():
             start = time.perf_counter()

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 from rlvr.core.config import Config, ConfigError
-from rlvr.core.contract import Group, Trajectory
+from rlvr.core.contract import Group, Task, Trajectory
 from rlvr.core.protocols import Learner, RolloutBackend, RolloutResult
 from rlvr.rewards.base import component_means
 from rlvr.training.learner import resolve_device
@@ -39,7 +39,7 @@ class SyntheticSource:
 
         data = self.cfg.data
         return synthetic_groups(data.tasks_per_step, self.cfg.rollout.group_size, data.synthetic_prompt_tokens,
-                                data.synthetic_completion_tokens, self.vocab, seed=self.cfg.seed * 1_000_003 + step), {}
+                                data.synthetic_completion_tokens, self.vocab, seed=rollout_seed(self.cfg, step)), {}
 
     def engines_asleep(self):
         return nullcontext()
@@ -97,7 +97,7 @@ class EnvSource:
         self.backend.sync(learner, version, wait=True)
 
     def _submit(self, step: int):
-        return self.backend.submit(self.sampler.batch(step), self.cfg.rollout, self.cfg.seed * 1_000_003 + step,
+        return self.backend.submit(self.sampler.batch(step), self.cfg.rollout, rollout_seed(self.cfg, step),
                                    min_version=step - 1 - self.cfg.ray.max_staleness)
 
     def rollouts(self, step: int) -> tuple[list[Group], dict[str, float]]:
@@ -124,20 +124,18 @@ class EnvSource:
         Rounds go out together, as many as the step's share of groups with signal so far says are still
         needed (a Laplace estimate, so a step with none yet asks for several): their rows share the engines'
         batches, which on a GPU costs less than rounds one after another (on a small CPU it is no faster:
-        docs/algorithms.md). Each round keeps its own tasks and seed; in
-        process the groups come back in task order, so the ones kept are those rounds one by one would keep."""
+        docs/algorithms.md). Each round keeps its own tasks and seed; in process the groups come back in task
+        order, so the ones kept are those rounds one by one would keep."""
         from rlvr.training.advantages import carries_signal
 
         want, limit, rounds = self.cfg.data.tasks_per_step, self.cfg.algorithm.refill_rounds, 0
         signal = [carries_signal(g, self.cfg.algorithm) for g in groups]
-        while sum(signal) < want and rounds < limit:
-            rate = (sum(signal) + 1) / (len(signal) + 2)
-            needed = math.ceil((want - sum(signal)) / (rate * want))
-            batch = range(rounds + 1, rounds + 1 + min(limit - rounds, needed))
-            tasks = {r: self.sampler.extra(step, r) for r in batch}
-            seeds = [refill_seed(self.cfg, step, r) for r in batch for _ in tasks[r]]
-            more = self.backend.collect(self.backend.submit([t for r in batch for t in tasks[r]], self.cfg.rollout,
-                                                            seeds, min_version=step - 1 - self.cfg.ray.max_staleness))
+        while (have := sum(signal)) < want and rounds < limit:
+            rate = (have + 1) / (len(signal) + 2)
+            batch = range(rounds + 1, rounds + 1 + min(limit - rounds, math.ceil((want - have) / (rate * want))))
+            tasks, seeds = self.refill_tasks(step, batch)
+            more = self.backend.collect(self.backend.submit(tasks, self.cfg.rollout, seeds,
+                                                            min_version=step - 1 - self.cfg.ray.max_staleness))
             rounds = batch[-1]
             results = results + more
             new = [g for r in more for g in r.groups]
@@ -151,6 +149,11 @@ class EnvSource:
             kept.append(group)
         return kept, results, {"batch/refill_rounds": float(rounds), "batch/signal_groups": float(min(with_signal, want)),
                                "batch/rolled_out_groups": float(len(groups))}
+
+    def refill_tasks(self, step: int, rounds) -> tuple[list[Task], list[int]]:
+        """The tasks of step `step`'s refill `rounds` (numbers >= 1), in round order, with each one's round seed."""
+        tasks = [(task, rollout_seed(self.cfg, step, r)) for r in rounds for task in self.sampler.extra(step, r)]
+        return [t for t, _ in tasks], [s for _, s in tasks]
 
     def engines_asleep(self):
         return self._asleep() if self.sleep else nullcontext()
@@ -179,8 +182,8 @@ class EnvSource:
             self.backend.close()
 
 
-def refill_seed(cfg: Config, step: int, round: int) -> int:
-    """The seed of refill round `round` (>= 1) of step `step`: not another step's or round's."""
+def rollout_seed(cfg: Config, step: int, round: int = 0) -> int:
+    """The seed of step `step`'s rollouts (round 0) or of its refill round `round`: not another step's or round's."""
     return cfg.seed * 1_000_003 + step + 7_919 * round
 
 
