@@ -4,7 +4,8 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
     python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--sft-loss COEF]
-                                     [--credit MODE] [--dynamic-sampling] [--bfcl CATEGORY ...] [--save DIR]
+                                     [--credit MODE] [--dynamic-sampling] [--bfcl CATEGORY ...] [--far-wording N]
+                                     [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
@@ -15,7 +16,9 @@ same held-out tasks, so it pairs with the run's own SFT. `--bfcl CATEGORY ...` a
 all of each BFCL category's entries, as `rlvr eval --bfcl` scores them, and pools the seeds that have them (a record
 saved without them whose adapters are gone is named and left out) (`irrelevance`: does the restraint RL
 learns on the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?
-`live_relevance`, its counterpart: is a relevant tool still called?). `--after-more-sft` asks whether RL adds
+`live_relevance`, its counterpart: is a relevant tool still called?). `--far-wording N` adds every policy of each
+run on N problems in GSM8K's wording (the calculator's "gsm" family: wording written outside this project, which
+the held-out family may be too close to training to test), under the run's tool conditions. `--after-more-sft` asks whether RL adds
 what SFT does not once SFT has had its equal time too: RL from each run's more-SFT adapter (timed), against SFT
 from that adapter on the same demonstrations for as long ("SFT + more SFT + RL" and "SFT + more SFT twice").
 `--sft-loss COEF` asks whether RL keeps what the demonstrations teach when their NLL stays in its loss
@@ -91,6 +94,8 @@ def main() -> None:
                              "(algorithm.filter_zero_variance=true) and, for the same time, SFT from it")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
                         help="also evaluate every policy of each run on all of these BFCL categories' entries")
+    parser.add_argument("--far-wording", type=int, metavar="N", default=0,
+                        help="also evaluate every policy of each run on N problems in GSM8K's wording")
     parser.add_argument("--save", type=Path, default=None, help="write each seed's record to DIR/seed<N>.json")
     args = parser.parse_args()
     kept = [o.partition("=")[2] for o in args.overrides if o.startswith("output_dir=")]
@@ -109,13 +114,10 @@ def main() -> None:
             if args.dynamic_sampling and WITH_DYNAMIC_SAMPLING.rl not in r["report"]["policies"]:
                 add_arm(r, WITH_DYNAMIC_SAMPLING, ["algorithm.filter_zero_variance=true"])
             for category in args.bfcl:
-                missing = {label: path for label, path in r["report"]["adapters"].items()
-                           if label not in r.get("bfcl", {}).get(category, {})}
-                if any(path and not Path(path).is_dir() for path in missing.values()):
-                    print(f"seed {r['seed']}: its record has no BFCL {category} for {', '.join(missing)} and their "
-                          f"adapters (under {r['run']}) are gone: left out of BFCL {category}")
-                elif missing:
+                if missing := unevaluated(r, r.get("bfcl", {}).get(category, {}), f"BFCL {category}"):
                     add_bfcl(r, category, missing)
+            if args.far_wording and (missing := unevaluated(r, r.get("far_wording", {}), "far wording")):
+                add_far_wording(r, args.far_wording, missing)
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
         for r in records:
@@ -123,7 +125,11 @@ def main() -> None:
         print(f"records: {args.save}")
     pool(records)
     for category in args.bfcl:
-        pool_bfcl(records, category)
+        pool_evaluation(records, lambda r: r.get("bfcl", {}).get(category),
+                        f"BFCL {category}, every entry, BFCL's checker, clean conditions")
+    if args.far_wording or any("far_wording" in r for r in records):
+        pool_evaluation(records, lambda r: r.get("far_wording"),
+                        "far wording: GSM8K's (the calculator's gsm family), the run's tool conditions")
 
 
 def quickstart(config: str, overrides: list[str], seed: int, out: Path) -> Path:
@@ -226,15 +232,40 @@ def add_bfcl(r: dict, category: str, adapters: dict[str, str | None]) -> None:
         {label: evaluate_policy(cfg, tasks, adapter, label=label) for label, adapter in adapters.items()})
 
 
-def pool_bfcl(records: list[dict], category: str) -> None:
-    """Each policy's success on BFCL's `category` (for irrelevance: the share answered without a call), per seed
-    and its differences, then over the seeds."""
+def unevaluated(r: dict, reports: dict, what: str) -> dict[str, str | None]:
+    """The record's policies ({label: adapter}, None: base) that `reports` lacks; none, with a line saying so, when
+    their adapters are gone."""
+    missing = {label: path for label, path in r["report"]["adapters"].items() if label not in reports}
+    if any(path and not Path(path).is_dir() for path in missing.values()):
+        print(f"seed {r['seed']}: its record has no {what} for {', '.join(missing)} and their adapters (under "
+              f"{r['run']}) are gone: left out of {what}")
+        return {}
+    return missing
+
+
+def add_far_wording(r: dict, n: int, adapters: dict[str, str | None]) -> None:
+    """Policies of the record's run on `n` problems of the calculator's "gsm" family (GSM8K's wording, written
+    outside this project; no no-tool tasks), drawn with the run's seed, under the RL run's tool conditions, into
+    r["far_wording"]: does what each policy learned carry past the project's own wordings?"""
+    from rlvr.core.tasks import env_tasks
+    from rlvr.envs.registry import load_env
+    from rlvr.stages.evaluate import evaluate_policy
+
+    cfg = load_config(str(rl_config(r["report"])))
+    tasks = env_tasks(load_env(cfg.env.name), n, r["seed"], "test", {"family": "gsm"})
+    r.setdefault("far_wording", {}).update(
+        {label: evaluate_policy(cfg, tasks, adapter, label=label) for label, adapter in adapters.items()})
+
+
+def pool_evaluation(records: list[dict], reports_of, title: str) -> None:
+    """Each policy's success on an evaluation besides the held-out tasks (`reports_of(record)`: {label: report},
+    None where the record has none), per seed and its differences, then over the seeds."""
     pairs = [("base", "SFT"), *PAIRS]
-    records = [r for r in records if category in r.get("bfcl", {})]
-    print(f"\nBFCL {category}, every entry, BFCL's checker, clean conditions:")
+    records = [r for r in records if reports_of(r)]
+    print(f"\n{title}:")
     differences = {}
     for r in records:
-        reports = r["bfcl"][category]
+        reports = reports_of(r)
         for label, report in reports.items():
             print(f"  seed {r['seed']} {label:22s} success {rate(report['success_rate'])}  "
                   f"calls / task {rate(report['tool_calls_per_trajectory'])}  tasks {report['tasks']}")
@@ -242,7 +273,7 @@ def pool_bfcl(records: list[dict], category: str) -> None:
         for name, d in success_differences(reports, present, r["seed"]).items():
             print(f"  seed {r['seed']} {name}: {format_difference(d)}")
     for a, b in pairs:
-        having = [r["bfcl"][category] for r in records if {a, b} <= r["bfcl"][category].keys()]
+        having = [reports_of(r) for r in records if {a, b} <= reports_of(r).keys()]
         if having:
             differences[f"{b} - {a}"] = hierarchical_bootstrap([(rep[a]["outcomes"], rep[b]["outcomes"])
                                                                 for rep in having])

@@ -11,6 +11,7 @@ import ast
 import math
 import operator
 import random
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,7 +115,12 @@ class CalculatorEnv(ToolEnv):
     @classmethod
     def tasks(cls, n: int, seed: int = 0, split: str = "train", family: str | None = None,
               shapes: list[str] | None = None, wordings_per_shape: int | None = None) -> list[Task]:
-        """Word problems; the "test" split uses the held-out wording family unless `family` is given."""
+        """Word problems; the "test" split uses the held-out wording family unless `family` is given
+        (family "gsm": GSM8K's wording, `gsm_symbolic_tasks`)."""
+        if family == "gsm":
+            if shapes is not None or wordings_per_shape is not None:
+                raise ValueError("calculator family 'gsm' has no shapes or wordings_per_shape to choose")
+            return gsm_symbolic_tasks(n, seed, split)
         return calculator_tasks(n, seed, family or ("heldout" if split == "test" else "train"), split, shapes,
                                 wordings_per_shape)
 
@@ -304,6 +310,45 @@ def calculator_tasks(n: int, seed: int = 0, family: str = "train", split: str = 
             gold_calls=[{"name": "calculate", "arguments": {"expression": e}} for e in (first, second)],
         ))
     return tasks
+
+
+GSM_MAX_COMPUTATIONS = 2  # the calculator templates' solutions take two
+# reasoning-gym appends this to every question; the calculator's system prompt already asks for a number
+GSM_SUFFIX = " Give the result as your final answer. Do not include units."
+
+
+def gsm_symbolic_tasks(n: int, seed: int = 0, split: str = "train") -> list[Task]:
+    """`n` word problems in GSM8K's wording, from reasoning-gym's `gsm_symbolic` generator (GSM-Symbolic's
+    templates of GSM8K test problems), deterministic in `seed` and `split`: wording written outside this
+    project, for measuring how far what a policy learned on the calculator families carries.
+
+    Kept: problems whose reference solution writes at most GSM_MAX_COMPUTATIONS results ("=" in its worked
+    answer), as the calculator families' do, and whose answer is an integer. Answer-only (no gold calls);
+    metadata family "gsm", kind "gsm template N", and where the generator has it ("gsm_symbolic": its seed and
+    index). Ids are `calculator-{split}-gsm-{seed}-{i}`.
+    """
+    from rlvr.envs.reasoning_gym import import_reasoning_gym  # the package loads only for this family
+
+    size = 8 * n + 64  # about a third of the generator's problems pass the filter
+    generator_seed = zlib.crc32(f"calculator-gsm-{split}-{seed}".encode())
+    dataset = import_reasoning_gym().create_dataset("gsm_symbolic", size=size, seed=generator_seed)
+    tasks = []
+    for index in range(size):
+        entry = dataset[index]
+        if entry["metadata"]["answer_cot"].count("=") > GSM_MAX_COMPUTATIONS:
+            continue
+        try:
+            answer = int(entry["answer"])
+        except ValueError:
+            continue
+        tasks.append(Task(id=f"calculator-{split}-gsm-{seed}-{len(tasks)}", env="calculator",
+                          prompt=entry["question"].removesuffix(GSM_SUFFIX), answer=answer,
+                          metadata={"family": "gsm", "kind": f"gsm template {dataset.task_indices[index]}",
+                                    "gsm_symbolic": {"seed": generator_seed, "index": index}}))
+        if len(tasks) == n:
+            return tasks
+    raise ValueError(f"gsm_symbolic gave {len(tasks)} problems of at most {GSM_MAX_COMPUTATIONS} computations "
+                     f"in {size}; asked for {n}")
 
 
 # Questions that need no calculator: the answer is a number the text states (among distractors), or a sum
