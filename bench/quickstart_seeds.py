@@ -4,8 +4,8 @@ RL samples and held-out tasks, and in this setting what RL learns has changed fr
 
     python bench/quickstart_seeds.py [CONFIG] [key=value ...] --seeds 0 1 2 [--control] [--save DIR]
     python bench/quickstart_seeds.py --runs PATH [PATH ...] [--control] [--after-more-sft] [--sft-loss COEF]
-                                     [--credit MODE] [--dynamic-sampling] [--bfcl CATEGORY ...] [--far-wording N]
-                                     [--save DIR]
+                                     [--credit MODE] [--dynamic-sampling] [--gsm-answers] [--bfcl CATEGORY ...]
+                                     [--far-wording N] [--save DIR]
 
 `--runs` takes finished quickstart folders or the records this bench saves. A record (`--save DIR`:
 DIR/seed<N>.json) holds what pooling needs and nothing large: the run's report (every policy's outcome per
@@ -31,6 +31,10 @@ call term costs the learner nothing, so the run's more SFT had as long; both tim
 step's groups are flat in this setting: all right or all wrong): RL from each run's SFT adapter that rolls out up
 to `algorithm.refill_rounds` more batches of tasks per step until `data.tasks_per_step` groups differ within
 (`algorithm.filter_zero_variance=true`, DAPO's dynamic sampling), against SFT from it for as long and the run's RL.
+`--gsm-answers` asks whether RL gains more from answers SFT cannot use when they are worded as users word their
+problems: RL from each run's SFT adapter on answer-only tasks in GSM8K's wording (`data.options={family: gsm}`: the
+gsm family's training templates, never those its test split and `--far-wording` draw from), against SFT from it
+for as long and the run's RL.
 
 Prints, per seed, the SFT start's success on 100 training-wording tasks under clean conditions (is the start
 a sensible one?), each policy's success and behaviours on the quickstart's held-out tasks, and its
@@ -59,8 +63,8 @@ from rlvr.stages.evaluate import (difference_table, format_difference, need_part
                                   success_differences)
 from rlvr.stages.quickstart import COMPARISONS, start_check, timed_sft  # noqa: E402
 
-from quickstart import (AFTER_MORE_SFT, ARMS, WITH_CREDIT, Arm, WITH_DYNAMIC_SAMPLING, WITH_SFT_LOSS,  # noqa: E402
-                        met, random_reward_rl, rate)  # bench/quickstart.py's
+from quickstart import (AFTER_MORE_SFT, ARMS, WITH_CREDIT, Arm, WITH_DYNAMIC_SAMPLING, WITH_GSM_ANSWERS,  # noqa: E402
+                        WITH_SFT_LOSS, met, random_reward_rl, rate)  # bench/quickstart.py's
 
 CONTROL = ("SFT", "SFT + random-reward RL")
 
@@ -92,6 +96,9 @@ def main() -> None:
     parser.add_argument("--dynamic-sampling", action="store_true",
                         help="add RL from each run's SFT adapter with DAPO's dynamic sampling "
                              "(algorithm.filter_zero_variance=true) and, for the same time, SFT from it")
+    parser.add_argument("--gsm-answers", action="store_true",
+                        help="add RL from each run's SFT adapter on answer-only tasks in GSM8K's wording (the "
+                             "calculator's gsm family) and, for the same time, SFT from it")
     parser.add_argument("--bfcl", metavar="CATEGORY", nargs="+", default=[],
                         help="also evaluate every policy of each run on all of these BFCL categories' entries")
     parser.add_argument("--far-wording", type=int, metavar="N", default=0,
@@ -113,6 +120,8 @@ def main() -> None:
                 add_arm(r, WITH_CREDIT, [f"algorithm.credit={args.credit}"])
             if args.dynamic_sampling and WITH_DYNAMIC_SAMPLING.rl not in r["report"]["policies"]:
                 add_arm(r, WITH_DYNAMIC_SAMPLING, ["algorithm.filter_zero_variance=true"])
+            if args.gsm_answers and WITH_GSM_ANSWERS.rl not in r["report"]["policies"]:
+                add_arm(r, WITH_GSM_ANSWERS, ["data.options={family: gsm}"])
             for category in args.bfcl:
                 if missing := unevaluated(r, r.get("bfcl", {}).get(category, {}), f"BFCL {category}"):
                     add_bfcl(r, category, missing)

@@ -323,17 +323,21 @@ def gsm_symbolic_tasks(n: int, seed: int = 0, split: str = "train") -> list[Task
     project, for measuring how far what a policy learned on the calculator families carries.
 
     Kept: problems whose reference solution writes at most GSM_MAX_COMPUTATIONS results ("=" in its worked
-    answer), as the calculator families' do, and whose answer is an integer. Answer-only (no gold calls);
-    metadata family "gsm", kind "gsm template N", and where the generator has it ("gsm_symbolic": its seed and
+    answer), as the calculator families' do, and whose answer is an integer; 26 of the generator's 100 templates
+    give such problems. The "test" split draws from half of those templates and every other split from the rest
+    (`gsm_test_template`), so RL on this family's answers never sees the wording it is tested on. Answer-only
+    (no gold calls); metadata family "gsm", kind "gsm template N" and "gsm_symbolic" (the generator's seed and
     index). Ids are `calculator-{split}-gsm-{seed}-{i}`.
     """
     from rlvr.envs.reasoning_gym import import_reasoning_gym  # the package loads only for this family
 
-    size = 8 * n + 64  # about a third of the generator's problems pass the filter
+    size = 16 * n + 64  # about one problem in seven passes the filter and the split
     generator_seed = zlib.crc32(f"calculator-gsm-{split}-{seed}".encode())
     dataset = import_reasoning_gym().create_dataset("gsm_symbolic", size=size, seed=generator_seed)
     tasks = []
     for index in range(size):
+        if gsm_test_template(dataset.task_indices[index]) != (split == "test"):
+            continue
         entry = dataset[index]
         if entry["metadata"]["answer_cot"].count("=") > GSM_MAX_COMPUTATIONS:
             continue
@@ -349,6 +353,11 @@ def gsm_symbolic_tasks(n: int, seed: int = 0, split: str = "train") -> list[Task
             return tasks
     raise ValueError(f"gsm_symbolic gave {len(tasks)} problems of at most {GSM_MAX_COMPUTATIONS} computations "
                      f"in {size}; asked for {n}")
+
+
+def gsm_test_template(index: int) -> bool:
+    """Whether gsm_symbolic's template `index` belongs to the gsm family's "test" split (a fixed half)."""
+    return zlib.crc32(f"gsm-template-{index}".encode()) % 2 == 0
 
 
 # Questions that need no calculator: the answer is a number the text states (among distractors), or a sum

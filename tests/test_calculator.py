@@ -75,14 +75,14 @@ def test_gsm_family_is_gsm8k_wording_scored_as_the_generator_scores_it():
     from rlvr.envs.calculator import GSM_MAX_COMPUTATIONS, GSM_SUFFIX, gsm_symbolic_tasks
     from rlvr.rewards.answer import numeric_answer
 
-    tasks = CalculatorEnv.tasks(12, seed=5, split="test", family="gsm")
-    assert tasks == gsm_symbolic_tasks(12, seed=5, split="test") != gsm_symbolic_tasks(12, seed=5, split="train")
-    assert tasks != gsm_symbolic_tasks(12, seed=6, split="test")
-    assert len({t.id for t in tasks}) == 12 and tasks[0].id == "calculator-test-gsm-5-0"
+    tasks = CalculatorEnv.tasks(8, seed=5, split="test", family="gsm")
+    assert tasks == gsm_symbolic_tasks(8, seed=5, split="test") != gsm_symbolic_tasks(8, seed=6, split="test")
+    assert len({t.id for t in tasks}) == 8 and tasks[0].id == "calculator-test-gsm-5-0"
+    source = tasks[0].metadata["gsm_symbolic"]["seed"]
+    dataset = reasoning_gym.create_dataset("gsm_symbolic", size=tasks[-1].metadata["gsm_symbolic"]["index"] + 1,
+                                           seed=source)
     for task in tasks:  # the generator's problem without its suffix, its integer answer, a short solution
-        source = task.metadata["gsm_symbolic"]
-        dataset = reasoning_gym.create_dataset("gsm_symbolic", size=source["index"] + 1, seed=source["seed"])
-        entry = dataset[source["index"]]
+        entry = dataset[task.metadata["gsm_symbolic"]["index"]]
         assert entry["question"] == task.prompt + GSM_SUFFIX and task.gold_calls is None
         assert entry["metadata"]["answer_cot"].count("=") <= GSM_MAX_COMPUTATIONS
         assert task.metadata["family"] == "gsm" and isinstance(task.answer, int)
@@ -90,6 +90,8 @@ def test_gsm_family_is_gsm8k_wording_scored_as_the_generator_scores_it():
             trajectory = Trajectory(id="t", task_id=task.id, group_id="g", prompt_ids=[1], completion_ids=[0],
                                     loss_mask=[1], logprobs=[0.0], final_answer=f"The answer is {answer}.")
             assert numeric_answer(trajectory, task) == float(dataset.score_answer(answer, entry) == 1.0)
+    train = gsm_symbolic_tasks(24, seed=5)  # the test split's templates are never trained on
+    assert {t.metadata["kind"] for t in tasks}.isdisjoint(t.metadata["kind"] for t in train)
     with pytest.raises(ValueError, match="no shapes or wordings_per_shape"):
         CalculatorEnv.tasks(2, family="gsm", shapes=["a + (b * c)"])
 
