@@ -75,7 +75,7 @@ WITH_CREDIT = Arm("SFT", "SFT + RL with call credit", None, "credit_rl_s", "rl-c
 WITH_DYNAMIC_SAMPLING = Arm("SFT", "SFT + RL with dynamic sampling", "SFT + more SFT (dyn. sampling's time)",
                             "dynamic_sampling_rl_s", "rl-dynamic-sampling")
 # RL on answer-only tasks in GSM8K's wording (the calculator's gsm family, its training templates) instead of the
-# run's: data SFT cannot use, nearer the far wording; GSM's longer prompts cost rollout, so SFT for its own time
+# run's: data SFT cannot use, nearer the far wording; other prompts, other rollout time, so SFT for its own time
 WITH_GSM_ANSWERS = Arm("SFT", "SFT + RL on GSM answers", "SFT + more SFT (GSM RL's time)", "gsm_answers_rl_s",
                        "rl-gsm-answers")
 ARMS = (AFTER_MORE_SFT, WITH_SFT_LOSS, WITH_CREDIT, WITH_DYNAMIC_SAMPLING, WITH_GSM_ANSWERS)

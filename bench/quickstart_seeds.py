@@ -18,9 +18,10 @@ saved without them whose adapters are gone is named and left out) (`irrelevance`
 learns on the env's no-tool tasks carry to tools and wording nobody trained on, or does fine-tuning cost it?
 `live_relevance`, its counterpart: is a relevant tool still called?). `--far-wording N` adds every policy of each
 run on N problems in GSM8K's wording (the calculator's "gsm" family: wording written outside this project, which
-the held-out family may be too close to training to test), under the run's tool conditions. `--after-more-sft` asks whether RL adds
-what SFT does not once SFT has had its equal time too: RL from each run's more-SFT adapter (timed), against SFT
-from that adapter on the same demonstrations for as long ("SFT + more SFT + RL" and "SFT + more SFT twice").
+the held-out family may be too close to training to test), under the run's tool conditions.
+`--after-more-sft` asks whether RL adds what SFT does not once SFT has had its equal time too: RL from each run's
+more-SFT adapter (timed), against SFT from that adapter on the same demonstrations for as long ("SFT + more SFT +
+RL" and "SFT + more SFT twice").
 `--sft-loss COEF` asks whether RL keeps what the demonstrations teach when their NLL stays in its loss
 (`algorithm.sft_coef=COEF`, InstructGPT's PPO-ptx): RL so from each run's SFT adapter (timed), against SFT from
 it for as long ("SFT + RL with SFT loss" and "SFT + more SFT (its time)"), and against the run's own RL.

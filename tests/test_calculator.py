@@ -78,9 +78,9 @@ def test_gsm_family_is_gsm8k_wording_scored_as_the_generator_scores_it():
     tasks = CalculatorEnv.tasks(8, seed=5, split="test", family="gsm")
     assert tasks == gsm_symbolic_tasks(8, seed=5, split="test") != gsm_symbolic_tasks(8, seed=6, split="test")
     assert len({t.id for t in tasks}) == 8 and tasks[0].id == "calculator-test-gsm-5-0"
-    source = tasks[0].metadata["gsm_symbolic"]["seed"]
+    generator_seed = tasks[0].metadata["gsm_symbolic"]["seed"]
     dataset = reasoning_gym.create_dataset("gsm_symbolic", size=tasks[-1].metadata["gsm_symbolic"]["index"] + 1,
-                                           seed=source)
+                                           seed=generator_seed)
     for task in tasks:  # the generator's problem without its suffix, its integer answer, a short solution
         entry = dataset[task.metadata["gsm_symbolic"]["index"]]
         assert entry["question"] == task.prompt + GSM_SUFFIX and task.gold_calls is None
